@@ -1,0 +1,454 @@
+package mvcc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// writer is one applied entry: a Badger transaction that reads the shard as
+// of its previous revision (plus its own writes) and commits at rev.
+type writer struct {
+	sh     *Shard
+	txn    *badger.Txn
+	prev   State
+	rev    int64
+	events []*mvccpb.Event
+}
+
+func (sh *Shard) newWriter(rev int64) (*writer, error) {
+	st := sh.State()
+	if rev <= st.Revision {
+		return nil, fmt.Errorf("%w: %d <= %d", ErrStaleRevision, rev, st.Revision)
+	}
+	return &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.Revision), true), prev: st, rev: rev}, nil
+}
+
+// commit persists the entry's changes, its change-log record and the new
+// state in one Badger transaction at the entry's revision.
+func (w *writer) commit(index uint64, compact int64) (State, error) {
+	defer w.txn.Discard()
+	st := State{AppliedIndex: index, Revision: w.rev, CompactRevision: compact}
+	if len(w.events) > 0 {
+		if err := w.txn.Set(changeKey(w.sh.id, w.rev), encodeEvents(w.events)); err != nil {
+			return State{}, err
+		}
+	}
+	if err := w.txn.Set(stateKey(w.sh.id), st.encode()); err != nil {
+		return State{}, err
+	}
+	if err := w.txn.CommitAt(uint64(w.rev), nil); err != nil {
+		return State{}, fmt.Errorf("mvcc: shard %d commit at %d: %w", w.sh.id, w.rev, err)
+	}
+	w.sh.setState(st)
+	return st, nil
+}
+
+// ApplyTxn applies one etcd transaction at revision rev as the entry at Raft
+// index index. A request error (ErrKeyNotFound, ErrCompacted, ErrFutureRev
+// from a range inside the txn) is returned after the entry is recorded as
+// applied with no change, exactly as every replica will do.
+func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	w, err := sh.newWriter(rev)
+	if err != nil {
+		return nil, err
+	}
+	path, err := w.comparePath(req)
+	if err != nil {
+		w.txn.Discard()
+		return nil, err
+	}
+	reqErr := w.check(req, path)
+	var resp *pb.TxnResponse
+	if reqErr == nil {
+		resp, _, err = w.execTxn(req, path)
+		if err != nil {
+			w.txn.Discard()
+			return nil, err
+		}
+		resp.Header = &pb.ResponseHeader{Revision: rev}
+	} else {
+		// Nothing of the request is applied; only the state advances.
+		w.txn.Discard()
+		w.txn = sh.store.db.NewTransactionAt(uint64(w.prev.Revision), true)
+		w.events = nil
+	}
+	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
+		return nil, err
+	}
+	return resp, reqErr
+}
+
+// Tick records an entry that changes no data (it advances the revision).
+func (sh *Shard) Tick(index uint64, rev int64) error {
+	w, err := sh.newWriter(rev)
+	if err != nil {
+		return err
+	}
+	_, err = w.commit(index, w.prev.CompactRevision)
+	return err
+}
+
+// Compact drops history below revision compact, as the entry at index with
+// revision rev. Reads below compact fail with ErrCompacted afterwards.
+func (sh *Shard) Compact(index uint64, rev, compact int64) error {
+	w, err := sh.newWriter(rev)
+	if err != nil {
+		return err
+	}
+	var reqErr error
+	switch {
+	case compact <= w.prev.CompactRevision:
+		reqErr = ErrCompacted
+	case compact > w.prev.Revision:
+		reqErr = ErrFutureRev
+	default:
+		if err := w.dropChanges(compact); err != nil {
+			w.txn.Discard()
+			return err
+		}
+	}
+	newCompact := w.prev.CompactRevision
+	if reqErr == nil {
+		newCompact = compact
+	}
+	if _, err := w.commit(index, newCompact); err != nil {
+		return err
+	}
+	sh.store.setCompacted(sh.id, newCompact)
+	return reqErr
+}
+
+// dropChanges deletes change-log records below compact. A huge backlog is
+// deleted in several commits at the same revision: each key is deleted once,
+// and a crash in between leaves the state unchanged so the entry is replayed.
+func (w *writer) dropChanges(compact int64) error {
+	prefix := changePrefix(w.sh.id)
+	for {
+		var keys [][]byte
+		it := w.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		for it.Seek(prefix); it.Valid() && len(keys) < 10000; it.Next() {
+			k := it.Item().KeyCopy(nil)
+			if int64(binary.BigEndian.Uint64(k[9:])) >= compact {
+				break
+			}
+			keys = append(keys, k)
+		}
+		it.Close()
+		for _, k := range keys {
+			if err := w.txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		if len(keys) < 10000 {
+			return nil
+		}
+		if err := w.txn.CommitAt(uint64(w.rev), nil); err != nil {
+			return err
+		}
+		w.txn = w.sh.store.db.NewTransactionAt(uint64(w.prev.Revision), true)
+	}
+}
+
+// comparePath evaluates the compares of req and of every nested txn on the
+// taken branches, in etcd's order (one bool per txn, depth first).
+func (w *writer) comparePath(req *pb.TxnRequest) ([]bool, error) {
+	ok := true
+	for _, c := range req.Compare {
+		r, err := w.compare(c)
+		if err != nil {
+			return nil, err
+		}
+		if !r {
+			ok = false
+			break
+		}
+	}
+	path := []bool{ok}
+	ops := req.Success
+	if !ok {
+		ops = req.Failure
+	}
+	for _, op := range ops {
+		if t := op.GetRequestTxn(); t != nil {
+			sub, err := w.comparePath(t)
+			if err != nil {
+				return nil, err
+			}
+			path = append(path, sub...)
+		}
+	}
+	return path, nil
+}
+
+func (w *writer) compare(c *pb.Compare) (bool, error) {
+	var kvs []*mvccpb.KeyValue
+	err := w.sh.kvIter(w.txn, c.Key, RangeEnd(c.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+		kvs = append(kvs, kv)
+		return true, nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if len(kvs) == 0 {
+		if c.Target == pb.Compare_VALUE {
+			// A missing key has no value to compare, so it never matches.
+			return false, nil
+		}
+		return compareKV(c, &mvccpb.KeyValue{}), nil
+	}
+	for _, kv := range kvs {
+		if !compareKV(c, kv) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
+	var r int
+	switch c.Target {
+	case pb.Compare_VALUE:
+		r = bytes.Compare(kv.Value, c.GetValue())
+	case pb.Compare_CREATE:
+		r = cmpInt(kv.CreateRevision, c.GetCreateRevision())
+	case pb.Compare_MOD:
+		r = cmpInt(kv.ModRevision, c.GetModRevision())
+	case pb.Compare_VERSION:
+		r = cmpInt(kv.Version, c.GetVersion())
+	case pb.Compare_LEASE:
+		r = cmpInt(kv.Lease, c.GetLease())
+	}
+	switch c.Result {
+	case pb.Compare_EQUAL:
+		return r == 0
+	case pb.Compare_NOT_EQUAL:
+		return r != 0
+	case pb.Compare_GREATER:
+		return r > 0
+	case pb.Compare_LESS:
+		return r < 0
+	}
+	return true
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// check validates the ops of the taken branches against the state before the
+// txn, as etcd does before executing anything: ranges at a revision must be
+// readable, ignore_value/ignore_lease need an existing key.
+func (w *writer) check(req *pb.TxnRequest, path []bool) error {
+	_, err := w.checkOps(req, path)
+	return err
+}
+
+func (w *writer) checkOps(req *pb.TxnRequest, path []bool) (int, error) {
+	ops := req.Success
+	if !path[0] {
+		ops = req.Failure
+	}
+	used := 1
+	for _, op := range ops {
+		switch {
+		case op.GetRequestRange() != nil:
+			r := op.GetRequestRange().Revision
+			if r > w.prev.Revision {
+				return 0, ErrFutureRev
+			}
+			if r > 0 && r < w.prev.CompactRevision {
+				return 0, ErrCompacted
+			}
+		case op.GetRequestPut() != nil:
+			p := op.GetRequestPut()
+			if p.IgnoreValue || p.IgnoreLease {
+				kv, err := w.sh.get(w.txn, p.Key)
+				if err != nil {
+					return 0, err
+				}
+				if kv == nil {
+					return 0, ErrKeyNotFound
+				}
+			}
+		case op.GetRequestTxn() != nil:
+			n, err := w.checkOps(op.GetRequestTxn(), path[used:])
+			if err != nil {
+				return 0, err
+			}
+			used += n
+		}
+	}
+	return used, nil
+}
+
+// execTxn runs the taken branch; it returns how many path entries it used.
+func (w *writer) execTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int, error) {
+	ops := req.Success
+	if !path[0] {
+		ops = req.Failure
+	}
+	resp := &pb.TxnResponse{Succeeded: path[0], Responses: make([]*pb.ResponseOp, 0, len(ops))}
+	used := 1
+	for _, op := range ops {
+		var ro *pb.ResponseOp
+		switch {
+		case op.GetRequestRange() != nil:
+			r, err := w.rangeOp(op.GetRequestRange())
+			if err != nil {
+				return nil, 0, err
+			}
+			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: r}}
+		case op.GetRequestPut() != nil:
+			r, err := w.put(op.GetRequestPut())
+			if err != nil {
+				return nil, 0, err
+			}
+			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: r}}
+		case op.GetRequestDeleteRange() != nil:
+			r, err := w.deleteRange(op.GetRequestDeleteRange())
+			if err != nil {
+				return nil, 0, err
+			}
+			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: r}}
+		case op.GetRequestTxn() != nil:
+			r, n, err := w.execTxn(op.GetRequestTxn(), path[used:])
+			if err != nil {
+				return nil, 0, err
+			}
+			used += n
+			r.Header = w.header()
+			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: r}}
+		default:
+			continue
+		}
+		resp.Responses = append(resp.Responses, ro)
+	}
+	return resp, used, nil
+}
+
+// header is the revision an op inside the txn observes: the new revision
+// once the txn changed something, the previous one before.
+func (w *writer) header() *pb.ResponseHeader {
+	if len(w.events) > 0 {
+		return &pb.ResponseHeader{Revision: w.rev}
+	}
+	return &pb.ResponseHeader{Revision: w.prev.Revision}
+}
+
+func (w *writer) rangeOp(r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	txn := w.txn
+	if r.Revision > 0 {
+		// A historical read does not see this txn's writes.
+		txn = w.sh.store.db.NewTransactionAt(uint64(r.Revision), false)
+		defer txn.Discard()
+	}
+	resp, err := w.sh.rangeIn(txn, r)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = w.header()
+	return resp, nil
+}
+
+func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
+	prev, err := w.sh.get(w.txn, p.Key)
+	if err != nil {
+		return nil, err
+	}
+	kv := &mvccpb.KeyValue{Key: p.Key, Value: p.Value, Lease: p.Lease, ModRevision: w.rev, CreateRevision: w.rev, Version: 1}
+	if prev != nil {
+		kv.CreateRevision = prev.CreateRevision
+		kv.Version = prev.Version + 1
+		if p.IgnoreValue {
+			kv.Value = prev.Value
+		}
+		if p.IgnoreLease {
+			kv.Lease = prev.Lease
+		}
+	}
+	if err := w.txn.Set(dataKey(p.Key), encodeKV(kv)); err != nil {
+		return nil, fmt.Errorf("mvcc: put %q: %w", p.Key, err)
+	}
+	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv})
+	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: w.rev}}
+	if p.PrevKv {
+		resp.PrevKv = prev
+	}
+	return resp, nil
+}
+
+func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	var kvs []*mvccpb.KeyValue
+	err := w.sh.kvIter(w.txn, d.Key, RangeEnd(d.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+		kvs = append(kvs, kv)
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range kvs {
+		if err := w.txn.Delete(dataKey(kv.Key)); err != nil {
+			return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
+		}
+		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}})
+	}
+	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs)), Header: w.header()}
+	if d.PrevKv {
+		resp.PrevKvs = kvs
+	}
+	return resp, nil
+}
+
+// encodeKV stores a KeyValue without its key (the Badger key holds it).
+func encodeKV(kv *mvccpb.KeyValue) []byte {
+	c := &mvccpb.KeyValue{CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version, Value: kv.Value, Lease: kv.Lease}
+	b, err := proto.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("mvcc: marshal KeyValue: %v", err)) // cannot fail for this message
+	}
+	return b
+}
+
+// encodeEvents writes a revision's events as length-prefixed mvccpb.Events.
+func encodeEvents(evs []*mvccpb.Event) []byte {
+	var out []byte
+	for _, ev := range evs {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			panic(fmt.Sprintf("mvcc: marshal Event: %v", err))
+		}
+		out = binary.AppendUvarint(out, uint64(len(b)))
+		out = append(out, b...)
+	}
+	return out
+}
+
+// DecodeEvents parses a change-log record.
+func DecodeEvents(b []byte) ([]*mvccpb.Event, error) {
+	var evs []*mvccpb.Event
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return nil, fmt.Errorf("mvcc: corrupt change record")
+		}
+		ev := &mvccpb.Event{}
+		if err := proto.Unmarshal(b[k:k+int(n)], ev); err != nil {
+			return nil, err
+		}
+		evs = append(evs, ev)
+		b = b[k+int(n):]
+	}
+	return evs, nil
+}

@@ -1,0 +1,15 @@
+package mvcc
+
+import "errors"
+
+// Errors of the MVCC layer. The replica maps them to etcd's rpctypes errors.
+var (
+	// ErrCompacted: the requested revision is below the compaction revision.
+	ErrCompacted = errors.New("mvcc: required revision has been compacted")
+	// ErrFutureRev: the requested revision is above the current revision.
+	ErrFutureRev = errors.New("mvcc: required revision is a future revision")
+	// ErrKeyNotFound: ignore_value or ignore_lease on a key that does not exist.
+	ErrKeyNotFound = errors.New("mvcc: key not found")
+	// ErrStaleRevision: an entry's revision is not above the shard's revision.
+	ErrStaleRevision = errors.New("mvcc: entry revision not above applied revision")
+)

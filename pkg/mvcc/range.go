@@ -1,0 +1,134 @@
+package mvcc
+
+import (
+	"bytes"
+	"math"
+	"sort"
+
+	"github.com/dgraph-io/badger/v4"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Range answers an etcd RangeRequest from the shard's keys at req.Revision
+// (0: the current revision). The header carries the shard's revision.
+func (sh *Shard) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	txn, st, _, err := sh.readTxn(req.Revision)
+	if err != nil {
+		return nil, err
+	}
+	defer txn.Discard()
+	resp, err := sh.rangeIn(txn, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = &pb.ResponseHeader{Revision: st.Revision}
+	return resp, nil
+}
+
+// RangeEnd converts a request's range_end to the form this package uses:
+// nil for a single key, empty non-nil for "to the end of the keyspace"
+// (etcd encodes that as "\x00").
+func RangeEnd(end []byte) []byte {
+	if len(end) == 1 && end[0] == 0 {
+		return []byte{}
+	}
+	if len(end) == 0 {
+		return nil
+	}
+	return end
+}
+
+// rangeIn evaluates req in txn with etcd's rules: count is the number of
+// keys in the range before revision filters and limit; limit applies after
+// filters and sorting; more says the limit cut the result.
+func (sh *Shard) rangeIn(txn *badger.Txn, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	fetch := req.Limit
+	if !defaultOrdering(req.SortTarget, req.SortOrder) || hasRevisionFilters(req) {
+		fetch = 0
+	}
+	if fetch > 0 && fetch < math.MaxInt64 {
+		fetch++ // one more tells whether there is more
+	}
+	var kvs []*mvccpb.KeyValue
+	var count int64
+	err := sh.kvIter(txn, req.Key, RangeEnd(req.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+		count++
+		if !req.CountOnly && (fetch == 0 || int64(len(kvs)) < fetch) {
+			kvs = append(kvs, kv)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	kvs = filterKVs(kvs, req)
+	sortKVs(kvs, req)
+	resp := &pb.RangeResponse{Count: count}
+	if req.Limit > 0 && int64(len(kvs)) > req.Limit {
+		kvs = kvs[:req.Limit]
+		resp.More = true
+	}
+	if req.KeysOnly {
+		for _, kv := range kvs {
+			kv.Value = nil
+		}
+	}
+	resp.Kvs = kvs
+	return resp, nil
+}
+
+func defaultOrdering(t pb.RangeRequest_SortTarget, o pb.RangeRequest_SortOrder) bool {
+	return o == pb.RangeRequest_NONE || (t == pb.RangeRequest_KEY && o == pb.RangeRequest_ASCEND)
+}
+
+func hasRevisionFilters(r *pb.RangeRequest) bool {
+	return r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+}
+
+func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
+	if !hasRevisionFilters(r) {
+		return kvs
+	}
+	out := kvs[:0]
+	for _, kv := range kvs {
+		switch {
+		case r.MaxModRevision != 0 && kv.ModRevision > r.MaxModRevision,
+			r.MinModRevision != 0 && kv.ModRevision < r.MinModRevision,
+			r.MaxCreateRevision != 0 && kv.CreateRevision > r.MaxCreateRevision,
+			r.MinCreateRevision != 0 && kv.CreateRevision < r.MinCreateRevision:
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
+	order := r.SortOrder
+	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
+		order = pb.RangeRequest_ASCEND
+	}
+	if defaultOrdering(r.SortTarget, order) {
+		return
+	}
+	var less func(a, b *mvccpb.KeyValue) bool
+	switch r.SortTarget {
+	case pb.RangeRequest_VERSION:
+		less = func(a, b *mvccpb.KeyValue) bool { return a.Version < b.Version }
+	case pb.RangeRequest_CREATE:
+		less = func(a, b *mvccpb.KeyValue) bool { return a.CreateRevision < b.CreateRevision }
+	case pb.RangeRequest_MOD:
+		less = func(a, b *mvccpb.KeyValue) bool { return a.ModRevision < b.ModRevision }
+	case pb.RangeRequest_VALUE:
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Value, b.Value) < 0 }
+	default:
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Key, b.Key) < 0 }
+	}
+	if order == pb.RangeRequest_DESCEND {
+		asc := less
+		less = func(a, b *mvccpb.KeyValue) bool { return asc(b, a) }
+	}
+	// Stable, so ties keep key order: deterministic across replicas.
+	sort.SliceStable(kvs, func(i, j int) bool { return less(kvs[i], kvs[j]) })
+}

@@ -1,0 +1,104 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
+)
+
+// toStatus maps an internal error to the gRPC status a gateway passes on:
+// etcd's own errors where etcd has one.
+func toStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, mvcc.ErrCompacted):
+		return rpctypes.ErrGRPCCompacted
+	case errors.Is(err, mvcc.ErrFutureRev):
+		return rpctypes.ErrGRPCFutureRev
+	case errors.Is(err, mvcc.ErrKeyNotFound):
+		return rpctypes.ErrGRPCKeyNotFound
+	case errors.Is(err, sequencer.ErrTimeout), errors.Is(err, dragonboat.ErrTimeout):
+		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, sequencer.ErrUnavailable), errors.Is(err, dragonboat.ErrShardNotReady),
+		errors.Is(err, dragonboat.ErrSystemBusy), errors.Is(err, sequencer.ErrStopped),
+		errors.Is(err, dragonboat.ErrShardClosed), errors.Is(err, dragonboat.ErrClosed):
+		return rpctypes.ErrGRPCNoLeader
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// resultErr maps a state machine result code to an error.
+func resultErr(res *raftcmdpb.DataResult) error {
+	switch res.Code {
+	case raftcmdpb.DataResult_CODE_OK:
+		return nil
+	case raftcmdpb.DataResult_CODE_COMPACTED:
+		return rpctypes.ErrGRPCCompacted
+	case raftcmdpb.DataResult_CODE_FUTURE_REVISION:
+		return rpctypes.ErrGRPCFutureRev
+	case raftcmdpb.DataResult_CODE_KEY_NOT_FOUND:
+		return rpctypes.ErrGRPCKeyNotFound
+	}
+	return status.Errorf(codes.InvalidArgument, "tessera: entry rejected: %s %s", res.Code, res.Message)
+}
+
+// notLeader builds the routing error a gateway uses to find the leader.
+func (r *Replica) notLeader(shardID, leader uint64) error {
+	st := status.New(codes.Unavailable, "etcdserver: not leader")
+	if leader == 0 {
+		st = status.New(codes.Unavailable, "etcdserver: no leader")
+	}
+	d, err := st.WithDetails(&shardpb.NotLeader{ShardId: shardID, LeaderStoreId: leader, LeaderApiAddress: r.storeAddress(leader)})
+	if err != nil {
+		return st.Err()
+	}
+	return d.Err()
+}
+
+// requireLeader returns the shard's Raft term if this store leads it.
+func (r *Replica) requireLeader(shardID uint64) (uint64, error) {
+	id, term, valid, err := r.nh.GetLeaderID(shardID)
+	if err != nil {
+		return 0, toStatus(err)
+	}
+	if !valid || id != r.cfg.StoreID {
+		if !valid {
+			id = 0
+		}
+		return 0, r.notLeader(shardID, id)
+	}
+	return term, nil
+}
+
+func electionBackoff(c Config) time.Duration {
+	return time.Duration(c.RTTMillisecond*c.ElectionRTT/2) * time.Millisecond
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,107 @@
+// Package metasm is the state machine of the meta shard: the shard map and
+// the revision oracle's high-water mark. Its state is small, so it lives in
+// memory and is rebuilt from the Raft log and snapshots (dragonboat
+// IStateMachine); Update is deterministic.
+package metasm
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+)
+
+// StateQuery asks Lookup for a copy of the whole *metapb.MetaState.
+type StateQuery struct{}
+
+// StateMachine holds the meta state.
+type StateMachine struct {
+	mu    sync.RWMutex
+	state *metapb.MetaState
+}
+
+var _ sm.IStateMachine = (*StateMachine)(nil)
+
+// Factory returns a constructor that starts from the bootstrap state (the
+// same on every replica: it comes from the cluster's first configuration).
+func Factory(bootstrap *metapb.MetaState) sm.CreateStateMachineFunc {
+	return func(uint64, uint64) sm.IStateMachine {
+		return &StateMachine{state: proto.Clone(bootstrap).(*metapb.MetaState)}
+	}
+}
+
+// Update applies one MetaCommand.
+func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
+	var cmd raftcmdpb.MetaCommand
+	if err := proto.Unmarshal(e.Cmd, &cmd); err != nil {
+		return sm.Result{}, nil // rejected identically everywhere
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch op := cmd.Op.(type) {
+	case *raftcmdpb.MetaCommand_ExtendTso:
+		// The saved window only grows.
+		if op.ExtendTso.Limit > s.state.TsoLimit {
+			s.state.TsoLimit = op.ExtendTso.Limit
+		}
+		return sm.Result{Value: uint64(s.state.TsoLimit)}, nil
+	case *raftcmdpb.MetaCommand_RegisterStore:
+		r := op.RegisterStore
+		st := &metapb.Store{Id: r.StoreId, RaftAddress: r.RaftAddress, ApiAddress: r.ApiAddress}
+		for i, old := range s.state.ShardMap.Stores {
+			if old.Id == r.StoreId {
+				s.state.ShardMap.Stores[i] = st
+				return sm.Result{Value: 1}, nil
+			}
+		}
+		s.state.ShardMap.Stores = append(s.state.ShardMap.Stores, st)
+		return sm.Result{Value: 1}, nil
+	}
+	return sm.Result{}, nil
+}
+
+// Lookup returns a copy of the state.
+func (s *StateMachine) Lookup(q any) (any, error) {
+	if _, ok := q.(StateQuery); !ok {
+		return nil, fmt.Errorf("metasm: unknown query %T", q)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return proto.Clone(s.state), nil
+}
+
+// SaveSnapshot writes the state.
+func (s *StateMachine) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
+	s.mu.RLock()
+	b, err := proto.Marshal(s.state)
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// RecoverFromSnapshot replaces the state.
+func (s *StateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	st := &metapb.MetaState{}
+	if err := proto.Unmarshal(b, st); err != nil {
+		return fmt.Errorf("metasm: snapshot: %w", err)
+	}
+	s.mu.Lock()
+	s.state = st
+	s.mu.Unlock()
+	return nil
+}
+
+// Close does nothing.
+func (s *StateMachine) Close() error { return nil }

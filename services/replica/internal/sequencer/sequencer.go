@@ -1,0 +1,223 @@
+// Package sequencer orders a data shard's writes on its leader: it takes
+// revisions from the revision oracle in batches and proposes entries in
+// revision order from a single goroutine, so the shard's log is appended in
+// revision order. The state machine rejects an entry whose revision is not
+// above the last applied one (possible only around leader changes); such an
+// entry changed nothing, so it is resubmitted with a fresh revision.
+//
+// A proposal that timed out may still be applied later, so it is never
+// retried here: the client gets etcd's timeout error, as with etcd.
+package sequencer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+)
+
+// RevisionSource grants n consecutive revisions and returns the first.
+type RevisionSource interface {
+	Allocate(ctx context.Context, n int64) (int64, error)
+}
+
+// Errors returned by Submit.
+var (
+	// ErrTimeout: the entry may or may not be applied.
+	ErrTimeout = errors.New("sequencer: proposal timed out")
+	// ErrStopped: the sequencer or the shard is shutting down.
+	ErrStopped = errors.New("sequencer: stopped")
+	// ErrUnavailable: the shard could not take the entry (no leader, busy);
+	// nothing was applied.
+	ErrUnavailable = errors.New("sequencer: shard unavailable")
+)
+
+const (
+	maxBatch    = 512
+	maxAttempts = 5
+)
+
+// Sequencer serializes one data shard's proposals on this replica.
+type Sequencer struct {
+	nh      *dragonboat.NodeHost
+	shardID uint64
+	revs    RevisionSource
+	timeout time.Duration
+	log     *slog.Logger
+
+	reqc  chan *request
+	stopc chan struct{}
+	wg    sync.WaitGroup
+}
+
+type request struct {
+	ctx      context.Context
+	cmd      *raftcmdpb.DataCommand
+	attempts int
+	done     chan reply
+}
+
+type reply struct {
+	res *raftcmdpb.DataResult
+	err error
+}
+
+// New starts a sequencer for shardID. timeout bounds each proposal.
+func New(nh *dragonboat.NodeHost, shardID uint64, revs RevisionSource, timeout time.Duration, log *slog.Logger) *Sequencer {
+	s := &Sequencer{nh: nh, shardID: shardID, revs: revs, timeout: timeout, log: log,
+		reqc: make(chan *request, maxBatch), stopc: make(chan struct{})}
+	s.wg.Add(1)
+	go s.run()
+	return s
+}
+
+// Stop ends the loop; pending submissions get ErrStopped.
+func (s *Sequencer) Stop() {
+	close(s.stopc)
+	s.wg.Wait()
+}
+
+// Submit proposes cmd (its Op set, its Revision filled here) and returns the
+// state machine's result.
+func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (*raftcmdpb.DataResult, error) {
+	r := &request{ctx: ctx, cmd: cmd, done: make(chan reply, 1)}
+	select {
+	case s.reqc <- r:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.stopc:
+		return nil, ErrStopped
+	}
+	select {
+	case rep := <-r.done:
+		return rep.res, rep.err
+	case <-ctx.Done():
+		// The entry may still apply; the caller reports the context error.
+		return nil, ctx.Err()
+	}
+}
+
+func (s *Sequencer) run() {
+	defer s.wg.Done()
+	session := s.nh.GetNoOPSession(s.shardID)
+	batch := make([]*request, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-s.reqc:
+			batch = append(batch, r)
+		case <-s.stopc:
+			return
+		}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r := <-s.reqc:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		live := batch[:0]
+		for _, r := range batch {
+			if r.ctx.Err() != nil {
+				r.done <- reply{err: r.ctx.Err()}
+				continue
+			}
+			live = append(live, r)
+		}
+		if len(live) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		first, err := s.revs.Allocate(ctx, int64(len(live)))
+		cancel()
+		if err != nil {
+			for _, r := range live {
+				r.done <- reply{err: fmt.Errorf("%w: revisions: %v", ErrUnavailable, err)}
+			}
+			continue
+		}
+		for i, r := range live {
+			r.cmd.Revision = first + int64(i)
+			b, err := proto.Marshal(r.cmd)
+			if err != nil {
+				r.done <- reply{err: err}
+				continue
+			}
+			rs, err := s.nh.Propose(session, b, s.timeout)
+			if err != nil {
+				if dragonboat.IsTempError(err) {
+					err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+				}
+				r.done <- reply{err: err}
+				continue
+			}
+			s.wg.Add(1)
+			go s.await(r, rs)
+		}
+	}
+}
+
+func (s *Sequencer) await(r *request, rs *dragonboat.RequestState) {
+	defer s.wg.Done()
+	var res dragonboat.RequestResult
+	select {
+	case res = <-rs.ResultC():
+	case <-s.stopc:
+		r.done <- reply{err: ErrStopped}
+		return
+	}
+	rs.Release()
+	switch {
+	case res.Completed():
+		out := &raftcmdpb.DataResult{}
+		if err := proto.Unmarshal(res.GetResult().Data, out); err != nil {
+			r.done <- reply{err: fmt.Errorf("sequencer: decode result: %w", err)}
+			return
+		}
+		if out.Code == raftcmdpb.DataResult_CODE_STALE_REVISION {
+			s.retry(r, "stale revision")
+			return
+		}
+		r.done <- reply{res: out}
+	case res.Dropped():
+		// Never appended to the log: safe to try again.
+		s.retry(r, "dropped")
+	case res.Timeout():
+		r.done <- reply{err: ErrTimeout}
+	default:
+		r.done <- reply{err: ErrStopped}
+	}
+}
+
+func (s *Sequencer) retry(r *request, why string) {
+	r.attempts++
+	if r.attempts >= maxAttempts {
+		r.done <- reply{err: fmt.Errorf("%w: %s after %d attempts", ErrUnavailable, why, r.attempts)}
+		return
+	}
+	if why == "dropped" {
+		// Give an election a moment before trying again.
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-s.stopc:
+			r.done <- reply{err: ErrStopped}
+			return
+		}
+	}
+	select {
+	case s.reqc <- r:
+	case <-s.stopc:
+		r.done <- reply{err: ErrStopped}
+	case <-r.ctx.Done():
+		r.done <- reply{err: r.ctx.Err()}
+	}
+}

@@ -1,0 +1,170 @@
+package tso
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+)
+
+// memLog is an in-memory stand-in for the meta shard's Raft group that keeps
+// its guarantees: the saved limit only grows, reads see every saved limit.
+type memLog struct {
+	mu      sync.Mutex
+	term    uint64
+	leader  bool
+	limit   int64
+	saves   int
+	failErr error
+}
+
+func (m *memLog) Leadership() (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.term, m.leader
+}
+
+func (m *memLog) ReadLimit(context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.limit, nil
+}
+
+func (m *memLog) SaveLimit(_ context.Context, l int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failErr != nil {
+		return m.failErr
+	}
+	m.saves++
+	if l > m.limit {
+		m.limit = l
+	}
+	return nil
+}
+
+func TestServedBelowSavedLimit(t *testing.T) {
+	log := &memLog{term: 1, leader: true, limit: 2}
+	o := New(log, 10)
+	prev := int64(0)
+	for i := 0; i < 100; i++ {
+		first, err := o.Allocate(context.Background(), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first <= prev {
+			t.Fatalf("allocation %d: first %d not above previous %d", i, first, prev)
+		}
+		if first+3 > log.limit {
+			t.Fatalf("served [%d,%d) beyond saved limit %d", first, first+3, log.limit)
+		}
+		prev = first + 2
+	}
+	if log.saves >= 100 {
+		t.Fatalf("window not used: %d saves for 100 allocations", log.saves)
+	}
+}
+
+func TestConsecutiveWithinLeadership(t *testing.T) {
+	o := New(&memLog{term: 1, leader: true, limit: 2}, 1000)
+	for want := int64(2); want < 50; want++ {
+		got, err := o.Allocate(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("got %d, want %d", got, want)
+		}
+	}
+}
+
+func TestNewLeaderStartsAboveOldWindow(t *testing.T) {
+	log := &memLog{term: 1, leader: true, limit: 2}
+	old := New(log, 100)
+	var maxServed int64
+	for i := 0; i < 10; i++ {
+		f, err := old.Allocate(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		maxServed = f
+	}
+	// Leadership moves to another oracle instance (another replica).
+	log.mu.Lock()
+	log.term = 2
+	log.mu.Unlock()
+	successor := New(log, 100)
+	f, err := successor.Allocate(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f <= maxServed {
+		t.Fatalf("new leader served %d, old leader had served up to %d", f, maxServed)
+	}
+	// The old instance, on regaining leadership in a later term, re-reads too.
+	log.mu.Lock()
+	log.term = 3
+	log.mu.Unlock()
+	g, err := old.Allocate(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g <= f {
+		t.Fatalf("re-elected leader served %d after successor served %d", g, f)
+	}
+}
+
+func TestNotLeader(t *testing.T) {
+	o := New(&memLog{term: 1, leader: false, limit: 2}, 10)
+	if _, err := o.Allocate(context.Background(), 1); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("got %v, want ErrNotLeader", err)
+	}
+}
+
+func TestSaveFailureServesNothing(t *testing.T) {
+	boom := errors.New("no quorum")
+	log := &memLog{term: 1, leader: true, limit: 2, failErr: boom}
+	o := New(log, 10)
+	if _, err := o.Allocate(context.Background(), 1); !errors.Is(err, boom) {
+		t.Fatalf("got %v, want %v", err, boom)
+	}
+	log.mu.Lock()
+	log.failErr = nil
+	log.mu.Unlock()
+	f, err := o.Allocate(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f < 2 || f+1 > log.limit {
+		t.Fatalf("served %d with saved limit %d", f, log.limit)
+	}
+}
+
+func TestConcurrentAllocationsUnique(t *testing.T) {
+	o := New(&memLog{term: 1, leader: true, limit: 2}, 7)
+	var mu sync.Mutex
+	seen := map[int64]bool{}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				f, err := o.Allocate(context.Background(), 2)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				for r := f; r < f+2; r++ {
+					if seen[r] {
+						t.Errorf("revision %d served twice", r)
+					}
+					seen[r] = true
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}

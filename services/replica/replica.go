@@ -1,0 +1,365 @@
+// Package replica runs one replica process (a "store"): a dragonboat
+// NodeHost hosting the meta shard and data shards, one Badger store shared by
+// the data shards, and the internal gRPC API (Shard and Meta services) that
+// gateways and other replicas call.
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/config"
+	dblogger "github.com/lni/dragonboat/v4/logger"
+	"google.golang.org/grpc"
+
+	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
+	"github.com/tessera-kv/tessera/services/replica/internal/tso"
+)
+
+// MetaShardID is the Raft shard ID of the meta shard; data shards start at
+// FirstDataShardID.
+const (
+	MetaShardID      = 1
+	FirstDataShardID = 2
+)
+
+// Member is one store of the cluster's initial configuration.
+type Member struct {
+	ID          uint64 `json:"id"`
+	RaftAddress string `json:"raft_address"`
+	APIAddress  string `json:"api_address"`
+}
+
+// Config configures a replica process.
+type Config struct {
+	// StoreID identifies this store; it is the dragonboat replica ID of every
+	// shard replica it hosts. Required, non-zero.
+	StoreID uint64
+	// DataDir holds the Raft log (raft/) and the Badger store (store/).
+	DataDir string
+	// RaftAddress is host:port of dragonboat's transport.
+	RaftAddress string
+	// APIAddress is host:port the internal gRPC API listens on.
+	APIAddress string
+	// Cluster is every store of the initial configuration, this one
+	// included. It is recorded in DataDir on first start; later starts use
+	// the recorded one.
+	Cluster []Member
+	// RTTMillisecond is the Raft tick; elections take ElectionRTT ticks.
+	RTTMillisecond uint64
+	ElectionRTT    uint64
+	// ProposalTimeout bounds one Raft proposal or linearizable read.
+	ProposalTimeout time.Duration
+	// TSOWindow is how many revisions the oracle saves ahead.
+	TSOWindow int64
+	// Store sizes the Badger DB.
+	Store mvcc.Options
+	// Logger is the component logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config with every optional field set.
+func DefaultConfig() Config {
+	return Config{RTTMillisecond: 50, ElectionRTT: 10, ProposalTimeout: 5 * time.Second,
+		TSOWindow: tso.DefaultWindow, Store: mvcc.DefaultOptions()}
+}
+
+// Validate checks the fields and their combinations.
+func (c *Config) Validate() error {
+	switch {
+	case c.StoreID == 0:
+		return errors.New("replica: store ID must be non-zero")
+	case c.DataDir == "":
+		return errors.New("replica: data dir required")
+	case c.RaftAddress == "" || c.APIAddress == "":
+		return errors.New("replica: raft and API addresses required")
+	case c.RTTMillisecond == 0 || c.ElectionRTT < 5 || c.ProposalTimeout <= 0:
+		return errors.New("replica: RTT, election RTT (>= 5) and proposal timeout required")
+	}
+	found := false
+	for _, m := range c.Cluster {
+		if m.ID == c.StoreID {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("replica: store %d is not in the cluster list", c.StoreID)
+	}
+	return nil
+}
+
+// Replica is a running replica process.
+type Replica struct {
+	cfg     Config
+	log     *slog.Logger
+	nh      *dragonboat.NodeHost
+	store   *mvcc.Store
+	oracle  *tso.Oracle
+	revs    *revisionRouter
+	grpcSrv *grpc.Server
+	lis     net.Listener
+
+	mu     sync.RWMutex
+	shards map[uint64]*dataShard // guarded by mu
+}
+
+// dataShard is a data shard replica hosted here.
+type dataShard struct {
+	id   uint64
+	seq  *sequencer.Sequencer
+	mu   sync.RWMutex
+	mvcc *mvcc.Shard // set when the state machine opens
+}
+
+func (d *dataShard) shard() *mvcc.Shard {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.mvcc
+}
+
+var quietOnce sync.Once
+
+// Start opens the store, starts the shards and serves the internal API.
+func Start(cfg Config) (*Replica, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	quietOnce.Do(func() {
+		for _, p := range []string{"dragonboat", "raft", "rsm", "transport", "logdb", "raftpb", "config", "settings", "grpc", "tan", "registry"} {
+			dblogger.GetLogger(p).SetLevel(dblogger.WARNING)
+		}
+	})
+	members, err := loadOrSaveCluster(cfg.DataDir, cfg.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Cluster = members
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}}
+	if err := r.start(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Replica) start() error {
+	var err error
+	storeOpts := r.cfg.Store
+	storeOpts.Logger = r.log
+	if r.store, err = mvcc.Open(filepath.Join(r.cfg.DataDir, "store"), storeOpts); err != nil {
+		return err
+	}
+	logdb := config.GetTinyMemLogDBConfig()
+	r.nh, err = dragonboat.NewNodeHost(config.NodeHostConfig{
+		NodeHostDir:    filepath.Join(r.cfg.DataDir, "raft"),
+		RTTMillisecond: r.cfg.RTTMillisecond,
+		RaftAddress:    r.cfg.RaftAddress,
+		Expert:         config.ExpertConfig{LogDB: logdb},
+	})
+	if err != nil {
+		return fmt.Errorf("replica: start raft: %w", err)
+	}
+	r.oracle = tso.New(&metaLog{r: r}, r.cfg.TSOWindow)
+	r.revs = newRevisionRouter(r)
+
+	boot := bootstrapState(r.cfg.Cluster)
+	initial := map[uint64]dragonboat.Target{}
+	for _, m := range r.cfg.Cluster {
+		initial[m.ID] = m.RaftAddress
+	}
+	if err := r.nh.StartReplica(initial, false, metasm.Factory(boot), r.shardConfig(MetaShardID, 1000)); err != nil {
+		return fmt.Errorf("replica: start meta shard: %w", err)
+	}
+	for _, d := range boot.ShardMap.Shards {
+		if !hasReplica(d, r.cfg.StoreID) {
+			continue
+		}
+		ds := &dataShard{id: d.Id}
+		onOpen := func(sh *mvcc.Shard) {
+			ds.mu.Lock()
+			ds.mvcc = sh
+			ds.mu.Unlock()
+		}
+		if err := r.nh.StartOnDiskReplica(initial, false, datasm.Factory(r.store, d.StartKey, d.EndKey, onOpen), r.shardConfig(d.Id, 10000)); err != nil {
+			return fmt.Errorf("replica: start shard %d: %w", d.Id, err)
+		}
+		ds.seq = sequencer.New(r.nh, d.Id, r.revs, r.cfg.ProposalTimeout, r.log)
+		r.mu.Lock()
+		r.shards[d.Id] = ds
+		r.mu.Unlock()
+	}
+
+	r.lis, err = net.Listen("tcp", r.cfg.APIAddress)
+	if err != nil {
+		return fmt.Errorf("replica: listen %s: %w", r.cfg.APIAddress, err)
+	}
+	r.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))
+	shardpb.RegisterShardServer(r.grpcSrv, &shardService{r: r})
+	metapb.RegisterMetaServer(r.grpcSrv, &metaService{r: r})
+	go func() {
+		if err := r.grpcSrv.Serve(r.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			r.log.Error("internal API stopped", "err", err)
+		}
+	}()
+	r.log.Info("replica started", "raft", r.cfg.RaftAddress, "api", r.lis.Addr().String())
+	return nil
+}
+
+const math32 = 1<<31 - 1
+
+func (r *Replica) shardConfig(shardID, snapshotEntries uint64) config.Config {
+	return config.Config{
+		ReplicaID:          r.cfg.StoreID,
+		ShardID:            shardID,
+		CheckQuorum:        true,
+		PreVote:            true,
+		ElectionRTT:        r.cfg.ElectionRTT,
+		HeartbeatRTT:       1,
+		SnapshotEntries:    snapshotEntries,
+		CompactionOverhead: snapshotEntries / 2,
+		MaxInMemLogSize:    256 << 20,
+	}
+}
+
+// APIAddr is the address the internal API listens on.
+func (r *Replica) APIAddr() string { return r.lis.Addr().String() }
+
+// StoreID is this store's ID.
+func (r *Replica) StoreID() uint64 { return r.cfg.StoreID }
+
+// Close stops serving and releases the store. It is safe on a partly
+// started replica.
+func (r *Replica) Close() {
+	if r.grpcSrv != nil {
+		r.grpcSrv.Stop()
+	}
+	r.mu.Lock()
+	for _, ds := range r.shards {
+		if ds.seq != nil {
+			ds.seq.Stop()
+		}
+	}
+	r.mu.Unlock()
+	if r.revs != nil {
+		r.revs.close()
+	}
+	if r.nh != nil {
+		r.nh.Close()
+	}
+	if r.store != nil {
+		if err := r.store.Close(); err != nil {
+			r.log.Error("close store", "err", err)
+		}
+	}
+}
+
+// LeaderOf reports the leader store of a shard as seen here (0: unknown).
+func (r *Replica) LeaderOf(shardID uint64) uint64 {
+	id, _, valid, err := r.nh.GetLeaderID(shardID)
+	if err != nil || !valid {
+		return 0
+	}
+	return id
+}
+
+func (r *Replica) dataShard(id uint64) (*dataShard, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ds, ok := r.shards[id]
+	return ds, ok
+}
+
+// metaState reads the local copy of the meta state (not linearizable).
+func (r *Replica) metaState() (*metapb.MetaState, error) {
+	v, err := r.nh.StaleRead(MetaShardID, metasm.StateQuery{})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*metapb.MetaState), nil
+}
+
+func (r *Replica) storeAddress(id uint64) string {
+	if st, err := r.metaState(); err == nil {
+		for _, s := range st.ShardMap.Stores {
+			if s.Id == id {
+				return s.ApiAddress
+			}
+		}
+	}
+	return ""
+}
+
+func hasReplica(d *metapb.ShardDescriptor, store uint64) bool {
+	for _, id := range d.Replicas {
+		if id == store {
+			return true
+		}
+	}
+	return false
+}
+
+// bootstrapState is the meta state every replica starts from: one data shard
+// over the whole keyspace, replicated on every store of the initial cluster.
+func bootstrapState(members []Member) *metapb.MetaState {
+	sm := &metapb.ShardMap{MetaShardId: MetaShardID}
+	data := &metapb.ShardDescriptor{Id: FirstDataShardID, Generation: 1}
+	for _, m := range members {
+		sm.Stores = append(sm.Stores, &metapb.Store{Id: m.ID, RaftAddress: m.RaftAddress, ApiAddress: m.APIAddress})
+		data.Replicas = append(data.Replicas, m.ID)
+	}
+	sm.Shards = []*metapb.ShardDescriptor{data}
+	// The first revision served is one above etcd's initial revision.
+	return &metapb.MetaState{ShardMap: sm, TsoLimit: mvcc.InitialRevision + 1}
+}
+
+// loadOrSaveCluster pins the initial configuration in the data dir: the
+// meta state machine is rebuilt from it on every start, so it must never
+// change after the first.
+func loadOrSaveCluster(dir string, members []Member) ([]Member, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "cluster.json")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		var saved []Member
+		if err := json.Unmarshal(b, &saved); err != nil {
+			return nil, fmt.Errorf("replica: %s: %w", path, err)
+		}
+		return saved, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	b, err = json.MarshalIndent(members, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return nil, err
+	}
+	return members, os.Rename(tmp, path)
+}
+
+// withTimeout bounds a Raft operation by the proposal timeout.
+func (r *Replica) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.ProposalTimeout)
+}

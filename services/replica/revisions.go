@@ -1,0 +1,139 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/lni/dragonboat/v4"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/tso"
+)
+
+// metaLog gives the oracle the meta shard's Raft group.
+type metaLog struct{ r *Replica }
+
+var _ tso.Log = (*metaLog)(nil)
+
+func (m *metaLog) Leadership() (uint64, bool) {
+	id, term, valid, err := m.r.nh.GetLeaderID(MetaShardID)
+	return term, err == nil && valid && id == m.r.cfg.StoreID
+}
+
+func (m *metaLog) ReadLimit(ctx context.Context) (int64, error) {
+	ctx, cancel := m.r.withTimeout(ctx)
+	defer cancel()
+	v, err := m.r.nh.SyncRead(ctx, MetaShardID, metasm.StateQuery{})
+	if err != nil {
+		return 0, err
+	}
+	return v.(*metapb.MetaState).TsoLimit, nil
+}
+
+func (m *metaLog) SaveLimit(ctx context.Context, limit int64) error {
+	ctx, cancel := m.r.withTimeout(ctx)
+	defer cancel()
+	b, err := proto.Marshal(&raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_ExtendTso{ExtendTso: &raftcmdpb.ExtendTSO{Limit: limit}}})
+	if err != nil {
+		return err
+	}
+	res, err := m.r.nh.SyncPropose(ctx, m.r.nh.GetNoOPSession(MetaShardID), b)
+	if err != nil {
+		return err
+	}
+	if int64(res.Value) < limit {
+		return fmt.Errorf("tso: saved limit %d below requested %d", res.Value, limit)
+	}
+	return nil
+}
+
+// revisionRouter takes revisions from the local oracle when this store leads
+// the meta shard, and from the leader's Meta API otherwise.
+type revisionRouter struct {
+	r  *Replica
+	mu sync.Mutex
+	// conns caches one client connection per store address.
+	conns map[string]*grpc.ClientConn
+}
+
+func newRevisionRouter(r *Replica) *revisionRouter {
+	return &revisionRouter{r: r, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (rr *revisionRouter) Allocate(ctx context.Context, n int64) (int64, error) {
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		leader, _, valid, err := rr.r.nh.GetLeaderID(MetaShardID)
+		if err != nil {
+			return 0, err
+		}
+		if !valid {
+			lastErr = dragonboat.ErrShardNotReady
+		} else if leader == rr.r.cfg.StoreID {
+			first, err := rr.r.oracle.Allocate(ctx, n)
+			if err == nil || !errors.Is(err, tso.ErrNotLeader) {
+				return first, err
+			}
+			lastErr = err
+		} else {
+			first, err := rr.remote(ctx, leader, n)
+			if err == nil {
+				return first, nil
+			}
+			lastErr = err
+		}
+		if err := sleepCtx(ctx, electionBackoff(rr.r.cfg)); err != nil {
+			return 0, err
+		}
+	}
+	return 0, lastErr
+}
+
+func (rr *revisionRouter) remote(ctx context.Context, leader uint64, n int64) (int64, error) {
+	addr := rr.r.storeAddress(leader)
+	if addr == "" {
+		return 0, fmt.Errorf("replica: no address for meta leader store %d", leader)
+	}
+	conn, err := rr.conn(addr)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := metapb.NewMetaClient(conn).AllocateRevisions(ctx, &metapb.AllocateRevisionsRequest{Count: uint32(n)})
+	if err != nil {
+		return 0, err
+	}
+	if int64(resp.Count) != n {
+		return 0, fmt.Errorf("replica: oracle granted %d revisions, asked %d", resp.Count, n)
+	}
+	return resp.First, nil
+}
+
+func (rr *revisionRouter) conn(addr string) (*grpc.ClientConn, error) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if c, ok := rr.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	rr.conns[addr] = c
+	return c, nil
+}
+
+func (rr *revisionRouter) close() {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	for _, c := range rr.conns {
+		c.Close()
+	}
+	rr.conns = map[string]*grpc.ClientConn{}
+}

@@ -1,0 +1,170 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/tso"
+)
+
+// shardService serves the Shard API for the data shards held here. Requests
+// are validated by the gateway; what arrives here is routed and applied.
+type shardService struct {
+	shardpb.UnsafeShardServer
+	r *Replica
+}
+
+var _ shardpb.ShardServer = (*shardService)(nil)
+
+func (s *shardService) lookup(id uint64) (*dataShard, error) {
+	ds, ok := s.r.dataShard(id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "tessera: shard %d has no replica on store %d", id, s.r.cfg.StoreID)
+	}
+	return ds, nil
+}
+
+// Range answers a linearizable read with a Raft ReadIndex read (at the
+// shard's applied revision) and a serializable one from local state.
+func (s *shardService) Range(ctx context.Context, req *shardpb.RangeRequest) (*shardpb.RangeResponse, error) {
+	if _, err := s.lookup(req.ShardId); err != nil {
+		return nil, err
+	}
+	rr := &pb.RangeRequest{}
+	if err := proto.Unmarshal(req.Request, rr); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad range request: %v", err)
+	}
+	var (
+		v   any
+		err error
+	)
+	if rr.Serializable {
+		v, err = s.r.nh.StaleRead(req.ShardId, datasm.RangeQuery{Request: rr})
+	} else {
+		rctx, cancel := s.r.withTimeout(ctx)
+		v, err = s.r.nh.SyncRead(rctx, req.ShardId, datasm.RangeQuery{Request: rr})
+		cancel()
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	b, err := proto.Marshal(v.(*pb.RangeResponse))
+	if err != nil {
+		return nil, err
+	}
+	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
+	return &shardpb.RangeResponse{Response: b, RaftTerm: term}, nil
+}
+
+// Txn sequences a write on the shard leader.
+func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shardpb.TxnResponse, error) {
+	ds, err := s.lookup(req.ShardId)
+	if err != nil {
+		return nil, err
+	}
+	term, err := s.r.requireLeader(req.ShardId)
+	if err != nil {
+		return nil, err
+	}
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := resultErr(res); err != nil {
+		return nil, err
+	}
+	return &shardpb.TxnResponse{Response: res.TxnResponse, RaftTerm: term}, nil
+}
+
+// Compact applies a compaction through the shard's log.
+func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest) (*shardpb.CompactResponse, error) {
+	ds, err := s.lookup(req.ShardId)
+	if err != nil {
+		return nil, err
+	}
+	term, err := s.r.requireLeader(req.ShardId)
+	if err != nil {
+		return nil, err
+	}
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Compact{Compact: &raftcmdpb.Compact{Revision: req.Revision}}})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := resultErr(res); err != nil {
+		return nil, err
+	}
+	return &shardpb.CompactResponse{Revision: res.Revision, RaftTerm: term}, nil
+}
+
+// Status reports this replica's view of a shard.
+func (s *shardService) Status(_ context.Context, req *shardpb.StatusRequest) (*shardpb.StatusResponse, error) {
+	ds, err := s.lookup(req.ShardId)
+	if err != nil {
+		return nil, err
+	}
+	sh := ds.shard()
+	if sh == nil {
+		return nil, status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", req.ShardId)
+	}
+	st := sh.State()
+	leader, term, valid, _ := s.r.nh.GetLeaderID(req.ShardId)
+	if !valid {
+		leader = 0
+	}
+	return &shardpb.StatusResponse{LeaderStoreId: leader, RaftTerm: term, AppliedRevision: st.Revision,
+		CompactRevision: st.CompactRevision, AppliedIndex: st.AppliedIndex}, nil
+}
+
+// metaService serves the shard map and, on the meta leader, revisions.
+type metaService struct {
+	metapb.UnsafeMetaServer
+	r *Replica
+}
+
+var _ metapb.MetaServer = (*metaService)(nil)
+
+func (m *metaService) GetShardMap(context.Context, *metapb.GetShardMapRequest) (*metapb.GetShardMapResponse, error) {
+	st, err := m.r.metaState()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	leaders := map[uint64]uint64{MetaShardID: m.r.LeaderOf(MetaShardID)}
+	for _, d := range st.ShardMap.Shards {
+		leaders[d.Id] = m.r.LeaderOf(d.Id)
+	}
+	return &metapb.GetShardMapResponse{ShardMap: st.ShardMap, Leaders: leaders}, nil
+}
+
+func (m *metaService) AllocateRevisions(ctx context.Context, req *metapb.AllocateRevisionsRequest) (*metapb.AllocateRevisionsResponse, error) {
+	if req.Count == 0 || req.Count > 1<<16 {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: cannot allocate %d revisions", req.Count)
+	}
+	first, err := m.r.oracle.Allocate(ctx, int64(req.Count))
+	if errors.Is(err, tso.ErrNotLeader) {
+		return nil, m.r.notLeader(MetaShardID, m.r.LeaderOf(MetaShardID))
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &metapb.AllocateRevisionsResponse{First: first, Count: req.Count}, nil
+}
+
+// ShardState returns the local state of a data shard (tests and admin).
+func (r *Replica) ShardState(id uint64) (mvcc.State, error) {
+	ds, ok := r.dataShard(id)
+	if !ok || ds.shard() == nil {
+		return mvcc.State{}, fmt.Errorf("replica: shard %d not open here", id)
+	}
+	return ds.shard().State(), nil
+}
