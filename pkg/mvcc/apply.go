@@ -452,3 +452,24 @@ func DecodeEvents(b []byte) ([]*mvccpb.Event, error) {
 	}
 	return evs, nil
 }
+
+// ReadTxn evaluates a txn whose branches only read, at the current revision,
+// without a Raft entry (etcd serves read-only txns the same way).
+func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	st := sh.State()
+	w := &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.Revision), false), prev: st, rev: st.Revision}
+	defer w.txn.Discard()
+	path, err := w.comparePath(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.check(req, path); err != nil {
+		return nil, err
+	}
+	resp, _, err := w.execTxn(req, path)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = &pb.ResponseHeader{Revision: st.Revision}
+	return resp, nil
+}

@@ -144,7 +144,11 @@ type TxnRequest struct {
 	ShardId    uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
 	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// A serialized etcdserverpb.TxnRequest, already validated by the gateway.
-	Request       []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	Request []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	// The txn only reads: it is answered with a ReadIndex read (or from local
+	// state when serializable) and takes no revision.
+	ReadOnly      bool `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Serializable  bool `protobuf:"varint,5,opt,name=serializable,proto3" json:"serializable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +202,20 @@ func (x *TxnRequest) GetRequest() []byte {
 		return x.Request
 	}
 	return nil
+}
+
+func (x *TxnRequest) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *TxnRequest) GetSerializable() bool {
+	if x != nil {
+		return x.Serializable
+	}
+	return false
 }
 
 type TxnResponse struct {
@@ -599,14 +617,16 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\arequest\x18\x03 \x01(\fR\arequest\"H\n" +
 	"\rRangeResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"a\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xa2\x01\n" +
 	"\n" +
 	"TxnRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x18\n" +
-	"\arequest\x18\x03 \x01(\fR\arequest\"F\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\x12\x1b\n" +
+	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12\"\n" +
+	"\fserializable\x18\x05 \x01(\bR\fserializable\"F\n" +
 	"\vTxnResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"G\n" +

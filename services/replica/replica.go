@@ -143,7 +143,7 @@ func Start(cfg Config) (*Replica, error) {
 	}
 	quietOnce.Do(func() {
 		for _, p := range []string{"dragonboat", "raft", "rsm", "transport", "logdb", "raftpb", "config", "settings", "grpc", "tan", "registry"} {
-			dblogger.GetLogger(p).SetLevel(dblogger.WARNING)
+			dblogger.GetLogger(p).SetLevel(dblogger.ERROR)
 		}
 	})
 	members, err := loadOrSaveCluster(cfg.DataDir, cfg.Cluster)

@@ -73,6 +73,9 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	if err != nil {
 		return nil, err
 	}
+	if req.ReadOnly {
+		return s.readTxn(ctx, req)
+	}
 	term, err := s.r.requireLeader(req.ShardId)
 	if err != nil {
 		return nil, err
@@ -85,6 +88,33 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 		return nil, err
 	}
 	return &shardpb.TxnResponse{Response: res.TxnResponse, RaftTerm: term}, nil
+}
+
+func (s *shardService) readTxn(ctx context.Context, req *shardpb.TxnRequest) (*shardpb.TxnResponse, error) {
+	tr := &pb.TxnRequest{}
+	if err := proto.Unmarshal(req.Request, tr); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad txn request: %v", err)
+	}
+	var (
+		v   any
+		err error
+	)
+	if req.Serializable {
+		v, err = s.r.nh.StaleRead(req.ShardId, datasm.TxnQuery{Request: tr})
+	} else {
+		rctx, cancel := s.r.withTimeout(ctx)
+		v, err = s.r.nh.SyncRead(rctx, req.ShardId, datasm.TxnQuery{Request: tr})
+		cancel()
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	b, err := proto.Marshal(v.(*pb.TxnResponse))
+	if err != nil {
+		return nil, err
+	}
+	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
+	return &shardpb.TxnResponse{Response: b, RaftTerm: term}, nil
 }
 
 // Compact applies a compaction through the shard's log.

@@ -24,6 +24,9 @@ import (
 // RangeQuery asks Lookup for an etcd Range.
 type RangeQuery struct{ Request *pb.RangeRequest }
 
+// TxnQuery asks Lookup to evaluate a read-only txn.
+type TxnQuery struct{ Request *pb.TxnRequest }
+
 // StateQuery asks Lookup for the shard state (mvcc.State).
 type StateQuery struct{}
 
@@ -131,6 +134,8 @@ func (s *StateMachine) Lookup(q any) (any, error) {
 	switch q := q.(type) {
 	case RangeQuery:
 		return s.shard.Range(q.Request)
+	case TxnQuery:
+		return s.shard.ReadTxn(q.Request)
 	case StateQuery:
 		return s.shard.State(), nil
 	}

@@ -1,0 +1,195 @@
+// Command tessera runs Tessera: "tessera dev" runs everything in one process;
+// "tessera replica", "tessera gateway" and "tessera watcher" run the tiers as
+// separate processes.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/tessera-kv/tessera/services/gateway"
+	"github.com/tessera-kv/tessera/services/replica"
+	"github.com/tessera-kv/tessera/services/watcher"
+)
+
+const usage = `tessera: an etcd v3 compatible store for Kubernetes control planes.
+
+Usage:
+  tessera dev      [--data-dir DIR] [--listen-client-urls URLS]   everything in one process
+  tessera replica  --id N --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
+  tessera gateway  --listen-client-urls URLS --replicas ADDRS
+  tessera watcher  --replicas ADDRS [--listen-address A]
+
+Run "tessera COMMAND --help" for the flags of a command.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	switch os.Args[1] {
+	case "dev":
+		err = runDev(os.Args[2:], log)
+	case "replica":
+		err = runReplica(os.Args[2:], log)
+	case "gateway":
+		err = runGateway(os.Args[2:], log)
+	case "watcher":
+		err = runWatcher(os.Args[2:], log)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "tessera: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tessera:", err)
+		os.Exit(1)
+	}
+}
+
+func waitForSignal() os.Signal {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
+	return <-c
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func runDev(args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("dev", flag.ExitOnError)
+	dataDir := fs.String("data-dir", "./tessera-data", "directory for all data")
+	clientURLs := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve the etcd API on")
+	raftAddr := fs.String("raft-address", "127.0.0.1:2380", "address of the replica's Raft transport")
+	apiAddr := fs.String("api-address", "127.0.0.1:2381", "address of the replica's internal API")
+	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
+	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
+	fs.Parse(args)
+
+	cfg := replica.DefaultConfig()
+	cfg.StoreID = 1
+	cfg.DataDir = filepath.Join(*dataDir, "replica")
+	cfg.RaftAddress = *raftAddr
+	cfg.APIAddress = *apiAddr
+	cfg.Cluster = []replica.Member{{ID: 1, RaftAddress: *raftAddr, APIAddress: *apiAddr}}
+	// One voter: elections need not wait for peers.
+	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
+	cfg.Logger = log.With("tier", "replica")
+	r, err := replica.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, Logger: log.With("tier", "watcher")})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: []string{r.APIAddr()},
+		ClusterName: "tessera-dev", Name: "dev", MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	log.Info("tessera dev ready", "client-urls", strings.Join(g.ClientURLs(), ","), "data-dir", *dataDir)
+	sig := waitForSignal()
+	log.Info("shutting down", "signal", sig.String())
+	return nil
+}
+
+// parseCluster reads "1=raftaddr/apiaddr,2=...".
+func parseCluster(s string) ([]replica.Member, error) {
+	var out []replica.Member
+	for _, part := range splitList(s) {
+		id, addrs, ok := strings.Cut(part, "=")
+		raft, api, ok2 := strings.Cut(addrs, "/")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || !ok2 || err != nil || n == 0 {
+			return nil, fmt.Errorf("bad --initial-cluster entry %q (want ID=RAFT_ADDR/API_ADDR)", part)
+		}
+		out = append(out, replica.Member{ID: n, RaftAddress: raft, APIAddress: api})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--initial-cluster is required")
+	}
+	return out, nil
+}
+
+func runReplica(args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("replica", flag.ExitOnError)
+	id := fs.Uint64("id", 0, "store ID (non-zero, unique)")
+	dataDir := fs.String("data-dir", "", "data directory")
+	raftAddr := fs.String("raft-address", "", "Raft transport address host:port")
+	apiAddr := fs.String("api-address", "", "internal API address host:port")
+	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR,...")
+	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
+	fs.Parse(args)
+	members, err := parseCluster(*cluster)
+	if err != nil {
+		return err
+	}
+	cfg := replica.DefaultConfig()
+	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
+	cfg.RTTMillisecond = *rtt
+	cfg.Logger = log.With("tier", "replica")
+	r, err := replica.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	waitForSignal()
+	return nil
+}
+
+func runGateway(args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
+	clientURLs := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve the etcd API on")
+	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
+	name := fs.String("name", "gateway", "member name")
+	clusterName := fs.String("cluster-name", "tessera", "cluster name")
+	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
+	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
+	fs.Parse(args)
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: splitList(*replicas),
+		ClusterName: *clusterName, Name: *name, MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	waitForSignal()
+	return nil
+}
+
+func runWatcher(args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("watcher", flag.ExitOnError)
+	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
+	listen := fs.String("listen-address", "127.0.0.1:2390", "address for /livez and /readyz")
+	fs.Parse(args)
+	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), HTTPAddress: *listen, Logger: log.With("tier", "watcher")})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	waitForSignal()
+	return nil
+}

@@ -1,0 +1,206 @@
+// Package gateway runs the stateless gateway: etcd's v3 gRPC API and its
+// REST/JSON gateway at /v3/* on the same client port, routed to the shards.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/soheilhy/cmux"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
+	"github.com/tessera-kv/tessera/services/gateway/internal/router"
+)
+
+// Config configures a gateway.
+type Config struct {
+	// ListenClientURLs are etcd-style URLs (http://host:port) to serve on.
+	ListenClientURLs []string
+	// Replicas are internal API addresses of replicas to learn the shard map from.
+	Replicas []string
+	// ClusterName seeds the cluster ID reported in headers.
+	ClusterName string
+	// Name seeds this gateway's member ID.
+	Name string
+	// MaxRequestBytes and MaxTxnOps bound requests (etcd's defaults if 0).
+	MaxRequestBytes int
+	MaxTxnOps       int
+	// Logger is the component logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	if len(c.ListenClientURLs) == 0 {
+		return errors.New("gateway: at least one listen client URL required")
+	}
+	if len(c.Replicas) == 0 {
+		return errors.New("gateway: at least one replica address required")
+	}
+	for _, u := range c.ListenClientURLs {
+		p, err := url.Parse(u)
+		if err != nil || p.Host == "" {
+			return fmt.Errorf("gateway: bad client URL %q", u)
+		}
+		if p.Scheme != "http" {
+			return fmt.Errorf("gateway: client URL %q: only http is served yet", u)
+		}
+	}
+	return nil
+}
+
+// Gateway is a running gateway.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	router  *router.Router
+	grpcSrv *grpc.Server
+	https   []*http.Server
+	muxes   []cmux.CMux
+	addrs   []string
+	gwConn  *grpc.ClientConn
+	cancel  context.CancelFunc
+}
+
+// Start serves the client API.
+func Start(cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	limits := etcdapi.DefaultLimits()
+	if cfg.MaxRequestBytes > 0 {
+		limits.MaxRequestBytes = cfg.MaxRequestBytes
+	}
+	if cfg.MaxTxnOps > 0 {
+		limits.MaxTxnOps = cfg.MaxTxnOps
+	}
+	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Logger)}
+	// etcd accepts a little more than MaxRequestBytes on the wire so that
+	// the too-large error, not a transport error, answers moderate excess.
+	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1))
+	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, limits, hdr))
+	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	for _, u := range cfg.ListenClientURLs {
+		p, _ := url.Parse(u)
+		l, err := net.Listen("tcp", p.Host)
+		if err != nil {
+			g.Close()
+			return nil, fmt.Errorf("gateway: listen %s: %w", p.Host, err)
+		}
+		g.addrs = append(g.addrs, l.Addr().String())
+		m := cmux.New(l)
+		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
+		httpL := m.Match(cmux.Any())
+		g.muxes = append(g.muxes, m)
+		go g.grpcSrv.Serve(grpcL)
+		hs := &http.Server{ReadHeaderTimeout: 10 * time.Second}
+		g.https = append(g.https, hs)
+		go hs.Serve(httpL)
+		go func() {
+			if err := m.Serve(); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "use of closed network connection") {
+				g.log.Error("client listener stopped", "err", err)
+			}
+		}()
+	}
+	handler, err := g.httpHandler(ctx)
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	for _, hs := range g.https {
+		hs.Handler = handler
+	}
+	g.log.Info("gateway serving", "client-urls", g.ClientURLs())
+	return g, nil
+}
+
+// httpHandler serves etcd's REST gateway at /v3/ (through a loopback gRPC
+// connection, as etcd does, so streams work) and health endpoints.
+func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
+	conn, err := grpc.NewClient(g.addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
+	if err != nil {
+		return nil, err
+	}
+	g.gwConn = conn
+	gwmux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+		Marshaler: &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		},
+	}))
+	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler,
+	} {
+		if err := reg(ctx, gwmux, conn); err != nil {
+			return nil, err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v3/", gwmux)
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := g.router.All(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux, nil
+}
+
+// ClientURLs are the URLs actually served (ports resolved).
+func (g *Gateway) ClientURLs() []string {
+	out := make([]string, len(g.addrs))
+	for i, a := range g.addrs {
+		out[i] = "http://" + a
+	}
+	return out
+}
+
+// Close stops serving.
+func (g *Gateway) Close() {
+	if g.cancel != nil {
+		g.cancel()
+	}
+	for _, hs := range g.https {
+		hs.Close()
+	}
+	if g.grpcSrv != nil {
+		g.grpcSrv.Stop()
+	}
+	for _, m := range g.muxes {
+		m.Close()
+	}
+	if g.gwConn != nil {
+		g.gwConn.Close()
+	}
+	g.router.Close()
+}
+
+func idOf(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
+}

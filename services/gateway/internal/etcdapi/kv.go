@@ -1,0 +1,297 @@
+// Package etcdapi implements etcd's v3 gRPC services in the gateway. Each
+// handler validates the request, routes it to the shard that owns its keys,
+// maps the answer, and fills the response header; nothing else.
+package etcdapi
+
+import (
+	"context"
+	"fmt"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
+	"github.com/tessera-kv/tessera/services/gateway/internal/router"
+)
+
+// Limits are the request bounds, with etcd's defaults.
+type Limits struct {
+	// MaxRequestBytes bounds a write request (etcd --max-request-bytes).
+	MaxRequestBytes int
+	// MaxTxnOps bounds the ops of one txn level (etcd --max-txn-ops).
+	MaxTxnOps int
+}
+
+// DefaultLimits are etcd's defaults.
+func DefaultLimits() Limits { return Limits{MaxRequestBytes: 1536 * 1024, MaxTxnOps: 128} }
+
+// Header fills the identity fields of response headers.
+type Header struct {
+	ClusterID uint64
+	MemberID  uint64
+}
+
+func (h Header) fill(hdr *pb.ResponseHeader, term uint64) *pb.ResponseHeader {
+	if hdr == nil {
+		hdr = &pb.ResponseHeader{}
+	}
+	hdr.ClusterId, hdr.MemberId, hdr.RaftTerm = h.ClusterID, h.MemberID, term
+	return hdr
+}
+
+// KV is etcd's KV service.
+type KV struct {
+	pb.UnsafeKVServer
+	router *router.Router
+	limits Limits
+	hdr    Header
+}
+
+var _ pb.KVServer = (*KV)(nil)
+
+// NewKV returns the KV service.
+func NewKV(r *router.Router, l Limits, h Header) *KV { return &KV{router: r, limits: l, hdr: h} }
+
+// routeEnd turns a request's range_end into the router's form.
+func routeEnd(end []byte) []byte {
+	switch {
+	case len(end) == 0:
+		return nil
+	case len(end) == 1 && end[0] == 0:
+		return []byte{}
+	}
+	return end
+}
+
+// oneShard resolves the single shard that owns [key, end).
+func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescriptor, error) {
+	shards, err := s.router.Shards(ctx, key, routeEnd(end))
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	switch len(shards) {
+	case 0:
+		return nil, status.Errorf(codes.Unavailable, "tessera: no shard owns key %q", key)
+	case 1:
+		return shards[0], nil
+	}
+	return nil, status.Error(codes.Unimplemented, "tessera: requests spanning several shards are not supported yet")
+}
+
+// Range reads one shard.
+func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := reqcheck.Range(r); err != nil {
+		return nil, err
+	}
+	shard, err := s.oneShard(ctx, r.Key, r.RangeEnd)
+	if err != nil {
+		return nil, err
+	}
+	b, err := proto.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	var out *shardpb.RangeResponse
+	err = s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+		out, err = c.Range(ctx, &shardpb.RangeRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.RangeResponse{}
+	if err := proto.Unmarshal(out.Response, resp); err != nil {
+		return nil, status.Errorf(codes.Internal, "tessera: bad range response: %v", err)
+	}
+	resp.Header = s.hdr.fill(resp.Header, out.RaftTerm)
+	return resp, nil
+}
+
+// rangeStreamChunk bounds the key-values of one RangeStream message.
+const rangeStreamChunk = 1000
+
+// RangeStream answers a Range in chunks; header, count and more arrive with
+// the last chunk, as in etcd 3.7.
+func (s *KV) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+	if err := reqcheck.Range(r); err != nil {
+		return err
+	}
+	if r.SortOrder != pb.RangeRequest_NONE && !(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND) {
+		return status.Errorf(codes.Unimplemented, "RangeStream does not support custom sort orders")
+	}
+	if r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0 {
+		return status.Errorf(codes.Unimplemented, "RangeStream does not support revision filters")
+	}
+	resp, err := s.Range(stream.Context(), r)
+	if err != nil {
+		return err
+	}
+	kvs := resp.Kvs
+	for len(kvs) > rangeStreamChunk {
+		if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs[:rangeStreamChunk]}}); err != nil {
+			return err
+		}
+		kvs = kvs[rangeStreamChunk:]
+	}
+	resp.Kvs = kvs
+	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+}
+
+// Put is a one-op txn.
+func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := reqcheck.Put(r); err != nil {
+		return nil, err
+	}
+	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}}
+	resp, err := s.write(ctx, txn, r.Key, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := resp.Responses[0].GetResponsePut()
+	out.Header = resp.Header
+	return out, nil
+}
+
+// DeleteRange is a one-op txn.
+func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := reqcheck.DeleteRange(r); err != nil {
+		return nil, err
+	}
+	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}}
+	resp, err := s.write(ctx, txn, r.Key, r.RangeEnd)
+	if err != nil {
+		return nil, err
+	}
+	out := resp.Responses[0].GetResponseDeleteRange()
+	out.Header = resp.Header
+	return out, nil
+}
+
+// Txn runs a transaction whose keys all live in one shard.
+func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := reqcheck.Txn(r, s.limits.MaxTxnOps); err != nil {
+		return nil, err
+	}
+	var first []byte
+	var firstEnd []byte
+	spans := 0
+	reqcheck.Keys(r, func(k, e []byte) {
+		if spans == 0 {
+			first, firstEnd = k, e
+		}
+		spans++
+	})
+	if spans == 0 {
+		// A txn with no keys at all still answers with a header.
+		first = []byte{0}
+	}
+	if reqcheck.ReadOnly(r) {
+		return s.readTxn(ctx, r, first, firstEnd)
+	}
+	return s.write(ctx, r, first, firstEnd)
+}
+
+// shardOfTxn checks that every key range of the txn is in one shard.
+func (s *KV) shardOfTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*metapb.ShardDescriptor, error) {
+	shard, err := s.oneShard(ctx, key, end)
+	if err != nil {
+		return nil, err
+	}
+	var cross error
+	reqcheck.Keys(r, func(k, e []byte) {
+		if cross != nil {
+			return
+		}
+		sh, err := s.oneShard(ctx, k, e)
+		if err != nil {
+			cross = err
+		} else if sh.Id != shard.Id {
+			cross = status.Error(codes.Unimplemented, "tessera: transactions spanning several shards are not supported yet")
+		}
+	})
+	return shard, cross
+}
+
+func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
+	shard, err := s.shardOfTxn(ctx, r, key, end)
+	if err != nil {
+		return nil, err
+	}
+	serializable := true
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			serializable = serializable && u.GetRequestRange().GetSerializable()
+		}
+	}
+	return s.callTxn(ctx, shard, r, true, serializable)
+}
+
+// write sends a txn with writes to its shard's leader.
+func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
+	if len(reqcheck.Leases(r)) > 0 {
+		// Leases arrive with the meta shard's lessor; until then none exists.
+		return nil, rpctypes.ErrGRPCLeaseNotFound
+	}
+	if proto.Size(r) > s.limits.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	shard, err := s.shardOfTxn(ctx, r, key, end)
+	if err != nil {
+		return nil, err
+	}
+	return s.callTxn(ctx, shard, r, false, false)
+}
+
+func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, readOnly, serializable bool) (*pb.TxnResponse, error) {
+	b, err := proto.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	var out *shardpb.TxnResponse
+	err = s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+		out, err = c.Txn(ctx, &shardpb.TxnRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b,
+			ReadOnly: readOnly, Serializable: serializable})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.TxnResponse{}
+	if err := proto.Unmarshal(out.Response, resp); err != nil {
+		return nil, status.Errorf(codes.Internal, "tessera: bad txn response: %v", err)
+	}
+	resp.Header = s.hdr.fill(resp.Header, out.RaftTerm)
+	return resp, nil
+}
+
+// Compact compacts every shard at the revision. With one data shard this is
+// etcd's compaction exactly; across shards each applies it in its own log.
+func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	shards, err := s.router.All(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	resp := &pb.CompactionResponse{}
+	for _, shard := range shards {
+		var out *shardpb.CompactResponse
+		err := s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if resp.Header == nil || out.Revision > resp.Header.Revision {
+			resp.Header = s.hdr.fill(&pb.ResponseHeader{Revision: out.Revision}, out.RaftTerm)
+		}
+	}
+	if resp.Header == nil {
+		return nil, status.Error(codes.Unavailable, fmt.Sprintf("tessera: no data shard to compact"))
+	}
+	return resp, nil
+}

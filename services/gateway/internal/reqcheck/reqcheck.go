@@ -1,0 +1,231 @@
+// Package reqcheck validates etcd requests in the gateway, before anything is
+// routed or applied, with etcd's rules and its error values: bad input gets
+// etcd's error and changes nothing.
+package reqcheck
+
+import (
+	"bytes"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// Range checks a RangeRequest.
+func Range(r *pb.RangeRequest) error {
+	if len(r.Key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	if _, ok := pb.RangeRequest_SortOrder_name[int32(r.SortOrder)]; !ok {
+		return rpctypes.ErrGRPCInvalidSortOption
+	}
+	if _, ok := pb.RangeRequest_SortTarget_name[int32(r.SortTarget)]; !ok {
+		return rpctypes.ErrGRPCInvalidSortOption
+	}
+	return nil
+}
+
+// Put checks a PutRequest.
+func Put(r *pb.PutRequest) error {
+	switch {
+	case len(r.Key) == 0:
+		return rpctypes.ErrGRPCEmptyKey
+	case r.IgnoreValue && len(r.Value) != 0:
+		return rpctypes.ErrGRPCValueProvided
+	case r.IgnoreLease && r.Lease != 0:
+		return rpctypes.ErrGRPCLeaseProvided
+	}
+	return nil
+}
+
+// DeleteRange checks a DeleteRangeRequest.
+func DeleteRange(r *pb.DeleteRangeRequest) error {
+	if len(r.Key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	return nil
+}
+
+// Txn checks a TxnRequest: op count (the largest of compares, success and
+// failure, per level, against maxOps), every op, then that no branch writes
+// a key twice or puts a key it also deletes.
+func Txn(r *pb.TxnRequest, maxOps int) error {
+	if err := txnOps(r, maxOps); err != nil {
+		return err
+	}
+	if _, _, err := intervals(r.Success); err != nil {
+		return err
+	}
+	_, _, err := intervals(r.Failure)
+	return err
+}
+
+func txnOps(r *pb.TxnRequest, maxOps int) error {
+	opc := max(len(r.Compare), len(r.Success), len(r.Failure))
+	if opc > maxOps {
+		return rpctypes.ErrGRPCTooManyOps
+	}
+	for _, c := range r.Compare {
+		if len(c.Key) == 0 {
+			return rpctypes.ErrGRPCEmptyKey
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			if err := op(u, maxOps-opc); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func op(u *pb.RequestOp, maxOps int) error {
+	switch v := u.Request.(type) {
+	case *pb.RequestOp_RequestRange:
+		return Range(v.RequestRange)
+	case *pb.RequestOp_RequestPut:
+		return Put(v.RequestPut)
+	case *pb.RequestOp_RequestDeleteRange:
+		return DeleteRange(v.RequestDeleteRange)
+	case *pb.RequestOp_RequestTxn:
+		return txnOps(v.RequestTxn, maxOps)
+	}
+	// etcd answers an empty op this way.
+	return rpctypes.ErrGRPCKeyNotFound
+}
+
+// span is a deleted key range [lo, hi); hi nil means the single key lo and
+// an empty hi means to the end of the keyspace.
+type span struct{ lo, hi []byte }
+
+func (s span) has(k []byte) bool {
+	switch {
+	case s.hi == nil:
+		return bytes.Equal(k, s.lo)
+	case len(s.hi) == 0 || (len(s.hi) == 1 && s.hi[0] == 0):
+		return bytes.Compare(k, s.lo) >= 0
+	}
+	return bytes.Compare(k, s.lo) >= 0 && bytes.Compare(k, s.hi) < 0
+}
+
+func anyHas(spans []span, k []byte) bool {
+	for _, s := range spans {
+		if s.has(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// intervals collects a branch's puts and deletes, recursing into nested
+// txns: a key may be put in both branches of a nested txn (only one runs),
+// but not twice on one path nor inside a range deleted on that path.
+func intervals(reqs []*pb.RequestOp) (map[string]struct{}, []span, error) {
+	var dels []span
+	for _, r := range reqs {
+		if d := r.GetRequestDeleteRange(); d != nil {
+			s := span{lo: d.Key}
+			if len(d.RangeEnd) != 0 {
+				s.hi = d.RangeEnd
+			}
+			dels = append(dels, s)
+		}
+	}
+	puts := map[string]struct{}{}
+	for _, r := range reqs {
+		t := r.GetRequestTxn()
+		if t == nil {
+			continue
+		}
+		putsThen, delsThen, err := intervals(t.Success)
+		if err != nil {
+			return nil, nil, err
+		}
+		putsElse, delsElse, err := intervals(t.Failure)
+		if err != nil {
+			return nil, nil, err
+		}
+		for k := range putsThen {
+			if _, dup := puts[k]; dup || anyHas(dels, []byte(k)) {
+				return nil, nil, rpctypes.ErrGRPCDuplicateKey
+			}
+			puts[k] = struct{}{}
+		}
+		for k := range putsElse {
+			if _, dup := puts[k]; dup {
+				if _, fromThen := putsThen[k]; !fromThen {
+					return nil, nil, rpctypes.ErrGRPCDuplicateKey
+				}
+			}
+			if anyHas(dels, []byte(k)) {
+				return nil, nil, rpctypes.ErrGRPCDuplicateKey
+			}
+			puts[k] = struct{}{}
+		}
+		dels = append(dels, delsThen...)
+		dels = append(dels, delsElse...)
+	}
+	for _, r := range reqs {
+		p := r.GetRequestPut()
+		if p == nil {
+			continue
+		}
+		k := string(p.Key)
+		if _, dup := puts[k]; dup || anyHas(dels, p.Key) {
+			return nil, nil, rpctypes.ErrGRPCDuplicateKey
+		}
+		puts[k] = struct{}{}
+	}
+	return puts, dels, nil
+}
+
+// ReadOnly reports whether a txn only reads (in every branch, at this level:
+// nested txns count as writes, as in etcd).
+func ReadOnly(r *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			if u.GetRequestRange() == nil {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Leases lists the non-zero lease IDs that puts anywhere in the txn attach.
+func Leases(r *pb.TxnRequest) []int64 {
+	var out []int64
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			switch {
+			case u.GetRequestPut() != nil && u.GetRequestPut().Lease != 0:
+				out = append(out, u.GetRequestPut().Lease)
+			case u.GetRequestTxn() != nil:
+				out = append(out, Leases(u.GetRequestTxn())...)
+			}
+		}
+	}
+	return out
+}
+
+// Keys calls fn with every key range the txn touches (compares and ops, in
+// nested txns too); end is nil for a single key.
+func Keys(r *pb.TxnRequest, fn func(key, end []byte)) {
+	for _, c := range r.Compare {
+		fn(c.Key, c.RangeEnd)
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			switch v := u.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				fn(v.RequestRange.Key, v.RequestRange.RangeEnd)
+			case *pb.RequestOp_RequestPut:
+				fn(v.RequestPut.Key, nil)
+			case *pb.RequestOp_RequestDeleteRange:
+				fn(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd)
+			case *pb.RequestOp_RequestTxn:
+				Keys(v.RequestTxn, fn)
+			}
+		}
+	}
+}
