@@ -1,0 +1,171 @@
+// Package testcluster starts a Tessera cluster inside the test process: N
+// replica stores (each a dragonboat NodeHost and a Badger store of its own,
+// on loopback ports) and one gateway. Stores can be stopped and restarted on
+// the same data to exercise leader failover and recovery.
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tessera-kv/tessera/services/gateway"
+	"github.com/tessera-kv/tessera/services/replica"
+)
+
+// Cluster is a running in-process cluster.
+type Cluster struct {
+	t        testing.TB
+	dir      string
+	members  []replica.Member
+	replicas []*replica.Replica // nil while stopped
+	gateway  *gateway.Gateway
+	log      *slog.Logger
+}
+
+// Options tune a cluster.
+type Options struct {
+	// MaxTxnOps and MaxRequestBytes pass through to the gateway.
+	MaxTxnOps       int
+	MaxRequestBytes int
+}
+
+// FreePort returns a loopback address with a port that was free just now.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// New starts n stores and a gateway; everything stops at test cleanup.
+func New(t testing.TB, n int, opts ...Options) *Cluster {
+	t.Helper()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for i := 0; i < n; i++ {
+		c.members = append(c.members, replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)})
+	}
+	t.Cleanup(c.Close)
+	for i := range c.members {
+		c.StartReplica(i)
+	}
+	var apis []string
+	for _, m := range c.members {
+		apis = append(apis, m.APIAddress)
+	}
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis,
+		ClusterName: "test", Name: "gw0", MaxTxnOps: o.MaxTxnOps, MaxRequestBytes: o.MaxRequestBytes, Logger: c.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.gateway = g
+	c.WaitReady()
+	return c
+}
+
+// Replica returns store i (0-based), nil if stopped.
+func (c *Cluster) Replica(i int) *replica.Replica { return c.replicas[i] }
+
+// Size is the number of stores.
+func (c *Cluster) Size() int { return len(c.members) }
+
+// StartReplica (re)starts store i on its data dir.
+func (c *Cluster) StartReplica(i int) {
+	c.t.Helper()
+	cfg := replica.DefaultConfig()
+	m := c.members[i]
+	cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, c.members
+	cfg.DataDir = filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
+	cfg.RTTMillisecond, cfg.ElectionRTT = 20, 10
+	cfg.Logger = c.log
+	r, err := replica.Start(cfg)
+	if err != nil {
+		c.t.Fatalf("start store %d: %v", m.ID, err)
+	}
+	c.replicas[i] = r
+}
+
+// StopReplica stops store i (its data stays).
+func (c *Cluster) StopReplica(i int) {
+	if r := c.replicas[i]; r != nil {
+		r.Close()
+		c.replicas[i] = nil
+	}
+}
+
+// LeaderIndex is the index of the store leading shardID, or -1.
+func (c *Cluster) LeaderIndex(shardID uint64) int {
+	for _, r := range c.replicas {
+		if r == nil {
+			continue
+		}
+		if l := r.LeaderOf(shardID); l != 0 {
+			for i, m := range c.members {
+				if m.ID == l && c.replicas[i] != nil {
+					return i
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// Endpoints are the gateway's client URLs.
+func (c *Cluster) Endpoints() []string { return c.gateway.ClientURLs() }
+
+// Client returns a clientv3 client of the gateway, closed at cleanup.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// WaitReady waits until a linearizable read succeeds through the gateway.
+func (c *Cluster) WaitReady() {
+	c.t.Helper()
+	cli := c.Client(c.t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := cli.Get(ctx, "tessera-ready-probe")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cluster not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Close stops everything.
+func (c *Cluster) Close() {
+	if c.gateway != nil {
+		c.gateway.Close()
+		c.gateway = nil
+	}
+	for i := range c.replicas {
+		c.StopReplica(i)
+	}
+}
