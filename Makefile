@@ -1,0 +1,39 @@
+# Tessera's developer entry points. Everything runs from the workspace root.
+SHELL := /bin/bash
+GO ?= go
+# Every module of the workspace, as package patterns.
+MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
+# Tools live in their own module so they do not move the services' versions.
+TOOL = GOWORK=off $(GO) -C tools tool
+
+.PHONY: build test test-short generate generate-check lint bench dev
+
+build:
+	mkdir -p bin
+	$(GO) build -o bin/tessera ./cmd/tessera
+
+test:
+	$(GO) test -count=1 -timeout 20m $(MODULES)
+
+test-short:
+	$(GO) test -count=1 -short -timeout 10m $(MODULES)
+
+generate:
+	GOWORK=off $$(GOWORK=off $(GO) -C tools tool -n buf) generate
+	GOWORK=off $$(GOWORK=off $(GO) -C tools tool -n buf) lint
+
+# CI: generated code must match the protos.
+generate-check: generate
+	git diff --exit-code -- proto
+	test -z "$$(git status --porcelain -- proto)"
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(MODULES)
+
+bench:
+	cd bench && $(GO) run . $(BENCHFLAGS)
+
+dev: build
+	./bin/tessera dev
