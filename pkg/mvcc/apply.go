@@ -151,7 +151,8 @@ func (w *writer) dropChanges(compact int64) error {
 		if err := w.txn.CommitAt(uint64(w.rev), nil); err != nil {
 			return err
 		}
-		w.txn = w.sh.store.db.NewTransactionAt(uint64(w.prev.Revision), true)
+		// Read at the entry's own revision so the next pass sees this one's deletions.
+		w.txn = w.sh.store.db.NewTransactionAt(uint64(w.rev), true)
 	}
 }
 
@@ -328,7 +329,7 @@ func (w *writer) execTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int,
 				return nil, 0, err
 			}
 			used += n
-			r.Header = w.header()
+			r.Header = &pb.ResponseHeader{} // etcd leaves nested txn headers empty
 			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: r}}
 		default:
 			continue

@@ -363,10 +363,10 @@ func TestTxnReadsOwnWrites(t *testing.T) {
 	resp := mustTxn(t, sh, 5, &pb.TxnRequest{Success: []*pb.RequestOp{
 		opRange(&pb.RangeRequest{Key: []byte("x")}), // 0: before any write
 		opPut("x", "new"), // 1
-		opRange(&pb.RangeRequest{Key: []byte("x")}),              // 2: sees own put
-		opRange(&pb.RangeRequest{Key: []byte("x"), Revision: 3}), // 3: historical read
+		opRange(&pb.RangeRequest{Key: []byte("x")}),                         // 2: sees own put
+		opRange(&pb.RangeRequest{Key: []byte("x"), Revision: 3}),            // 3: historical read
 		opDeleteReq(&pb.DeleteRangeRequest{Key: []byte("y"), PrevKv: true}), // 4
-		all(nil), // 5: sees own delete
+		all(nil),        // 5: sees own delete
 		opPut("z", "z"), // 6
 		all(nil),        // 7
 		all(func(r *pb.RangeRequest) { r.CountOnly = true }),                                                          // 8
@@ -881,4 +881,69 @@ func TestAppliedIndexIsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertState(t, "after compact", sh.State(), State{AppliedIndex: 15, Revision: 4, CompactRevision: 2})
+}
+
+func TestReadTxn(t *testing.T) {
+	_, sh, _ := newShard(t)
+	mustPut(t, sh, 2, "a", "1")
+	mustPut(t, sh, 3, "b", "2")
+	if err := sh.Compact(nextIndex(sh), 4, 3); err != nil {
+		t.Fatal(err)
+	}
+	want := State{AppliedIndex: 3, Revision: 4, CompactRevision: 3}
+	tests := []struct {
+		name      string
+		req       *pb.TxnRequest
+		succeeded bool
+		want      [][]*mvccpb.KeyValue // kvs of each range response
+		wantErr   error
+	}{
+		{
+			name:      "compare true",
+			req:       &pb.TxnRequest{Compare: []*pb.Compare{cmp("a", "", pb.Compare_VALUE, pb.Compare_EQUAL, "1")}, Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("b")})}, Failure: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a")})}},
+			succeeded: true,
+			want:      [][]*mvccpb.KeyValue{{kv("b", "2", 3, 3, 1, 0)}},
+		},
+		{
+			name: "compare false",
+			req:  &pb.TxnRequest{Compare: []*pb.Compare{cmp("a", "", pb.Compare_VERSION, pb.Compare_GREATER, 1)}, Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("b")})}, Failure: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a")}), opRange(&pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c"), Revision: 3})}},
+			want: [][]*mvccpb.KeyValue{{kv("a", "1", 2, 2, 1, 0)}, {kv("a", "1", 2, 2, 1, 0), kv("b", "2", 3, 3, 1, 0)}},
+		},
+		{
+			name:    "future revision",
+			req:     &pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 5})}},
+			wantErr: ErrFutureRev,
+		},
+		{
+			name:    "compacted revision",
+			req:     &pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 2})}},
+			wantErr: ErrCompacted,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := sh.ReadTxn(tt.req)
+			assertErr(t, "ReadTxn", err, tt.wantErr)
+			assertState(t, "state unchanged", sh.State(), want)
+			if tt.wantErr != nil {
+				return
+			}
+			if resp.Succeeded != tt.succeeded {
+				t.Errorf("succeeded %v, want %v", resp.Succeeded, tt.succeeded)
+			}
+			if resp.Header.GetRevision() != 4 {
+				t.Errorf("header revision %d, want 4", resp.Header.GetRevision())
+			}
+			if len(resp.Responses) != len(tt.want) {
+				t.Fatalf("%d responses, want %d", len(resp.Responses), len(tt.want))
+			}
+			for i, w := range tt.want {
+				r := resp.Responses[i].GetResponseRange()
+				assertKVs(t, fmt.Sprintf("response %d", i), r.GetKvs(), w)
+				if r.GetHeader().GetRevision() != 4 {
+					t.Errorf("response %d header revision %d, want 4", i, r.GetHeader().GetRevision())
+				}
+			}
+		})
+	}
 }

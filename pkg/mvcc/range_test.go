@@ -129,7 +129,7 @@ func TestRangeAtRevision(t *testing.T) {
 	}{
 		{rev: 0, want: "a,foo,foo/a,foo/b,zoo,\xff\xff"},
 		{rev: -1, want: "a,foo,foo/a,foo/b,zoo,\xff\xff"}, // <= 0 is the current revision
-		{rev: 1, want: ""},                                  // the initial, empty revision
+		{rev: 1, want: ""}, // the initial, empty revision
 		{rev: 2, want: "a"},
 		{rev: 3, want: "a,foo"},
 		{rev: 6, want: "a,foo,foo/a,foo/b,fop"},

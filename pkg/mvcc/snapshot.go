@@ -116,6 +116,9 @@ func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return fmt.Errorf("mvcc: snapshot header: %w", err)
 	}
+	if id := binary.BigEndian.Uint64(hdr[:8]); id != sh.id {
+		return fmt.Errorf("mvcc: snapshot of shard %d offered to shard %d", id, sh.id)
+	}
 	st, err := decodeState(hdr[8:])
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -79,6 +80,10 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s := &Store{db: db}
 	s.mu.compacted = map[uint64]int64{}
+	if err := s.loadCompacted(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -95,20 +100,51 @@ func (s *Store) Size() int64 {
 }
 
 // setCompacted records a shard's compaction revision and lets Badger drop
-// versions below the smallest one of all shards.
+// versions below the smallest one of all shards of the store (0 while any
+// shard has not compacted: nothing may be dropped then).
 func (s *Store) setCompacted(shardID uint64, rev int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.mu.compacted[shardID] = rev
+	s.updateDiscardLocked()
+}
+
+func (s *Store) updateDiscardLocked() {
 	min := int64(-1)
 	for _, r := range s.mu.compacted {
 		if min < 0 || r < min {
 			min = r
 		}
 	}
-	if min > 0 {
-		s.db.SetDiscardTs(uint64(min))
+	if min < 0 {
+		min = 0
 	}
+	s.db.SetDiscardTs(uint64(min))
+}
+
+// loadCompacted reads the compaction revision of every shard persisted in
+// the store, so that the discard timestamp protects shards not opened yet.
+func (s *Store) loadCompacted() error {
+	txn := s.db.NewTransactionAt(math.MaxUint64, false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{familyState}, PrefetchValues: false})
+	defer it.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		var st State
+		err := item.Value(func(v []byte) (err error) {
+			st, err = decodeState(v)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("mvcc: load shard states: %w", err)
+		}
+		s.mu.compacted[binary.BigEndian.Uint64(item.Key()[1:])] = st.CompactRevision
+	}
+	s.updateDiscardLocked()
+	return nil
 }
 
 func dataKey(userKey []byte) []byte {
