@@ -97,7 +97,7 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 		return nil, err
 	}
 	var out *shardpb.RangeResponse
-	err = s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+	err = s.router.Call(ctx, shard, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		out, err = c.Range(ctx, &shardpb.RangeRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b})
 		return err
 	})
@@ -253,7 +253,7 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 		return nil, err
 	}
 	var out *shardpb.TxnResponse
-	err = s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+	err = s.router.Call(ctx, shard, !readOnly, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		out, err = c.Txn(ctx, &shardpb.TxnRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b,
 			ReadOnly: readOnly, Serializable: serializable})
 		return err
@@ -279,7 +279,7 @@ func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compacti
 	resp := &pb.CompactionResponse{}
 	for _, shard := range shards {
 		var out *shardpb.CompactResponse
-		err := s.router.Call(ctx, shard, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+		err := s.router.Call(ctx, shard, true, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision})
 			return err
 		})

@@ -36,7 +36,7 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		return nil, status.Error(codes.Unavailable, "etcdserver: no leader")
 	}
 	var st *shardpb.StatusResponse
-	err = m.router.Call(ctx, shards[0], func(ctx context.Context, c shardpb.ShardClient) (err error) {
+	err = m.router.Call(ctx, shards[0], false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		st, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: shards[0].Id})
 		return err
 	})

@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -178,9 +179,14 @@ func overlaps(d *metapb.ShardDescriptor, key, end []byte) bool {
 	return bytes.Compare(end, d.StartKey) > 0 && bytes.Compare(key, end) < 0
 }
 
-// Call runs fn against the leader of shard (or, with anyReplica, any replica
-// starting with the leader), retrying on routing errors with a healed cache.
-func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, fn func(context.Context, shardpb.ShardClient) error) error {
+// Call runs fn against the leader of shard, retrying with a healed cache.
+//
+// A mutating call is retried only when the store proved it did not take the
+// request (a NotLeader answer) or when the connection was down before the
+// call, so nothing was sent. If the connection breaks while a write is in
+// flight its outcome is unknown: the client gets etcd's "request timed out,
+// possibly due to connection lost" rather than a second application.
+func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutating bool, fn func(context.Context, shardpb.ShardClient) error) error {
 	var lastErr error
 	for attempt := 0; attempt < 12; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -199,6 +205,12 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, fn fun
 		if err != nil {
 			return err
 		}
+		if mutating && !connected(ctx, c) {
+			r.setLeader(shard.Id, 0)
+			lastErr = rpctypes.ErrGRPCNoLeader
+			sleep(ctx, backoff(attempt))
+			continue
+		}
 		err = fn(ctx, shardpb.NewShardClient(c))
 		if err == nil {
 			return nil
@@ -216,8 +228,10 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, fn fun
 			return err // the caller re-resolves the keys; descriptors changed
 		}
 		if st.Code() == codes.Unavailable && !isEtcdError(st) {
-			// The store is unreachable: forget it as leader, try another.
 			r.setLeader(shard.Id, 0)
+			if mutating {
+				return rpctypes.ErrGRPCTimeoutDueToConnectionLost
+			}
 			sleep(ctx, backoff(attempt))
 			continue
 		}
@@ -227,6 +241,26 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, fn fun
 		return rpctypes.ErrGRPCNoLeader
 	}
 	return lastErr
+}
+
+// connected waits (briefly) for the connection to be usable, so a write is
+// only sent over a connection that is up.
+func connected(ctx context.Context, c *grpc.ClientConn) bool {
+	c.Connect()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	for {
+		switch s := c.GetState(); s {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		default:
+			if !c.WaitForStateChange(ctx, s) {
+				return false
+			}
+		}
+	}
 }
 
 // isEtcdError tells an etcd error passed on by a replica (to return to the

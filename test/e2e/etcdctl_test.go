@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// ctlJSON is what "etcdctl -w json" prints for get/put (int64 as numbers,
+// bytes as base64).
+type ctlJSON struct {
+	Header struct {
+		Revision int64 `json:"revision"`
+	} `json:"header"`
+	Kvs []struct {
+		Key            string `json:"key"`
+		Value          string `json:"value"`
+		CreateRevision int64  `json:"create_revision"`
+		ModRevision    int64  `json:"mod_revision"`
+		Version        int64  `json:"version"`
+	} `json:"kvs"`
+	Count int64 `json:"count"`
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// TestEtcdctl drives "tessera dev" with the real etcdctl.
+func TestEtcdctl(t *testing.T) {
+	d := newDevNode(t)
+	d.start(t)
+	ep := d.endpoint()
+
+	// ctl runs etcdctl and requires the exit code.
+	ctl := func(stdin string, wantCode int, args ...string) (string, string) {
+		t.Helper()
+		out, errOut, code := runCtl(t, ep, stdin, args...)
+		if code != wantCode {
+			t.Fatalf("etcdctl %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, out, errOut)
+		}
+		return out, errOut
+	}
+	parse := func(out string) ctlJSON {
+		t.Helper()
+		var j ctlJSON
+		if err := json.Unmarshal([]byte(out), &j); err != nil {
+			t.Fatalf("parse etcdctl json %q: %v", out, err)
+		}
+		return j
+	}
+
+	if out, _ := ctl("", 0, "put", "foo", "bar"); out != "OK\n" {
+		t.Errorf("put foo bar: %q, want OK", out)
+	}
+	if out, _ := ctl("", 0, "get", "foo"); out != "foo\nbar\n" {
+		t.Errorf("get foo: %q", out)
+	}
+	if out, _ := ctl("", 0, "get", "foo", "--print-value-only"); out != "bar\n" {
+		t.Errorf("get foo --print-value-only: %q", out)
+	}
+	// put -w json reports the write's revision.
+	put2 := parse(func() string { o, _ := ctl("", 0, "put", "foo2", "baz", "-w", "json"); return o }())
+	ctl("", 0, "put", "other", "x")
+	if out, _ := ctl("", 0, "get", "--prefix", "foo"); out != "foo\nbar\nfoo2\nbaz\n" {
+		t.Errorf("get --prefix foo: %q", out)
+	}
+	if out, _ := ctl("", 0, "get", "--prefix", "foo", "--keys-only"); out != "foo\n\nfoo2\n\n" {
+		t.Errorf("get --prefix foo --keys-only: %q", out)
+	}
+	if out, _ := ctl("", 0, "get", "--prefix", "foo", "--count-only", "-w", "fields"); !strings.Contains(out, "\"Count\" : 2\n") {
+		t.Errorf("get --prefix foo --count-only: %q", out)
+	}
+
+	out, _ := ctl("", 0, "get", "foo", "-w", "json")
+	j := parse(out)
+	// Writes so far: foo (2), foo2 (3), other (4).
+	if put2.Header.Revision != 3 {
+		t.Errorf("put foo2 -w json: header revision %d, want 3 (second write of a fresh store)", put2.Header.Revision)
+	}
+	if j.Header.Revision != 4 {
+		t.Errorf("get foo -w json: header revision %d, want 4", j.Header.Revision)
+	}
+	if len(j.Kvs) != 1 || j.Kvs[0].Key != b64("foo") || j.Kvs[0].Value != b64("bar") ||
+		j.Kvs[0].CreateRevision != 2 || j.Kvs[0].ModRevision != 2 || j.Kvs[0].Version != 1 || j.Count != 1 {
+		t.Errorf("get foo -w json: %s", out)
+	}
+	fooRev := j.Kvs[0].ModRevision
+
+	if out, _ := ctl("", 0, "del", "foo"); out != "1\n" {
+		t.Errorf("del foo: %q, want 1", out)
+	}
+	if out, _ := ctl("", 0, "get", "foo"); out != "" {
+		t.Errorf("get foo after del: %q, want nothing", out)
+	}
+	// The old revision still has it.
+	if out, _ := ctl("", 0, "get", "foo", "--rev", fmt.Sprint(fooRev)); out != "foo\nbar\n" {
+		t.Errorf("get foo --rev %d: %q", fooRev, out)
+	}
+
+	// txn: compares, blank line, success ops, blank line, failure ops, blank line.
+	txn := "mod(\"k\") = \"0\"\n\nput k v\n\nput k w\n\n"
+	if out, _ := ctl(txn, 0, "txn", "--interactive=false"); out != "SUCCESS\n\nOK\n" {
+		t.Errorf("first txn: %q, want SUCCESS then OK", out)
+	}
+	if out, _ := ctl(txn, 0, "txn", "--interactive=false"); out != "FAILURE\n\nOK\n" {
+		t.Errorf("second txn: %q, want FAILURE then OK", out)
+	}
+	if out, _ := ctl("", 0, "get", "k"); out != "k\nw\n" {
+		t.Errorf("get k after txns: %q, want k=w", out)
+	}
+	txn2 := "value(\"k\") = \"w\"\nversion(\"k\") = \"2\"\n\nget k\ndel k\n\n\n"
+	if out, _ := ctl(txn2, 0, "txn", "--interactive=false"); out != "SUCCESS\n\nk\nw\n\n1\n" {
+		t.Errorf("txn with get+del: %q", out)
+	}
+	if out, _ := ctl("", 0, "get", "k"); out != "" {
+		t.Errorf("get k after txn del: %q, want nothing", out)
+	}
+
+	// Compact at the current revision; reads below it fail with etcd's error.
+	cur := parse(func() string { o, _ := ctl("", 0, "get", "other", "-w", "json"); return o }()).Header.Revision
+	if out, _ := ctl("", 0, "compaction", fmt.Sprint(cur)); out != fmt.Sprintf("compacted revision %d\n", cur) {
+		t.Errorf("compaction %d: %q", cur, out)
+	}
+	_, errOut := ctl("", 1, "get", "foo", "--rev", fmt.Sprint(fooRev))
+	if !strings.Contains(errOut, "required revision has been compacted") {
+		t.Errorf("get --rev %d after compaction: stderr %q, want the compacted error", fooRev, errOut)
+	}
+	// Reading at the compaction revision itself still works.
+	if out, _ := ctl("", 0, "get", "other", "--rev", fmt.Sprint(cur)); out != "other\nx\n" {
+		t.Errorf("get other --rev %d (the compaction revision): %q", cur, out)
+	}
+	_, errOut = ctl("", 1, "get", "foo", "--rev", fmt.Sprint(cur+1000))
+	if !strings.Contains(errOut, "required revision is a future revision") {
+		t.Errorf("get --rev future: stderr %q, want the future-revision error", errOut)
+	}
+
+	// Empty key: etcd's error, nothing written.
+	before := parse(func() string { o, _ := ctl("", 0, "get", "other", "-w", "json"); return o }()).Header.Revision
+	_, errOut = ctl("", 1, "put", "", "x")
+	if !strings.Contains(errOut, "etcdserver: key is not provided") {
+		t.Errorf("put with empty key: stderr %q, want \"etcdserver: key is not provided\"", errOut)
+	}
+	after := parse(func() string { o, _ := ctl("", 0, "get", "other", "-w", "json"); return o }()).Header.Revision
+	if after != before {
+		t.Errorf("rejected put moved the revision from %d to %d", before, after)
+	}
+	if out, _ := ctl("", 0, "put", "after", "y"); out != "OK\n" {
+		t.Errorf("put after errors: %q", out)
+	}
+}
