@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -115,7 +116,13 @@ type Replica struct {
 
 	mu     sync.RWMutex
 	shards map[uint64]*dataShard // guarded by mu
+
+	snapshotsRestored atomic.Uint64
 }
+
+// SnapshotsRestored counts data-shard snapshots this store installed since
+// it started (a lagging replica catching up).
+func (r *Replica) SnapshotsRestored() uint64 { return r.snapshotsRestored.Load() }
 
 // dataShard is a data shard replica hosted here.
 type dataShard struct {
@@ -192,12 +199,15 @@ func (r *Replica) start() error {
 			continue
 		}
 		ds := &dataShard{id: d.Id}
-		onOpen := func(sh *mvcc.Shard) {
-			ds.mu.Lock()
-			ds.mvcc = sh
-			ds.mu.Unlock()
+		hooks := datasm.Hooks{
+			Opened: func(sh *mvcc.Shard) {
+				ds.mu.Lock()
+				ds.mvcc = sh
+				ds.mu.Unlock()
+			},
+			Restored: func() { r.snapshotsRestored.Add(1) },
 		}
-		if err := r.nh.StartOnDiskReplica(initial, false, datasm.Factory(r.store, d.StartKey, d.EndKey, onOpen), r.shardConfig(d.Id, 10000)); err != nil {
+		if err := r.nh.StartOnDiskReplica(initial, false, datasm.Factory(r.store, d.StartKey, d.EndKey, hooks), r.shardConfig(d.Id, 10000)); err != nil {
 			return fmt.Errorf("replica: start shard %d: %w", d.Id, err)
 		}
 		ds.seq = sequencer.New(r.nh, d.Id, r.revs, r.cfg.ProposalTimeout, r.log)

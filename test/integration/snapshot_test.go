@@ -110,6 +110,9 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if n := c.Replica(lagging).SnapshotsRestored(); n == 0 {
+		t.Fatal("the lagging replica caught up without a snapshot: the test did not exercise snapshots")
+	}
 	lagAddr := c.Replica(lagging).APIAddr()
 	leadAddr := c.Replica(leader).APIAddr()
 	for _, rev := range []int64{0, head.Header.Revision, mid.Header.Revision, mid.Header.Revision - 1000} {

@@ -36,17 +36,24 @@ type StateMachine struct {
 	shardID    uint64
 	start, end []byte
 	shard      *mvcc.Shard
-	onOpen     func(*mvcc.Shard)
+	hooks      Hooks
+}
+
+// Hooks let the replica observe the state machine.
+type Hooks struct {
+	// Opened receives the shard once it is open, so reads can be served.
+	Opened func(*mvcc.Shard)
+	// Restored is called after the shard was replaced by a snapshot.
+	Restored func()
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
 
 // Factory returns the constructor dragonboat calls for a data shard owning
-// [start, end). onOpen, if set, receives the shard once it is open so the
-// replica can serve reads of it.
-func Factory(store *mvcc.Store, start, end []byte, onOpen func(*mvcc.Shard)) sm.CreateOnDiskStateMachineFunc {
+// [start, end).
+func Factory(store *mvcc.Store, start, end []byte, hooks Hooks) sm.CreateOnDiskStateMachineFunc {
 	return func(shardID, _ uint64) sm.IOnDiskStateMachine {
-		return &StateMachine{store: store, shardID: shardID, start: start, end: end, onOpen: onOpen}
+		return &StateMachine{store: store, shardID: shardID, start: start, end: end, hooks: hooks}
 	}
 }
 
@@ -57,8 +64,8 @@ func (s *StateMachine) Open(<-chan struct{}) (uint64, error) {
 		return 0, err
 	}
 	s.shard = sh
-	if s.onOpen != nil {
-		s.onOpen(sh)
+	if s.hooks.Opened != nil {
+		s.hooks.Opened(sh)
 	}
 	return sh.State().AppliedIndex, nil
 }
@@ -157,7 +164,13 @@ func (s *StateMachine) SaveSnapshot(ctx any, w io.Writer, stop <-chan struct{}) 
 
 // RecoverFromSnapshot replaces the shard with a snapshot.
 func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) error {
-	return s.shard.Restore(r, stop)
+	if err := s.shard.Restore(r, stop); err != nil {
+		return err
+	}
+	if s.hooks.Restored != nil {
+		s.hooks.Restored()
+	}
+	return nil
 }
 
 // Close is a no-op: the store outlives its shards.
