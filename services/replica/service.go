@@ -15,6 +15,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
 	"github.com/tessera-kv/tessera/services/replica/internal/tso"
 )
 
@@ -82,7 +83,7 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	}
 	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.submitErr(req.ShardId, err)
 	}
 	if err := resultErr(res); err != nil {
 		return nil, err
@@ -117,6 +118,16 @@ func (s *shardService) readTxn(ctx context.Context, req *shardpb.TxnRequest) (*s
 	return &shardpb.TxnResponse{Response: b, RaftTerm: term}, nil
 }
 
+// submitErr maps a sequencer error. ErrUnavailable means nothing was
+// proposed (no revisions, or the entry was dropped before the log took it),
+// so the gateway may safely try again: it gets a NotLeader answer.
+func (s *shardService) submitErr(shardID uint64, err error) error {
+	if errors.Is(err, sequencer.ErrUnavailable) {
+		return s.r.notLeader(shardID, s.r.LeaderOf(shardID))
+	}
+	return toStatus(err)
+}
+
 // Compact applies a compaction through the shard's log.
 func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest) (*shardpb.CompactResponse, error) {
 	ds, err := s.lookup(req.ShardId)
@@ -129,7 +140,7 @@ func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest)
 	}
 	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Compact{Compact: &raftcmdpb.Compact{Revision: req.Revision}}})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.submitErr(req.ShardId, err)
 	}
 	if err := resultErr(res); err != nil {
 		return nil, err

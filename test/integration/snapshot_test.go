@@ -65,9 +65,18 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < perWriter; i++ {
-				wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := cli.Put(wctx, fmt.Sprintf("/snap/%02d/%04d", w, i%100), fmt.Sprintf("v%d", i))
-				cancel()
+				// A put may fail during an election under load; it is
+				// idempotent here, so try again (bounded).
+				var err error
+				for try := 0; try < 20; try++ {
+					wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err = cli.Put(wctx, fmt.Sprintf("/snap/%02d/%04d", w, i%100), fmt.Sprintf("v%d", i))
+					cancel()
+					if err == nil {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
 				if err != nil {
 					errc <- err
 					return

@@ -92,7 +92,7 @@ func (c *Cluster) StartReplica(i int) {
 	m := c.members[i]
 	cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, c.members
 	cfg.DataDir = filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
-	cfg.RTTMillisecond, cfg.ElectionRTT = 20, 10
+	cfg.RTTMillisecond, cfg.ElectionRTT = 50, 10
 	cfg.Logger = c.log
 	r, err := replica.Start(cfg)
 	if err != nil {
