@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
@@ -157,8 +158,14 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 			return nil, err
 		}
 	}
+	// Tessera's own admin API (the shard map) is proxied to the replicas.
+	admin := runtime.NewServeMux()
+	if err := metapb.RegisterMetaHandlerClient(ctx, admin, metapb.NewMetaClient(g.router.AnyReplica())); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/v3/", gwmux)
+	mux.Handle("/tessera/", admin)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := g.router.All(r.Context()); err != nil {

@@ -83,6 +83,41 @@ func (r *Router) conn(addr string) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
+// AnyReplica is a connection that tries the known replicas in turn (for
+// admin calls that any replica answers).
+func (r *Router) AnyReplica() grpc.ClientConnInterface { return anyReplica{r} }
+
+type anyReplica struct{ r *Router }
+
+func (a anyReplica) addrs() []string {
+	a.r.mu.RLock()
+	defer a.r.mu.RUnlock()
+	out := append([]string(nil), a.r.seeds...)
+	for _, s := range a.r.mu.stores {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (a anyReplica) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	var lastErr error = errors.New("no replica addresses")
+	for _, addr := range a.addrs() {
+		c, err := a.r.conn(addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if lastErr = c.Invoke(ctx, method, args, reply, opts...); lastErr == nil || status.Code(lastErr) != codes.Unavailable {
+			return lastErr
+		}
+	}
+	return lastErr
+}
+
+func (a anyReplica) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, status.Error(codes.Unimplemented, "router: streams to any replica are not supported")
+}
+
 // Refresh fetches the shard map from any reachable store. Callers that miss
 // concurrently share one fetch: a refresh newer than since is reused.
 func (r *Router) Refresh(ctx context.Context, since time.Time) error {

@@ -1,0 +1,47 @@
+package integration
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+
+	"github.com/tessera-kv/tessera/test/testcluster"
+)
+
+// TestAdminShardMapREST reads the shard map through the gateway's REST admin
+// API (grpc-gateway over the replicas' Meta service).
+func TestAdminShardMapREST(t *testing.T) {
+	c := testcluster.New(t, 1)
+	resp, err := http.Get(c.Endpoints()[0] + "/tessera/v1/shardmap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var out struct {
+		ShardMap struct {
+			MetaShardID string `json:"metaShardId"`
+			Shards      []struct {
+				ID         string   `json:"id"`
+				Replicas   []string `json:"replicas"`
+				Generation string   `json:"generation"`
+			} `json:"shards"`
+			Stores []struct {
+				APIAddress string `json:"apiAddress"`
+			} `json:"stores"`
+		} `json:"shardMap"`
+		Leaders map[string]string `json:"leaders"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	sm := out.ShardMap
+	if sm.MetaShardID != "1" || len(sm.Shards) != 1 || sm.Shards[0].ID != "2" || sm.Shards[0].Generation != "1" ||
+		len(sm.Stores) != 1 || sm.Stores[0].APIAddress == "" || out.Leaders["2"] != "1" {
+		t.Fatalf("unexpected shard map: %s", body)
+	}
+}
