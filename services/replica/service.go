@@ -46,26 +46,37 @@ func (s *shardService) Range(ctx context.Context, req *shardpb.RangeRequest) (*s
 	if err := proto.Unmarshal(req.Request, rr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad range request: %v", err)
 	}
+	b, term, err := s.read(ctx, req.ShardId, rr.Serializable, datasm.RangeQuery{Request: rr})
+	if err != nil {
+		return nil, err
+	}
+	return &shardpb.RangeResponse{Response: b, RaftTerm: term}, nil
+}
+
+// read runs a query on the shard's state machine: a Raft ReadIndex read, or
+// the local state when serializable. It returns the marshalled answer and
+// the shard's Raft term.
+func (s *shardService) read(ctx context.Context, shardID uint64, serializable bool, q any) ([]byte, uint64, error) {
 	var (
 		v   any
 		err error
 	)
-	if rr.Serializable {
-		v, err = s.r.nh.StaleRead(req.ShardId, datasm.RangeQuery{Request: rr})
+	if serializable {
+		v, err = s.r.nh.StaleRead(shardID, q)
 	} else {
 		rctx, cancel := s.r.withTimeout(ctx)
-		v, err = s.r.nh.SyncRead(rctx, req.ShardId, datasm.RangeQuery{Request: rr})
+		v, err = s.r.nh.SyncRead(rctx, shardID, q)
 		cancel()
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, 0, toStatus(err)
 	}
-	b, err := proto.Marshal(v.(*pb.RangeResponse))
+	b, err := proto.Marshal(v.(proto.Message))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
-	return &shardpb.RangeResponse{Response: b, RaftTerm: term}, nil
+	_, term, _, _ := s.r.nh.GetLeaderID(shardID)
+	return b, term, nil
 }
 
 // Txn sequences a write on the shard leader.
@@ -96,25 +107,10 @@ func (s *shardService) readTxn(ctx context.Context, req *shardpb.TxnRequest) (*s
 	if err := proto.Unmarshal(req.Request, tr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad txn request: %v", err)
 	}
-	var (
-		v   any
-		err error
-	)
-	if req.Serializable {
-		v, err = s.r.nh.StaleRead(req.ShardId, datasm.TxnQuery{Request: tr})
-	} else {
-		rctx, cancel := s.r.withTimeout(ctx)
-		v, err = s.r.nh.SyncRead(rctx, req.ShardId, datasm.TxnQuery{Request: tr})
-		cancel()
-	}
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	b, err := proto.Marshal(v.(*pb.TxnResponse))
+	b, term, err := s.read(ctx, req.ShardId, req.Serializable, datasm.TxnQuery{Request: tr})
 	if err != nil {
 		return nil, err
 	}
-	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
 	return &shardpb.TxnResponse{Response: b, RaftTerm: term}, nil
 }
 
