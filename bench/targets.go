@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	dblogger "github.com/lni/dragonboat/v4/logger"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/tessera-kv/tessera/services/gateway"
+	"github.com/tessera-kv/tessera/services/replica"
+)
+
+// Target names accepted by -targets.
+const (
+	targetEtcd       = "etcd"
+	targetTesseraDev = "tessera-dev"
+	targetTessera3   = "tessera-3"
+)
+
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3}
+
+// running is a started target: its client endpoints and how to stop it.
+type running struct {
+	name      string
+	endpoints []string
+	// stop shuts the target down and removes its data; safe to call twice.
+	stop func()
+}
+
+// startTarget starts the named target with its data under a fresh temp dir.
+func startTarget(name string, log *slog.Logger) (*running, error) {
+	dir, err := os.MkdirTemp("", "tessera-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	var r *running
+	switch name {
+	case targetEtcd:
+		r, err = startEtcd(dir)
+	case targetTesseraDev:
+		r, err = startTessera(dir, 1, log)
+	case targetTessera3:
+		r, err = startTessera(dir, 3, log)
+	default:
+		err = fmt.Errorf("unknown target %q", name)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	r.name = name
+	stop := r.stop
+	done := false
+	r.stop = func() {
+		if done {
+			return
+		}
+		done = true
+		stop()
+		if err := os.RemoveAll(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: remove %s: %v\n", dir, err)
+		}
+	}
+	if err := waitReady(r.endpoints, 60*time.Second); err != nil {
+		r.stop()
+		return nil, fmt.Errorf("%s not ready: %w", name, err)
+	}
+	return r, nil
+}
+
+// freePorts returns n distinct loopback host:ports that were free just now.
+func freePorts(n int) ([]string, error) {
+	// Hold all listeners until every port is chosen so they are distinct.
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
+// startEtcd starts a one-member etcd with go.etcd.io/etcd/server/v3/embed,
+// default settings (fsync on, 100ms heartbeat), logging errors only.
+func startEtcd(dir string) (*running, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	cu, _ := url.Parse("http://" + ports[0])
+	pu, _ := url.Parse("http://" + ports[1])
+	cfg := embed.NewConfig()
+	cfg.Name = "bench"
+	cfg.Dir = filepath.Join(dir, "etcd")
+	cfg.LogLevel = "error"
+	// Log errors to stderr, but silence the listener errors etcd reports
+	// while it closes (raise the level before Close).
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	zc.DisableStacktrace = true
+	lg, err := zc.Build()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start etcd: %w", err)
+	}
+	stop := func() {
+		zc.Level.SetLevel(zap.FatalLevel)
+		e.Close()
+		lg.Sync()
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		stop()
+		return nil, fmt.Errorf("etcd failed: %w", err)
+	case <-time.After(60 * time.Second):
+		stop()
+		return nil, errors.New("etcd took too long to start")
+	}
+	return &running{endpoints: []string{cu.String()}, stop: stop}, nil
+}
+
+// startTessera starts n replica stores and one gateway in this process.
+func startTessera(dir string, n int, log *slog.Logger) (*running, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	var members []replica.Member
+	for i := 0; i < n; i++ {
+		members = append(members, replica.Member{ID: uint64(i + 1), RaftAddress: ports[2*i], APIAddress: ports[2*i+1]})
+	}
+	var reps []*replica.Replica
+	var gw *gateway.Gateway
+	stop := func() {
+		if gw != nil {
+			gw.Close()
+		}
+		// Stores stopping one by one make the others' Raft transport log
+		// connection errors; they are expected here.
+		tl := dblogger.GetLogger("transport")
+		tl.SetLevel(dblogger.CRITICAL)
+		for _, r := range reps {
+			r.Close()
+		}
+		tl.SetLevel(dblogger.ERROR)
+	}
+	var apis []string
+	for _, m := range members {
+		cfg := replica.DefaultConfig()
+		cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, members
+		cfg.DataDir = filepath.Join(dir, fmt.Sprintf("store%d", m.ID))
+		if n == 1 {
+			cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
+		} else {
+			cfg.RTTMillisecond, cfg.ElectionRTT = 50, 10
+		}
+		cfg.Logger = log
+		r, err := replica.Start(cfg)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("start store %d: %w", m.ID, err)
+		}
+		reps = append(reps, r)
+		apis = append(apis, m.APIAddress)
+	}
+	gw, err = gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis,
+		ClusterName: "bench", Name: "gw0", Logger: log})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("start gateway: %w", err)
+	}
+	return &running{endpoints: gw.ClientURLs(), stop: stop}, nil
+}
+
+// waitReady retries a linearizable Get until it succeeds.
+func waitReady(endpoints []string, timeout time.Duration) error {
+	cli, err := newClient(endpoints)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := cli.Get(ctx, "bench-ready-probe")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func newClient(endpoints []string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+}
