@@ -142,6 +142,20 @@ func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
 // kvIter walks the live keys of [key, end) as seen by txn, in key order,
 // calling fn until it returns false. Values are decoded only if withValue.
 func (sh *Shard) kvIter(txn *badger.Txn, key, end []byte, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
+	if end == nil {
+		// A point lookup: an iterator would step over every older version
+		// of the key, which makes hot keys (Kubernetes objects updated in
+		// a loop) slower with each write until the next compaction.
+		if !sh.contains(key) {
+			return nil
+		}
+		kv, err := sh.get(txn, key)
+		if err != nil || kv == nil {
+			return err
+		}
+		_, err = fn(kv)
+		return err
+	}
 	lo, hi, ok := sh.clip(key, end)
 	if !ok {
 		return nil
