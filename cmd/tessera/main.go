@@ -25,8 +25,8 @@ const usage = `tessera: an etcd v3 compatible store for Kubernetes control plane
 Usage:
   tessera dev      [--data-dir DIR] [--listen-client-urls URLS]   everything in one process
   tessera replica  --id N --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
-  tessera gateway  --listen-client-urls URLS --replicas ADDRS
-  tessera watcher  --replicas ADDRS [--listen-address A]
+  tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
+  tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
 
 Run "tessera COMMAND --help" for the flags of a command.
 `
@@ -82,6 +82,7 @@ func runDev(args []string, log *slog.Logger) error {
 	clientURLs := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve the etcd API on")
 	raftAddr := fs.String("raft-address", "127.0.0.1:2380", "address of the replica's Raft transport")
 	apiAddr := fs.String("api-address", "127.0.0.1:2381", "address of the replica's internal API")
+	watcherAddr := fs.String("watcher-address", "127.0.0.1:2382", "address of the watcher's API")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
 	fs.Parse(args)
@@ -100,12 +101,12 @@ func runDev(args []string, log *slog.Logger) error {
 		return err
 	}
 	defer r.Close()
-	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, Logger: log.With("tier", "watcher")})
+	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}
 	defer w.Close()
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: []string{r.APIAddr()},
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
 		ClusterName: "tessera-dev", Name: "dev", MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
@@ -165,12 +166,13 @@ func runGateway(args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	clientURLs := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve the etcd API on")
 	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
+	watchers := fs.String("watchers", "", "comma-separated API addresses of watchers")
 	name := fs.String("name", "gateway", "member name")
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
 	fs.Parse(args)
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: splitList(*replicas),
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: splitList(*replicas), Watchers: splitList(*watchers),
 		ClusterName: *clusterName, Name: *name, MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
@@ -183,9 +185,14 @@ func runGateway(args []string, log *slog.Logger) error {
 func runWatcher(args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("watcher", flag.ExitOnError)
 	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
+	api := fs.String("api-address", "127.0.0.1:2382", "address of the Watch API that gateways call")
 	listen := fs.String("listen-address", "127.0.0.1:2390", "address for /livez and /readyz")
+	historyRevs := fs.Int("history-revisions", 100000, "revisions kept in memory for watches that resume")
+	historyBytes := fs.Int("history-bytes", 256<<20, "bytes of events kept in memory for watches that resume")
 	fs.Parse(args)
-	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), HTTPAddress: *listen, Logger: log.With("tier", "watcher")})
+	cc := watcher.DefaultCacheConfig()
+	cc.HistoryRevisions, cc.HistoryBytes = *historyRevs, *historyBytes
+	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}

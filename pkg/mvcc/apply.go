@@ -382,7 +382,9 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := w.txn.Set(dataKey(p.Key), encodeKV(kv)); err != nil {
 		return nil, fmt.Errorf("mvcc: put %q: %w", p.Key, err)
 	}
-	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv})
+	// The change log keeps the previous version beside the event, so watches
+	// with prev_kv are served without reading history.
+	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv, PrevKv: prev})
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: w.rev}}
 	if p.PrevKv {
 		resp.PrevKv = prev
@@ -403,7 +405,7 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 		if err := w.txn.Delete(dataKey(kv.Key)); err != nil {
 			return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
 		}
-		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}})
+		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}, PrevKv: kv})
 	}
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs)), Header: w.header()}
 	if d.PrevKv {

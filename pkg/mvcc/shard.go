@@ -57,13 +57,16 @@ type Shard struct {
 	id         uint64
 	start, end []byte
 
-	mu    sync.RWMutex // guards state; held briefly, never across I/O
+	mu    sync.RWMutex // guards state and changed; held briefly, never across I/O
 	state State
+	// changed is closed (and replaced) whenever state changes: change
+	// feeds wait on it instead of polling.
+	changed chan struct{}
 }
 
 // OpenShard loads the shard's persisted state, or the initial one.
 func (s *Store) OpenShard(id uint64, start, end []byte) (*Shard, error) {
-	sh := &Shard{store: s, id: id, start: bytes.Clone(start), end: bytes.Clone(end)}
+	sh := &Shard{store: s, id: id, start: bytes.Clone(start), end: bytes.Clone(end), changed: make(chan struct{})}
 	st, err := sh.loadState()
 	if err != nil {
 		return nil, err
@@ -100,9 +103,19 @@ func (sh *Shard) State() State {
 	return sh.state
 }
 
+// Changed returns a channel that is closed at the next state change (an
+// applied entry or a restored snapshot).
+func (sh *Shard) Changed() <-chan struct{} {
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.changed
+}
+
 func (sh *Shard) setState(st State) {
 	sh.mu.Lock()
 	sh.state = st
+	close(sh.changed)
+	sh.changed = make(chan struct{})
 	sh.mu.Unlock()
 }
 

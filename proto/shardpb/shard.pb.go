@@ -376,8 +376,11 @@ func (x *CompactResponse) GetRaftTerm() uint64 {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// Answer after a Raft ReadIndex, so applied_revision covers every write
+	// acknowledged before the call (a watch from "now" starts above it).
+	Linearizable  bool `protobuf:"varint,2,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +420,13 @@ func (x *StatusRequest) GetShardId() uint64 {
 		return x.ShardId
 	}
 	return 0
+}
+
+func (x *StatusRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -604,6 +614,219 @@ func (x *WrongShard) GetDescriptors() []*metapb.ShardDescriptor {
 	return nil
 }
 
+// ChangesRequest subscribes to a shard's change feed.
+type ChangesRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// The first revision to send. 0 means "from now": only revisions above
+	// the shard's applied revision at the time of the call; the first message
+	// then carries no changes and names that revision as closed_revision.
+	StartRevision int64 `protobuf:"varint,2,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// An optional key range with etcd's conventions (empty range_end: the
+	// single key; "\0": every key >= key). An empty key means every key.
+	Key      []byte `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd []byte `protobuf:"bytes,4,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	// If > 0, the stream ends once every revision <= end_revision was sent.
+	EndRevision   int64 `protobuf:"varint,5,opt,name=end_revision,json=endRevision,proto3" json:"end_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangesRequest) Reset() {
+	*x = ChangesRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangesRequest) ProtoMessage() {}
+
+func (x *ChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangesRequest.ProtoReflect.Descriptor instead.
+func (*ChangesRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ChangesRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *ChangesRequest) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+func (x *ChangesRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ChangesRequest) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
+func (x *ChangesRequest) GetEndRevision() int64 {
+	if x != nil {
+		return x.EndRevision
+	}
+	return 0
+}
+
+// Change is one revision's events, in the order the revision made them.
+type Change struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Serialized mvccpb.Events, each with prev_kv set when the key existed.
+	Events        [][]byte `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Change) Reset() {
+	*x = Change{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Change) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Change) ProtoMessage() {}
+
+func (x *Change) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Change.ProtoReflect.Descriptor instead.
+func (*Change) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Change) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Change) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// ChangesResponse is one message of a change feed.
+type ChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Revisions in increasing order. A revision's events are never split
+	// across messages.
+	Changes []*Change `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Every event of this shard (in the requested range) with a revision
+	// <= closed_revision has been sent on this stream.
+	ClosedRevision int64 `protobuf:"varint,2,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
+	// The shard's compaction revision: history below it is gone.
+	CompactRevision int64 `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	// start_revision was below compact_revision: nothing was sent and the
+	// stream ends after this message.
+	Compacted     bool `protobuf:"varint,4,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangesResponse) Reset() {
+	*x = ChangesResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangesResponse) ProtoMessage() {}
+
+func (x *ChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangesResponse.ProtoReflect.Descriptor instead.
+func (*ChangesResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ChangesResponse) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ChangesResponse) GetClosedRevision() int64 {
+	if x != nil {
+		return x.ClosedRevision
+	}
+	return 0
+}
+
+func (x *ChangesResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *ChangesResponse) GetCompacted() bool {
+	if x != nil {
+		return x.Compacted
+	}
+	return false
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -635,9 +858,10 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"J\n" +
 	"\x0fCompactResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"*\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"N\n" +
 	"\rStatusRequest\x12\x19\n" +
-	"\bshard_id\x18\x01 \x01(\x04R\ashardId\"\xd0\x01\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\"\n" +
+	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"\xd0\x01\n" +
 	"\x0eStatusResponse\x12&\n" +
 	"\x0fleader_store_id\x18\x01 \x01(\x04R\rleaderStoreId\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12)\n" +
@@ -650,12 +874,27 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x12leader_api_address\x18\x03 \x01(\tR\x10leaderApiAddress\"P\n" +
 	"\n" +
 	"WrongShard\x12B\n" +
-	"\vdescriptors\x18\x01 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\vdescriptors2\xb2\x02\n" +
+	"\vdescriptors\x18\x01 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\vdescriptors\"\xa4\x01\n" +
+	"\x0eChangesRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12%\n" +
+	"\x0estart_revision\x18\x02 \x01(\x03R\rstartRevision\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x04 \x01(\fR\brangeEnd\x12!\n" +
+	"\fend_revision\x18\x05 \x01(\x03R\vendRevision\"<\n" +
+	"\x06Change\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\xb7\x01\n" +
+	"\x0fChangesResponse\x122\n" +
+	"\achanges\x18\x01 \x03(\v2\x18.tessera.shard.v1.ChangeR\achanges\x12'\n" +
+	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
+	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
+	"\tcompacted\x18\x04 \x01(\bR\tcompacted2\x84\x03\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
 	"\aCompact\x12 .tessera.shard.v1.CompactRequest\x1a!.tessera.shard.v1.CompactResponse\x12K\n" +
-	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
+	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponse\x12P\n" +
+	"\aChanges\x12 .tessera.shard.v1.ChangesRequest\x1a!.tessera.shard.v1.ChangesResponse0\x01B-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
 
 var (
 	file_tessera_shard_v1_shard_proto_rawDescOnce sync.Once
@@ -669,7 +908,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -681,23 +920,29 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*StatusResponse)(nil),         // 7: tessera.shard.v1.StatusResponse
 	(*NotLeader)(nil),              // 8: tessera.shard.v1.NotLeader
 	(*WrongShard)(nil),             // 9: tessera.shard.v1.WrongShard
-	(*metapb.ShardDescriptor)(nil), // 10: tessera.meta.v1.ShardDescriptor
+	(*ChangesRequest)(nil),         // 10: tessera.shard.v1.ChangesRequest
+	(*Change)(nil),                 // 11: tessera.shard.v1.Change
+	(*ChangesResponse)(nil),        // 12: tessera.shard.v1.ChangesResponse
+	(*metapb.ShardDescriptor)(nil), // 13: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	10, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
-	0,  // 1: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
-	2,  // 2: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
-	4,  // 3: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
-	6,  // 4: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
-	1,  // 5: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 6: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 7: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 8: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	5,  // [5:9] is the sub-list for method output_type
-	1,  // [1:5] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	13, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	11, // 1: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
+	0,  // 2: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
+	2,  // 3: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
+	4,  // 4: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
+	6,  // 5: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
+	10, // 6: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
+	1,  // 7: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	3,  // 8: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 9: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 10: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 11: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_tessera_shard_v1_shard_proto_init() }
@@ -711,7 +956,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Shard_Txn_FullMethodName     = "/tessera.shard.v1.Shard/Txn"
 	Shard_Compact_FullMethodName = "/tessera.shard.v1.Shard/Compact"
 	Shard_Status_FullMethodName  = "/tessera.shard.v1.Shard/Status"
+	Shard_Changes_FullMethodName = "/tessera.shard.v1.Shard/Changes"
 )
 
 // ShardClient is the client API for Shard service.
@@ -35,6 +36,10 @@ type ShardClient interface {
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Changes streams the shard's committed events from a revision, then live,
+	// with periodic progress (closed_revision). Any replica serves it from its
+	// own applied state; followers keep the load off the leader.
+	Changes(ctx context.Context, in *ChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChangesResponse], error)
 }
 
 type shardClient struct {
@@ -85,6 +90,25 @@ func (c *shardClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *shardClient) Changes(ctx context.Context, in *ChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChangesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Shard_ServiceDesc.Streams[0], Shard_Changes_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ChangesRequest, ChangesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_ChangesClient = grpc.ServerStreamingClient[ChangesResponse]
+
 // ShardServer is the server API for Shard service.
 // All implementations must embed UnimplementedShardServer
 // for forward compatibility.
@@ -93,6 +117,10 @@ type ShardServer interface {
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Changes streams the shard's committed events from a revision, then live,
+	// with periodic progress (closed_revision). Any replica serves it from its
+	// own applied state; followers keep the load off the leader.
+	Changes(*ChangesRequest, grpc.ServerStreamingServer[ChangesResponse]) error
 	mustEmbedUnimplementedShardServer()
 }
 
@@ -114,6 +142,9 @@ func (UnimplementedShardServer) Compact(context.Context, *CompactRequest) (*Comp
 }
 func (UnimplementedShardServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedShardServer) Changes(*ChangesRequest, grpc.ServerStreamingServer[ChangesResponse]) error {
+	return status.Error(codes.Unimplemented, "method Changes not implemented")
 }
 func (UnimplementedShardServer) mustEmbedUnimplementedShardServer() {}
 func (UnimplementedShardServer) testEmbeddedByValue()               {}
@@ -208,6 +239,17 @@ func _Shard_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shard_Changes_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ChangesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShardServer).Changes(m, &grpc.GenericServerStream[ChangesRequest, ChangesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_ChangesServer = grpc.ServerStreamingServer[ChangesResponse]
+
 // Shard_ServiceDesc is the grpc.ServiceDesc for Shard service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -232,6 +274,12 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Shard_Status_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Changes",
+			Handler:       _Shard_Changes_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tessera/shard/v1/shard.proto",
 }

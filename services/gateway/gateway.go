@@ -33,6 +33,8 @@ type Config struct {
 	ListenClientURLs []string
 	// Replicas are internal API addresses of replicas to learn the shard map from.
 	Replicas []string
+	// Watchers are API addresses of watcher processes serving etcd's Watch.
+	Watchers []string
 	// ClusterName seeds the cluster ID reported in headers.
 	ClusterName string
 	// Name seeds this gateway's member ID.
@@ -74,6 +76,7 @@ type Gateway struct {
 	muxes   []cmux.CMux
 	addrs   []string
 	gwConn  *grpc.ClientConn
+	wConns  []*grpc.ClientConn
 	cancel  context.CancelFunc
 }
 
@@ -99,6 +102,16 @@ func Start(cfg Config) (*Gateway, error) {
 	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1))
 	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, limits, hdr))
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
+	for _, a := range cfg.Watchers {
+		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
+		if err != nil {
+			g.Close()
+			return nil, fmt.Errorf("gateway: watcher %s: %w", a, err)
+		}
+		g.wConns = append(g.wConns, c)
+	}
+	pb.RegisterWatchServer(g.grpcSrv, etcdapi.NewWatch(etcdapi.NewWatchers(g.wConns), g.router, hdr))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
@@ -152,7 +165,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		},
 	}))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler,
+		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler,
 	} {
 		if err := reg(ctx, gwmux, conn); err != nil {
 			return nil, err
@@ -202,6 +215,9 @@ func (g *Gateway) Close() {
 	}
 	if g.gwConn != nil {
 		g.gwConn.Close()
+	}
+	for _, c := range g.wConns {
+		c.Close()
 	}
 	g.router.Close()
 }

@@ -145,7 +145,7 @@ func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest)
 }
 
 // Status reports this replica's view of a shard.
-func (s *shardService) Status(_ context.Context, req *shardpb.StatusRequest) (*shardpb.StatusResponse, error) {
+func (s *shardService) Status(ctx context.Context, req *shardpb.StatusRequest) (*shardpb.StatusResponse, error) {
 	ds, err := s.lookup(req.ShardId)
 	if err != nil {
 		return nil, err
@@ -155,6 +155,15 @@ func (s *shardService) Status(_ context.Context, req *shardpb.StatusRequest) (*s
 		return nil, status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", req.ShardId)
 	}
 	st := sh.State()
+	if req.Linearizable {
+		rctx, cancel := s.r.withTimeout(ctx)
+		v, err := s.r.nh.SyncRead(rctx, req.ShardId, datasm.StateQuery{})
+		cancel()
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		st = v.(mvcc.State)
+	}
 	leader, term, valid, _ := s.r.nh.GetLeaderID(req.ShardId)
 	if !valid {
 		leader = 0

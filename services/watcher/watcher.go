@@ -1,8 +1,7 @@
 // Package watcher runs the watcher tier: it follows every shard's change feed
-// and fans events out to gateways' watch streams. This first version has the
-// process shape only: it learns the shard map from the replicas, keeps it
-// fresh, and reports readiness; the change feeds and the Watch API are the
-// subject of the watch work (see docs/ARCHITECTURE.md).
+// into a bounded in-memory history (internal/watchcache) and serves etcd's
+// Watch API from it to gateways, so that many client watches cost one
+// upstream subscription per shard.
 package watcher
 
 import (
@@ -15,41 +14,60 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/services/watcher/internal/feed"
+	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
 )
+
+// CacheConfig bounds the watcher's history and streams.
+type CacheConfig = watchcache.Config
+
+// DefaultCacheConfig returns the default bounds.
+func DefaultCacheConfig() CacheConfig { return watchcache.DefaultConfig() }
 
 // Config configures a watcher.
 type Config struct {
-	// Replicas are internal API addresses of replicas.
+	// Replicas are internal API addresses of replicas (seeds for the shard map).
 	Replicas []string
+	// APIAddress is where etcd's Watch service is served to gateways.
+	APIAddress string
 	// HTTPAddress serves /livez and /readyz; empty disables it.
 	HTTPAddress string
 	// RefreshInterval is how often the shard map is re-read.
 	RefreshInterval time.Duration
-	Logger          *slog.Logger
+	// Cache bounds the history and the streams (watchcache.DefaultConfig
+	// for zero fields).
+	Cache  CacheConfig
+	Logger *slog.Logger
 }
 
 // Watcher is a running watcher process.
 type Watcher struct {
-	cfg    Config
-	log    *slog.Logger
-	conns  []*grpc.ClientConn
-	srv    *http.Server
-	lis    net.Listener
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg     Config
+	log     *slog.Logger
+	topo    *feed.Topology
+	cache   *watchcache.Cache
+	grpcSrv *grpc.Server
+	apiLis  net.Listener
+	srv     *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
-	mu    sync.RWMutex
-	shmap *metapb.ShardMap // guarded by mu
+	mu       sync.Mutex
+	followed map[uint64]bool // shards whose feed is followed; guarded by mu
 }
 
-// Start connects to the replicas and begins following the shard map.
+// Start connects to the replicas, follows every shard's feed and serves
+// the Watch API.
 func Start(cfg Config) (*Watcher, error) {
 	if len(cfg.Replicas) == 0 {
 		return nil, errors.New("watcher: at least one replica address required")
+	}
+	if cfg.APIAddress == "" {
+		return nil, errors.New("watcher: API address required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -57,26 +75,31 @@ func Start(cfg Config) (*Watcher, error) {
 	if cfg.RefreshInterval <= 0 {
 		cfg.RefreshInterval = 5 * time.Second
 	}
-	w := &Watcher{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
-	for _, a := range cfg.Replicas {
-		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			w.Close()
-			return nil, err
-		}
-		w.conns = append(w.conns, c)
+	cfg.Cache.Logger = cfg.Logger
+	w := &Watcher{cfg: cfg, log: cfg.Logger, topo: feed.NewTopology(cfg.Replicas), followed: map[uint64]bool{}}
+	w.cache = watchcache.New(cfg.Cache, feed.Source{T: w.topo})
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+
+	var err error
+	if w.apiLis, err = net.Listen("tcp", cfg.APIAddress); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
+	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31 - 1))
+	pb.RegisterWatchServer(w.grpcSrv, &watchServer{cache: w.cache})
+	go w.grpcSrv.Serve(w.apiLis)
+
 	if cfg.HTTPAddress != "" {
 		l, err := net.Listen("tcp", cfg.HTTPAddress)
 		if err != nil {
 			w.Close()
 			return nil, fmt.Errorf("watcher: listen %s: %w", cfg.HTTPAddress, err)
 		}
-		w.lis = l
 		mux := http.NewServeMux()
 		mux.HandleFunc("/livez", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
 		mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
-			if w.ShardMap() == nil {
+			if len(w.topo.Shards()) == 0 {
 				http.Error(rw, "no shard map yet", http.StatusServiceUnavailable)
 				return
 			}
@@ -85,18 +108,22 @@ func Start(cfg Config) (*Watcher, error) {
 		w.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go w.srv.Serve(l)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
+	w.wg.Add(1)
 	go w.follow(ctx)
+	w.log.Info("watcher serving", "api", w.APIAddr())
 	return w, nil
 }
 
+// follow keeps the shard map fresh and a feed running for every shard.
 func (w *Watcher) follow(ctx context.Context) {
-	defer close(w.done)
+	defer w.wg.Done()
 	t := time.NewTicker(w.cfg.RefreshInterval)
 	defer t.Stop()
 	for {
-		w.refresh(ctx)
+		if err := w.topo.Refresh(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("shard map refresh failed", "err", err)
+		}
+		w.followShards(ctx, w.topo.Shards())
 		select {
 		case <-ctx.Done():
 			return
@@ -105,37 +132,46 @@ func (w *Watcher) follow(ctx context.Context) {
 	}
 }
 
-func (w *Watcher) refresh(ctx context.Context) {
-	for _, c := range w.conns {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := metapb.NewMetaClient(c).GetShardMap(cctx, &metapb.GetShardMapRequest{})
-		cancel()
-		if err == nil {
-			w.mu.Lock()
-			w.shmap = resp.ShardMap
-			w.mu.Unlock()
-			return
+func (w *Watcher) followShards(ctx context.Context, shards []*metapb.ShardDescriptor) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, d := range shards {
+		if w.followed[d.Id] {
+			continue
 		}
+		w.followed[d.Id] = true
+		w.cache.AddShard(d.Id)
+		w.wg.Add(1)
+		go func(id uint64) {
+			defer w.wg.Done()
+			feed.Follow(ctx, w.topo, id, w.cache, w.log.With("shard", id))
+		}(d.Id)
 	}
 }
 
-// ShardMap is the last shard map read, or nil.
-func (w *Watcher) ShardMap() *metapb.ShardMap {
-	w.mu.RLock()
-	defer w.mu.RUnlock()
-	return w.shmap
-}
+// APIAddr is the address of the Watch service.
+func (w *Watcher) APIAddr() string { return w.apiLis.Addr().String() }
 
-// Close stops the watcher.
+// Released is the revision up to which the watcher has every shard's events.
+func (w *Watcher) Released() int64 { return w.cache.Released() }
+
+// ShardMap is the last shard map read, or nil.
+func (w *Watcher) ShardMap() []*metapb.ShardDescriptor { return w.topo.Shards() }
+
+// Close stops the watcher; open watch streams end.
 func (w *Watcher) Close() {
+	if w.grpcSrv != nil {
+		w.grpcSrv.Stop()
+	}
 	if w.cancel != nil {
 		w.cancel()
-		<-w.done
+	}
+	w.wg.Wait()
+	if w.cache != nil {
+		w.cache.Close()
 	}
 	if w.srv != nil {
 		w.srv.Close()
 	}
-	for _, c := range w.conns {
-		c.Close()
-	}
+	w.topo.Close()
 }

@@ -219,13 +219,13 @@ func waitReady(t testing.TB, endpoint string, timeout time.Duration, procs ...*p
 
 // devNode is a "tessera dev" process with its addresses.
 type devNode struct {
-	dataDir, client, raft, api string
-	p                          *proc
+	dataDir, client, raft, api, watcher string
+	p                                   *proc
 }
 
 func newDevNode(t testing.TB) *devNode {
 	return &devNode{dataDir: filepath.Join(t.TempDir(), "data"),
-		client: freePort(t), raft: freePort(t), api: freePort(t)}
+		client: freePort(t), raft: freePort(t), api: freePort(t), watcher: freePort(t)}
 }
 
 func (d *devNode) endpoint() string { return "http://" + d.client }
@@ -235,7 +235,7 @@ func (d *devNode) endpoint() string { return "http://" + d.client }
 func (d *devNode) start(t testing.TB) {
 	t.Helper()
 	d.p = startProc(t, "dev", tesseraBin, "dev", "--data-dir", d.dataDir,
-		"--listen-client-urls", d.endpoint(), "--raft-address", d.raft, "--api-address", d.api)
+		"--listen-client-urls", d.endpoint(), "--raft-address", d.raft, "--api-address", d.api, "--watcher-address", d.watcher)
 	waitReady(t, d.endpoint(), 30*time.Second, d.p)
 }
 

@@ -1,6 +1,6 @@
 // Package testcluster starts a Tessera cluster inside the test process: N
 // replica stores (each a dragonboat NodeHost and a Badger store of its own,
-// on loopback ports) and one gateway. Stores can be stopped and restarted on
+// on loopback ports), one watcher and one gateway. Stores can be stopped and restarted on
 // the same data to exercise leader failover and recovery.
 package testcluster
 
@@ -19,6 +19,7 @@ import (
 
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
+	"github.com/tessera-kv/tessera/services/watcher"
 )
 
 // Cluster is a running in-process cluster.
@@ -28,6 +29,8 @@ type Cluster struct {
 	members  []replica.Member
 	replicas []*replica.Replica // nil while stopped
 	gateway  *gateway.Gateway
+	watcher  *watcher.Watcher // nil while stopped
+	wcfg     watcher.Config
 	log      *slog.Logger
 }
 
@@ -36,6 +39,8 @@ type Options struct {
 	// MaxTxnOps and MaxRequestBytes pass through to the gateway.
 	MaxTxnOps       int
 	MaxRequestBytes int
+	// Cache bounds the watcher's history and streams (defaults if zero).
+	Cache watcher.CacheConfig
 }
 
 // FreePort returns a loopback address with a port that was free just now.
@@ -69,7 +74,9 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 	for _, m := range c.members {
 		apis = append(apis, m.APIAddress)
 	}
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis,
+	c.wcfg = watcher.Config{Replicas: apis, APIAddress: FreePort(t), Cache: o.Cache, RefreshInterval: time.Second, Logger: c.log}
+	c.StartWatcher()
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
 		ClusterName: "test", Name: "gw0", MaxTxnOps: o.MaxTxnOps, MaxRequestBytes: o.MaxRequestBytes, Logger: c.log})
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +107,27 @@ func (c *Cluster) StartReplica(i int) {
 	}
 	c.replicas[i] = r
 }
+
+// StartWatcher (re)starts the watcher on its address.
+func (c *Cluster) StartWatcher() {
+	c.t.Helper()
+	w, err := watcher.Start(c.wcfg)
+	if err != nil {
+		c.t.Fatalf("start watcher: %v", err)
+	}
+	c.watcher = w
+}
+
+// StopWatcher stops the watcher: open watch streams break.
+func (c *Cluster) StopWatcher() {
+	if c.watcher != nil {
+		c.watcher.Close()
+		c.watcher = nil
+	}
+}
+
+// Watcher is the running watcher, nil if stopped.
+func (c *Cluster) Watcher() *watcher.Watcher { return c.watcher }
 
 // StopReplica stops store i (its data stays).
 func (c *Cluster) StopReplica(i int) {
@@ -165,6 +193,7 @@ func (c *Cluster) Close() {
 		c.gateway.Close()
 		c.gateway = nil
 	}
+	c.StopWatcher()
 	for i := range c.replicas {
 		c.StopReplica(i)
 	}

@@ -1,0 +1,149 @@
+package etcdapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/router"
+)
+
+// Watchers are the connections to the watcher tier; streams are spread
+// over them and move on to the next one when a watcher fails.
+type Watchers struct {
+	conns []*grpc.ClientConn
+	next  atomic.Uint64
+}
+
+// NewWatchers wraps connections to watcher processes.
+func NewWatchers(conns []*grpc.ClientConn) *Watchers { return &Watchers{conns: conns} }
+
+// open starts an upstream stream on the next watcher that accepts one.
+func (w *Watchers) open(ctx context.Context) (pb.Watch_WatchClient, error) {
+	if len(w.conns) == 0 {
+		return nil, status.Error(codes.Unavailable, "tessera: no watcher configured")
+	}
+	var lastErr error
+	first := w.next.Add(1)
+	for i := range w.conns {
+		c := w.conns[(first+uint64(i))%uint64(len(w.conns))]
+		up, err := pb.NewWatchClient(c).Watch(ctx, grpc.WaitForReady(false))
+		if err == nil {
+			return up, nil
+		}
+		lastErr = err
+	}
+	return nil, status.Errorf(codes.Unavailable, "tessera: no watcher reachable: %v", lastErr)
+}
+
+// Watch is etcd's Watch service: each client stream is proxied to one
+// watcher stream, which implements etcd's watch semantics. If the watcher
+// stream breaks, the client's stream ends with Unavailable and etcd clients
+// resume their watches from the last revision they received.
+type Watch struct {
+	pb.UnsafeWatchServer
+	watchers *Watchers
+	router   *router.Router
+	hdr      Header
+}
+
+var _ pb.WatchServer = (*Watch)(nil)
+
+// NewWatch returns the Watch service.
+func NewWatch(w *Watchers, r *router.Router, h Header) *Watch {
+	return &Watch{watchers: w, router: r, hdr: h}
+}
+
+func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	if requireLeader(md) {
+		if err := s.checkLeaders(ctx); err != nil {
+			return err
+		}
+	}
+	up, err := s.watchers.open(metadata.NewOutgoingContext(ctx, md.Copy()))
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				up.CloseSend() // the stream goes on: responses still flow
+				return
+			}
+			if err == nil {
+				err = up.Send(req)
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			resp, err := up.Recv()
+			if err == nil {
+				resp.Header = s.hdr.fill(resp.Header, resp.GetHeader().GetRaftTerm())
+				err = stream.Send(resp)
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	err = <-errc
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Canceled && st.Code() != codes.Unknown {
+		return err // the watcher's own answer (etcd errors, Unavailable)
+	}
+	// Anything else means the watcher stream broke: Unavailable tells etcd
+	// clients to re-create their watches.
+	return status.Errorf(codes.Unavailable, "tessera: watch stream to the watcher tier lost: %v", err)
+}
+
+// requireLeader reports whether the client asked for etcd's require-leader
+// behaviour (clientv3.WithRequireLeader).
+func requireLeader(md metadata.MD) bool {
+	for _, v := range md.Get(rpctypes.MetadataRequireLeaderKey) {
+		if v == rpctypes.MetadataHasLeader {
+			return true
+		}
+	}
+	return false
+}
+
+// checkLeaders fails with etcd's no-leader error unless every data shard
+// has a leader.
+func (s *Watch) checkLeaders(ctx context.Context) error {
+	shards, err := s.router.All(ctx)
+	if err != nil || len(shards) == 0 {
+		return rpctypes.ErrGRPCNoLeader
+	}
+	for _, d := range shards {
+		var st *shardpb.StatusResponse
+		err := s.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+			st, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: d.Id})
+			return err
+		})
+		if err != nil || st.LeaderStoreId == 0 {
+			return rpctypes.ErrGRPCNoLeader
+		}
+	}
+	return nil
+}

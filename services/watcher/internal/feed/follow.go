@@ -1,0 +1,128 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
+)
+
+// Sink takes what a shard's feed delivers (the watch cache).
+type Sink interface {
+	// Subscribed: a fresh feed starts after closed.
+	Subscribed(shardID uint64, closed int64)
+	// Apply: the next revisions, then the closed and compaction revisions.
+	Apply(shardID uint64, revs []watchcache.Revision, closed, compacted int64)
+}
+
+var errCompacted = errors.New("feed: resume point compacted")
+
+// Follow keeps one shard's change feed flowing into sink until ctx ends.
+// It starts "from now", resumes after the last closed revision when a
+// stream breaks, and moves to the shard's next replica on each failure. If
+// the resume point was compacted away meanwhile, it starts afresh (the
+// sink learns of the gap through Subscribed).
+func Follow(ctx context.Context, t *Topology, shardID uint64, sink Sink, log *slog.Logger) {
+	closed := int64(-1)
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		addrs := t.Replicas(shardID)
+		if len(addrs) == 0 {
+			if err := t.Refresh(ctx); err != nil {
+				log.Warn("no replicas known for shard", "shard", shardID, "err", err)
+			}
+			sleep(ctx, backoff(attempt))
+			continue
+		}
+		addr := addrs[attempt%len(addrs)]
+		began := time.Now()
+		err := follow(ctx, t, addr, shardID, &closed, sink)
+		if time.Since(began) > 10*time.Second {
+			attempt = 0 // a stream that lived is no reason to back off
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errCompacted) {
+			closed = -1
+		}
+		log.Info("change feed interrupted; resubscribing", "shard", shardID, "replica", addr, "closed", closed, "err", err)
+		if attempt%len(addrs) == len(addrs)-1 {
+			t.Refresh(ctx) // every replica failed once: the map may be stale
+		}
+		sleep(ctx, backoff(attempt))
+	}
+}
+
+func follow(ctx context.Context, t *Topology, addr string, shardID uint64, closed *int64, sink Sink) error {
+	conn, err := t.Conn(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fresh := *closed < 0 // StartRevision 0: from now
+	stream, err := shardpb.NewShardClient(conn).Changes(ctx, &shardpb.ChangesRequest{ShardId: shardID, StartRevision: *closed + 1})
+	if err != nil {
+		return err
+	}
+	return recvLoop(stream, shardID, closed, fresh, sink)
+}
+
+func recvLoop(stream shardpb.Shard_ChangesClient, shardID uint64, closed *int64, fresh bool, sink Sink) error {
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if resp.Compacted {
+			return fmt.Errorf("%w (shard %d compacted at %d)", errCompacted, shardID, resp.CompactRevision)
+		}
+		if fresh {
+			sink.Subscribed(shardID, resp.ClosedRevision)
+			fresh = false
+		}
+		revs, err := decode(resp.Changes)
+		if err != nil {
+			return err
+		}
+		sink.Apply(shardID, revs, resp.ClosedRevision, resp.CompactRevision)
+		*closed = resp.ClosedRevision
+	}
+}
+
+// decode unmarshals a feed message's changes.
+func decode(changes []*shardpb.Change) ([]watchcache.Revision, error) {
+	out := make([]watchcache.Revision, 0, len(changes))
+	for _, ch := range changes {
+		r := watchcache.Revision{Rev: ch.Revision, Events: make([]*mvccpb.Event, len(ch.Events))}
+		for i, b := range ch.Events {
+			ev := &mvccpb.Event{}
+			if err := proto.Unmarshal(b, ev); err != nil {
+				return nil, fmt.Errorf("feed: revision %d: %w", ch.Revision, err)
+			}
+			r.Events[i] = ev
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func backoff(attempt int) time.Duration {
+	return min(50*time.Millisecond<<min(attempt, 5), time.Second)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,161 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
+)
+
+// Source answers the watch cache's questions from the replicas.
+type Source struct{ T *Topology }
+
+var _ watchcache.Source = Source{}
+
+// Current is the highest applied revision of any shard after a Raft
+// ReadIndex on each: every write acknowledged before the call is at or
+// below it, and every later write gets a higher revision from the oracle.
+func (s Source) Current(ctx context.Context) (int64, error) {
+	shards := s.T.Shards()
+	if len(shards) == 0 {
+		if err := s.T.Refresh(ctx); err != nil {
+			return 0, rpctypes.ErrGRPCNoLeader
+		}
+		shards = s.T.Shards()
+	}
+	var cur int64
+	for _, d := range shards {
+		var (
+			resp *shardpb.StatusResponse
+			err  error
+		)
+		for _, addr := range s.T.Replicas(d.Id) {
+			var conn shardpb.ShardClient
+			if c, cerr := s.T.Conn(addr); cerr == nil {
+				conn = shardpb.NewShardClient(c)
+			} else {
+				err = cerr
+				continue
+			}
+			resp, err = conn.Status(ctx, &shardpb.StatusRequest{ShardId: d.Id, Linearizable: true})
+			if err == nil {
+				break
+			}
+		}
+		if resp == nil {
+			if err == nil {
+				err = errors.New("no replicas")
+			}
+			return 0, fmt.Errorf("feed: current revision of shard %d: %w", d.Id, err)
+		}
+		cur = max(cur, resp.AppliedRevision)
+	}
+	return cur, nil
+}
+
+// History reads [from, to] for a key range from the change logs of the
+// shards it overlaps, merged by revision.
+func (s Source) History(ctx context.Context, key, end []byte, from, to int64, fn func(int64, []*mvccpb.Event) error) error {
+	if len(s.T.Shards()) == 0 {
+		if err := s.T.Refresh(ctx); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var cursors []*cursor
+	for _, d := range s.T.overlapping(key, end) {
+		c, err := s.open(ctx, d, key, end, from, to)
+		if err != nil {
+			return err
+		}
+		cursors = append(cursors, c)
+	}
+	// A k-way merge: each shard's feed is in revision order and a revision
+	// belongs to one shard.
+	for {
+		var min *cursor
+		for _, c := range cursors {
+			ch, err := c.peek()
+			if err != nil {
+				return err
+			}
+			if ch != nil && (min == nil || ch.Revision < min.buf[0].Revision) {
+				min = c
+			}
+		}
+		if min == nil {
+			return nil
+		}
+		revs, err := decode(min.buf[:1])
+		if err != nil {
+			return err
+		}
+		min.buf = min.buf[1:]
+		if err := fn(revs[0].Rev, revs[0].Events); err != nil {
+			return err
+		}
+	}
+}
+
+func (s Source) open(ctx context.Context, d *metapb.ShardDescriptor, key, end []byte, from, to int64) (*cursor, error) {
+	req := &shardpb.ChangesRequest{ShardId: d.Id, StartRevision: from, EndRevision: to, Key: key, RangeEnd: rangeEndWire(end)}
+	var lastErr error = errors.New("no replicas")
+	for _, addr := range s.T.Replicas(d.Id) {
+		conn, err := s.T.Conn(addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		st, err := shardpb.NewShardClient(conn).Changes(ctx, req)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		return &cursor{stream: st}, nil
+	}
+	return nil, fmt.Errorf("feed: history of shard %d: %w", d.Id, lastErr)
+}
+
+// rangeEndWire turns the cache's range end back into etcd's encoding.
+func rangeEndWire(end []byte) []byte {
+	if end != nil && len(end) == 0 {
+		return []byte{0}
+	}
+	return end
+}
+
+type cursor struct {
+	stream shardpb.Shard_ChangesClient
+	buf    []*shardpb.Change
+	done   bool
+}
+
+// peek returns the cursor's next change, or nil at the end of its range.
+func (c *cursor) peek() (*shardpb.Change, error) {
+	for len(c.buf) == 0 && !c.done {
+		resp, err := c.stream.Recv()
+		if errors.Is(err, io.EOF) {
+			c.done = true
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if resp.Compacted {
+			return nil, &watchcache.CompactedError{Revision: resp.CompactRevision}
+		}
+		c.buf = resp.Changes
+	}
+	if len(c.buf) == 0 {
+		return nil, nil
+	}
+	return c.buf[0], nil
+}

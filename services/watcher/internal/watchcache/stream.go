@@ -1,0 +1,311 @@
+package watchcache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/protobuf/proto"
+)
+
+// etcd's answers to bad watch requests (server/storage/mvcc).
+const (
+	reasonEmptyRange  = "mvcc: watcher range is empty"
+	reasonDuplicateID = "mvcc: duplicate watch ID provided on the WatchStream"
+)
+
+// invalidWatchID is etcd's watch ID for responses that belong to no watch.
+const invalidWatchID = -1
+
+type watchState int
+
+const (
+	stateIdle     watchState = iota // created, not yet placed, or removed
+	stateSynced                     // in a group: gets live deliveries
+	stateUnsynced                   // catching up from the history
+	stateFetching                   // catching up from the replicas
+)
+
+type watch struct {
+	id       int64
+	stream   *Stream
+	key, end []byte // end: nil single key, empty to the end of the keyspace
+
+	noPut, noDelete                  bool
+	prevKV, fragment, progressNotify bool
+
+	ctx    context.Context // done when the watch is cancelled
+	cancel context.CancelFunc
+
+	// Guarded by the cache's mu.
+	next  int64 // the first revision the client has not been sent
+	state watchState
+	// lagged: the watch was synced and fell behind its stream (slow
+	// consumer); it is cancelled if the history no longer reaches back.
+	lagged bool
+	// progressDue: no events were sent since the last progress tick.
+	progressDue bool
+}
+
+// filter applies next and the create request's filters.
+func (w *watch) filter(evs []*mvccpb.Event) []*mvccpb.Event {
+	if !w.noPut && !w.noDelete && (len(evs) == 0 || evs[0].Kv.ModRevision >= w.next) {
+		return evs
+	}
+	out := make([]*mvccpb.Event, 0, len(evs))
+	for _, ev := range evs {
+		switch {
+		case ev.Kv.ModRevision < w.next:
+		case w.noPut && ev.Type == mvccpb.PUT:
+		case w.noDelete && ev.Type == mvccpb.DELETE:
+		default:
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func (w *watch) sentEvents() { w.progressDue = false }
+
+// Stream is one client watch stream (a gRPC Watch call): its watches,
+// their IDs, and its outbox.
+type Stream struct {
+	c   *Cache
+	ctx context.Context
+	q   *queue
+
+	// Guarded by the cache's mu.
+	watches         map[int64]*watch
+	nextID          int64
+	progressPending bool
+}
+
+// NewStream opens a stream; Close releases it.
+func (c *Cache) NewStream(ctx context.Context) *Stream {
+	s := &Stream{c: c, ctx: ctx, q: newQueue(c.cfg.QueueLimit), watches: map[int64]*watch{}}
+	c.mu.Lock()
+	c.mu.streams[s] = struct{}{}
+	c.mu.Unlock()
+	return s
+}
+
+// Next waits for responses to send to the client, in order.
+func (s *Stream) Next(ctx context.Context) ([]*pb.WatchResponse, error) { return s.q.pop(ctx) }
+
+// Close cancels every watch of the stream.
+func (s *Stream) Close() {
+	c := s.c
+	c.mu.Lock()
+	for _, w := range s.watches {
+		c.removeLocked(w)
+		w.cancel()
+	}
+	s.watches = map[int64]*watch{}
+	delete(c.mu.streams, s)
+	c.mu.Unlock()
+	s.q.close()
+}
+
+func (s *Stream) response(id, rev int64) *pb.WatchResponse {
+	return &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: id}
+}
+
+// Create handles a create request: it answers with the created response
+// (or a created-and-cancelled one for a bad request, as etcd does) and
+// starts the watch. An error ends the stream.
+func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
+	c := s.c
+	key := req.Key
+	if len(key) == 0 {
+		key = []byte{0} // the smallest key, as in etcd
+	}
+	var end []byte
+	switch {
+	case len(req.RangeEnd) == 1 && req.RangeEnd[0] == 0:
+		end = []byte{}
+	case len(req.RangeEnd) > 0:
+		end = req.RangeEnd
+	}
+	refuse := func(reason string) error {
+		r := s.response(invalidWatchID, c.Released())
+		r.Created, r.Canceled, r.CancelReason = true, true, reason
+		return s.q.push(ctx, r)
+	}
+	if req.StartRevision < 0 {
+		return refuse(rpctypes.ErrCompacted.Error())
+	}
+	if len(end) > 0 && bytes.Compare(key, end) >= 0 {
+		return refuse(reasonEmptyRange)
+	}
+	start, hdrRev := req.StartRevision, int64(0)
+	if start == 0 {
+		cur, err := c.src.Current(ctx)
+		if err != nil {
+			return err
+		}
+		start, hdrRev = cur+1, cur
+	}
+	w := &watch{stream: s, key: key, end: end, next: start, prevKV: req.PrevKv, fragment: req.Fragment,
+		progressNotify: req.ProgressNotify, progressDue: true}
+	for _, f := range req.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	w.ctx, w.cancel = context.WithCancel(s.ctx)
+
+	c.mu.Lock()
+	if req.WatchId != 0 { // 0 is clientv3.AutoWatchID
+		if _, dup := s.watches[req.WatchId]; dup {
+			c.mu.Unlock()
+			w.cancel()
+			return refuse(reasonDuplicateID)
+		}
+		w.id = req.WatchId
+	} else {
+		for s.watches[s.nextID] != nil {
+			s.nextID++
+		}
+		w.id = s.nextID
+		s.nextID++
+	}
+	s.watches[w.id] = w
+	if hdrRev == 0 {
+		hdrRev = c.mu.released
+	}
+	c.mu.Unlock()
+
+	// The created response goes out before any event of the watch: the
+	// watch is placed only after it is queued.
+	r := s.response(w.id, hdrRev)
+	r.Created = true
+	if err := s.q.push(ctx, r); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.watches[w.id] == w {
+		c.placeLocked(w)
+	}
+	return nil
+}
+
+// placeLocked starts delivery to a new or caught-up watch.
+func (c *Cache) placeLocked(w *watch) {
+	switch {
+	case w.next < c.mu.compacted:
+		c.cancelWatchLocked(w, c.mu.compacted, "")
+	case w.next > c.mu.released:
+		c.syncLocked(w)
+	default:
+		c.unsyncLocked(w, w.next)
+	}
+}
+
+// Cancel handles a cancel request: an unknown ID is ignored, as in etcd.
+func (s *Stream) Cancel(ctx context.Context, id int64) error {
+	c := s.c
+	c.mu.Lock()
+	w := s.watches[id]
+	if w == nil {
+		c.mu.Unlock()
+		return nil
+	}
+	c.removeLocked(w)
+	w.cancel()
+	delete(s.watches, id)
+	rev := c.mu.released
+	c.mu.Unlock()
+	r := s.response(id, rev)
+	r.Canceled = true
+	return s.q.push(ctx, r)
+}
+
+// RequestProgress asks for a stream-wide progress response: its revision
+// means every event up to it has been sent on this stream. It is sent once
+// every watch of the stream has caught up.
+func (s *Stream) RequestProgress() {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.progressPending = true
+	c.progressLocked()
+}
+
+// progressLocked answers the pending progress requests of streams whose
+// watches have all caught up.
+func (c *Cache) progressLocked() {
+	for s := range c.mu.streams {
+		if !s.progressPending || !s.caughtUpLocked() {
+			continue
+		}
+		if len(s.watches) == 0 {
+			s.progressPending = false // etcd answers only on behalf of watches
+			continue
+		}
+		if s.q.tryPush(s.response(invalidWatchID, c.mu.released)) {
+			s.progressPending = false
+		}
+	}
+}
+
+func (s *Stream) caughtUpLocked() bool {
+	for _, w := range s.watches {
+		if w.state != stateSynced || w.next > s.c.mu.released+1 {
+			return false
+		}
+	}
+	return true
+}
+
+// notifyProgress sends the periodic progress of progress_notify watches that
+// are caught up and got no events since the last tick, as etcd does.
+func (c *Cache) notifyProgress() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s := range c.mu.streams {
+		for _, w := range s.watches {
+			if !w.progressNotify {
+				continue
+			}
+			if w.progressDue && w.state == stateSynced && w.next <= c.mu.released+1 {
+				s.q.tryPush(s.response(w.id, c.mu.released))
+			}
+			w.progressDue = true
+		}
+	}
+}
+
+// responses builds what a watch sends for evs, cut into fragments if the
+// watch asked for them and the response is too large (etcd's rule: only
+// responses of two or more events are cut).
+func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*pb.WatchResponse {
+	r := w.stream.response(w.id, rev)
+	r.Events = evs
+	if !w.fragment || len(evs) < 2 || proto.Size(r) < c.cfg.MaxResponseBytes {
+		return []*pb.WatchResponse{r}
+	}
+	var out []*pb.WatchResponse
+	cur := &pb.WatchResponse{Header: r.Header, WatchId: w.id, Fragment: true}
+	size := proto.Size(cur)
+	for _, ev := range evs {
+		n := proto.Size(ev) + 8
+		if len(cur.Events) > 0 && size+n >= c.cfg.MaxResponseBytes {
+			out = append(out, cur)
+			cur = &pb.WatchResponse{Header: r.Header, WatchId: w.id, Fragment: true}
+			size = proto.Size(cur)
+		}
+		cur.Events = append(cur.Events, ev)
+		size += n
+	}
+	cur.Fragment = false
+	return append(out, cur)
+}
+
+func (w *watch) String() string { return fmt.Sprintf("watch %d [%q, %q) next %d", w.id, w.key, w.end, w.next) }
