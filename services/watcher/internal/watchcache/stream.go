@@ -308,4 +308,6 @@ func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*pb.WatchR
 	return append(out, cur)
 }
 
-func (w *watch) String() string { return fmt.Sprintf("watch %d [%q, %q) next %d", w.id, w.key, w.end, w.next) }
+func (w *watch) String() string {
+	return fmt.Sprintf("watch %d [%q, %q) next %d", w.id, w.key, w.end, w.next)
+}
