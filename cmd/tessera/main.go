@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
@@ -83,6 +84,7 @@ func runDev(args []string, log *slog.Logger) error {
 	raftAddr := fs.String("raft-address", "127.0.0.1:2380", "address of the replica's Raft transport")
 	apiAddr := fs.String("api-address", "127.0.0.1:2381", "address of the replica's internal API")
 	watcherAddr := fs.String("watcher-address", "127.0.0.1:2382", "address of the watcher's API")
+	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
 	fs.Parse(args)
@@ -101,7 +103,9 @@ func runDev(args []string, log *slog.Logger) error {
 		return err
 	}
 	defer r.Close()
-	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Logger: log.With("tier", "watcher")})
+	cc := watcher.DefaultCacheConfig()
+	cc.ProgressInterval = *progress
+	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}
@@ -189,9 +193,10 @@ func runWatcher(args []string, log *slog.Logger) error {
 	listen := fs.String("listen-address", "127.0.0.1:2390", "address for /livez and /readyz")
 	historyRevs := fs.Int("history-revisions", 100000, "revisions kept in memory for watches that resume")
 	historyBytes := fs.Int("history-bytes", 256<<20, "bytes of events kept in memory for watches that resume")
+	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	fs.Parse(args)
 	cc := watcher.DefaultCacheConfig()
-	cc.HistoryRevisions, cc.HistoryBytes = *historyRevs, *historyBytes
+	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval = *historyRevs, *historyBytes, *progress
 	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err

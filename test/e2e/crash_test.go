@@ -232,8 +232,12 @@ func TestThreeReplicaKillLeader(t *testing.T) {
 	}
 	gwAddr := freePort(t)
 	gwURL := "http://" + gwAddr
-	gw := startProc(t, "gateway", tesseraBin, "gateway", "--listen-client-urls", gwURL, "--replicas", strings.Join(apis, ","))
-	waitReady(t, gwURL, 60*time.Second, gw, reps[0].p, reps[1].p, reps[2].p)
+	watcherAddr := freePort(t)
+	wp := startProc(t, "watcher", tesseraBin, "watcher", "--replicas", strings.Join(apis, ","),
+		"--api-address", watcherAddr, "--listen-address", freePort(t))
+	gw := startProc(t, "gateway", tesseraBin, "gateway", "--listen-client-urls", gwURL, "--replicas", strings.Join(apis, ","),
+		"--watchers", watcherAddr)
+	waitReady(t, gwURL, 60*time.Second, gw, wp, reps[0].p, reps[1].p, reps[2].p)
 
 	// Find the data shard's leader as every live replica sees it.
 	findLeader := func(live []*replicaNode, timeout time.Duration) *replicaNode {
@@ -304,6 +308,14 @@ func TestThreeReplicaKillLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	// A watch over everything the writers write stays open through the kill.
+	startResp, err := cli.Put(context.Background(), "fo-start", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	wch := cli.Watch(wctx, "fo/", clientv3.WithPrefix(), clientv3.WithRev(startResp.Header.Revision))
 	const writers = 3
 	var (
 		mu       sync.Mutex
@@ -432,6 +444,7 @@ func TestThreeReplicaKillLeader(t *testing.T) {
 	sort.Slice(all, func(i, j int) bool { return all[i].rev < all[j].rev })
 	t.Logf("%d writes acknowledged, %d failed attempts; revisions %d..%d", len(all), failures.Load(), all[0].rev, all[len(all)-1].rev)
 	maxRev := verifyAcks(t, cli, "fo/", all, sentCount)
+	verifyWatch(t, wch, all, maxRev)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -442,4 +455,36 @@ func TestThreeReplicaKillLeader(t *testing.T) {
 	if resp.Header.Revision <= maxRev {
 		t.Errorf("final write got revision %d, not above %d", resp.Header.Revision, maxRev)
 	}
+}
+
+// verifyWatch reads wch up to revision last: events come in increasing
+// revision order, once each, and include every acknowledged write.
+func verifyWatch(t *testing.T, wch clientv3.WatchChan, acks []ack, last int64) {
+	t.Helper()
+	got := map[int64]string{}
+	var prev int64
+	timeout := time.After(30 * time.Second)
+	for prev < last {
+		select {
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil {
+				t.Fatalf("watch ended at revision %d: %v", prev, wr.Err())
+			}
+			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= prev {
+					t.Fatalf("watch event at revision %d after %d", ev.Kv.ModRevision, prev)
+				}
+				prev = ev.Kv.ModRevision
+				got[prev] = string(ev.Kv.Key) + "=" + string(ev.Kv.Value)
+			}
+		case <-timeout:
+			t.Fatalf("watch reached revision %d of %d", prev, last)
+		}
+	}
+	for _, a := range acks {
+		if got[a.rev] != a.key+"="+a.val {
+			t.Fatalf("acknowledged write %s=%s at %d: watch has %q", a.key, a.val, a.rev, got[a.rev])
+		}
+	}
+	t.Logf("the watch saw all %d acknowledged writes, in order, once each", len(acks))
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // ctlJSON is what "etcdctl -w json" prints for get/put (int64 as numbers,
@@ -148,4 +149,44 @@ func TestEtcdctl(t *testing.T) {
 	if out, _ := ctl("", 0, "put", "after", "y"); out != "OK\n" {
 		t.Errorf("put after errors: %q", out)
 	}
+}
+
+// TestEtcdctlWatch runs "etcdctl watch" against "tessera dev": a prefix
+// watch from a past revision with prev_kv, and periodic progress.
+func TestEtcdctlWatch(t *testing.T) {
+	d := newDevNode(t)
+	d.extraArgs = []string{"--watch-progress-notify-interval", "200ms"}
+	d.start(t)
+	ep := d.endpoint()
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runCtl(t, ep, "", args...)
+		if code != 0 {
+			t.Fatalf("etcdctl %v: exit %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	out := ctl("put", "/ew/a", "1", "-w", "json")
+	var put struct {
+		Header struct {
+			Revision int64 `json:"revision"`
+		} `json:"header"`
+	}
+	if err := json.Unmarshal([]byte(out), &put); err != nil {
+		t.Fatal(err)
+	}
+	w := startProc(t, "etcdctl-watch", etcdctlBin, "--endpoints="+ep, "watch", "--prefix", "/ew/",
+		"--rev", fmt.Sprint(put.Header.Revision), "--prev-kv")
+	ctl("put", "/ew/a", "2")
+	ctl("put", "/other", "x")
+	ctl("put", "/ew/b", "1")
+	ctl("del", "/ew/a")
+	want := "PUT\n/ew/a\n1\n" + // from the past revision; a create has no prev_kv
+		"PUT\n/ew/a\n1\n/ew/a\n2\n" + // prev_kv, then kv
+		"PUT\n/ew/b\n1\n" +
+		"DELETE\n/ew/a\n2\n/ew/a\n\n"
+	w.waitOutput(want, 15*time.Second)
+
+	p := startProc(t, "etcdctl-watch-progress", etcdctlBin, "--endpoints="+ep, "watch", "/ew/", "--prefix", "--progress-notify")
+	p.waitOutput("progress notify: ", 15*time.Second)
 }

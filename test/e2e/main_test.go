@@ -220,6 +220,7 @@ func waitReady(t testing.TB, endpoint string, timeout time.Duration, procs ...*p
 // devNode is a "tessera dev" process with its addresses.
 type devNode struct {
 	dataDir, client, raft, api, watcher string
+	extraArgs                           []string
 	p                                   *proc
 }
 
@@ -234,9 +235,29 @@ func (d *devNode) endpoint() string { return "http://" + d.client }
 // until it serves.
 func (d *devNode) start(t testing.TB) {
 	t.Helper()
-	d.p = startProc(t, "dev", tesseraBin, "dev", "--data-dir", d.dataDir,
-		"--listen-client-urls", d.endpoint(), "--raft-address", d.raft, "--api-address", d.api, "--watcher-address", d.watcher)
+	args := append([]string{"dev", "--data-dir", d.dataDir, "--listen-client-urls", d.endpoint(),
+		"--raft-address", d.raft, "--api-address", d.api, "--watcher-address", d.watcher}, d.extraArgs...)
+	d.p = startProc(t, "dev", tesseraBin, args...)
 	waitReady(t, d.endpoint(), 30*time.Second, d.p)
+}
+
+// waitOutput waits until the process's log contains want.
+func (p *proc) waitOutput(want string, within time.Duration) string {
+	p.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		b, err := os.ReadFile(p.logPath)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		if strings.Contains(string(b), want) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s: output %q does not contain %q after %v", p.name, b, want, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // runCtl runs etcdctl against endpoint with stdin, returning stdout, stderr

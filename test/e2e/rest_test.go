@@ -274,3 +274,64 @@ func TestREST(t *testing.T) {
 	o, _ = ok("/v3/kv/range", "{\n  \"range_end\" : \""+b64("c")+"\",\n  \"key\" : \""+b64("a")+"\"\n}")
 	str("range with whitespace", o, "count", "2")
 }
+
+// TestRESTWatch streams /v3/watch as etcd's gateway does: one JSON object
+// per line, each wrapped in {"result": ...}, keys and values in base64.
+func TestRESTWatch(t *testing.T) {
+	d := newDevNode(t)
+	d.start(t)
+	hc := &http.Client{Timeout: 20 * time.Second}
+	put := func(k, v string) {
+		t.Helper()
+		resp, err := hc.Post(d.endpoint()+"/v3/kv/put", "application/json",
+			strings.NewReader(`{"key":"`+b64(k)+`","value":"`+b64(v)+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	put("/rw/a", "1")
+	resp, err := hc.Post(d.endpoint()+"/v3/watch", "application/json",
+		strings.NewReader(`{"create_request":{"key":"`+b64("/rw/")+`","range_end":"`+b64("/rw0")+`","start_revision":"2","prev_kv":true}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	put("/rw/a", "2")
+	dec := json.NewDecoder(resp.Body)
+	var events []obj
+	for len(events) < 2 {
+		var msg obj
+		if err := dec.Decode(&msg); err != nil {
+			t.Fatalf("decode stream after %d events: %v", len(events), err)
+		}
+		res, isObj := msg["result"].(obj)
+		if !isObj {
+			t.Fatalf("stream message without result: %v", msg)
+		}
+		if _, isStr := res["header"].(obj)["revision"].(string); !isStr {
+			t.Fatalf("header revision is not an int64 string: %v", res["header"])
+		}
+		if evs, has := res["events"].([]any); has {
+			for _, e := range evs {
+				events = append(events, e.(obj))
+			}
+		} else if res["created"] != true {
+			t.Fatalf("unexpected message %v", res)
+		}
+	}
+	first, second := events[0], events[1]
+	if _, has := first["type"]; has { // PUT is the zero value: omitted, as etcd does
+		t.Errorf("first event type present: %v", first)
+	}
+	kv := second["kv"].(obj)
+	if kv["key"] != b64("/rw/a") || kv["value"] != b64("2") || kv["mod_revision"] != "3" || kv["version"] != "2" {
+		t.Errorf("second event kv %v", kv)
+	}
+	if prev := second["prev_kv"].(obj); prev["value"] != b64("1") {
+		t.Errorf("second event prev_kv %v", prev)
+	}
+}
