@@ -6,6 +6,7 @@ require (
 	github.com/lni/dragonboat/v4 v4.0.0-20250723143628-076c7f6497dc
 	github.com/tessera-kv/tessera/services/gateway v0.0.0-00010101000000-000000000000
 	github.com/tessera-kv/tessera/services/replica v0.0.0-00010101000000-000000000000
+	github.com/tessera-kv/tessera/services/watcher v0.0.0-00010101000000-000000000000
 	go.etcd.io/etcd/client/v3 v3.7.3
 	go.etcd.io/etcd/server/v3 v3.7.3
 	go.uber.org/zap v1.28.0

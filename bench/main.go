@@ -33,14 +33,16 @@ func run() error {
 	flag.IntVar(&p.valueSize, "value-size", 256, "value size in bytes")
 	flag.IntVar(&p.clients, "clients", 64, "concurrent clients (goroutines) of the -64 workloads")
 	flag.IntVar(&p.conns, "conns", 8, "clientv3 clients (gRPC connections) the concurrent goroutines share")
-	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(allWorkloads, ","))
-	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "comma list of targets: "+strings.Join(allTargets, ","))
+	flag.IntVar(&p.watchRate, "watch-rate", 20, "puts per second of the writer in the watch workloads")
+	known := append(append([]string(nil), allWorkloads...), wlWatch1k, wlWatch10k)
+	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(known, ","))
+	flag.StringVar(&targets, "targets", strings.Join(allTargets[:3], ","), "comma list of targets: "+strings.Join(allTargets, ","))
 	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof)")
 	flag.IntVar(&p.blockRate, "blockprofile-rate", 0, "with -cpuprofile-dir: also write block profiles (<target>-<workload>.block.pprof, and .block-base.pprof to pass to pprof -base), sampling at this rate in ns (see runtime.SetBlockProfileRate)")
 	flag.BoolVar(&verbose, "v", false, "log Tessera's warnings (errors are always logged)")
 	flag.Parse()
 
-	wls, err := parseList(workloads, allWorkloads, "workload")
+	wls, err := parseList(workloads, known, "workload")
 	if err != nil {
 		return err
 	}
@@ -48,8 +50,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if p.valueSize < 0 || p.clients < 1 || p.conns < 1 || (p.ops <= 0 && p.duration <= 0) {
-		return fmt.Errorf("bad flags: need value-size >= 0, clients >= 1, conns >= 1, duration or ops > 0")
+	if p.valueSize < 0 || p.clients < 1 || p.conns < 1 || (p.ops <= 0 && p.duration <= 0) || p.watchRate < 1 {
+		return fmt.Errorf("bad flags: need value-size >= 0, clients >= 1, conns >= 1, watch-rate >= 1, duration or ops > 0")
 	}
 	if p.profileDir != "" {
 		if err := os.MkdirAll(p.profileDir, 0o755); err != nil {
@@ -87,12 +89,17 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "bench: %s ready in %s at %v\n", tn, time.Since(t0).Round(time.Millisecond), t.endpoints)
 		preloaded := false
 		for _, wl := range wls {
-			r, err := runWorkload(ctx, wl, t, p, &preloaded)
+			var r *result
+			if _, isWatch := watchWorkloads[wl]; isWatch {
+				r, err = runWatchWorkload(ctx, wl, t, p)
+			} else {
+				r, err = runWorkload(ctx, wl, t, p, &preloaded)
+			}
 			if err != nil {
 				t.stop()
 				return fmt.Errorf("%s on %s: %w", wl, tn, err)
 			}
-			fmt.Fprintf(os.Stderr, "bench: %-13s %-12s %9.0f ops/s  p50 %-9s p99 %-9s cores %.2f\n", wl, tn, r.opsPerSec(), fmtDur(r.pct(0.50)), fmtDur(r.pct(0.99)), r.cores())
+			fmt.Fprintf(os.Stderr, "bench: %-13s %-14s %9.0f ops/s  p50 %-9s p99 %-9s cores %.2f\n", wl, tn, r.opsPerSec(), fmtDur(r.pct(0.50)), fmtDur(r.pct(0.99)), r.cores())
 			results = append(results, r)
 		}
 		t.stop()
@@ -136,7 +143,7 @@ func printTable(w io.Writer, results []*result, wls, tgs []string) {
 		byKey[[2]string{r.workload, r.target}] = r
 	}
 	row := func(cols ...any) {
-		line := fmt.Sprintf("%-13s  %-12s  %9s  %9s  %9s  %8s  %5s  %6s  %s", cols...)
+		line := fmt.Sprintf("%-13s  %-14s  %9s  %9s  %9s  %8s  %5s  %6s  %s", cols...)
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	row("workload", "target", "ops/s", "p50", "p99", "vs etcd", "cores", "errors", "note")

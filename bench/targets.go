@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	dblogger "github.com/lni/dragonboat/v4/logger"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
+	"github.com/tessera-kv/tessera/services/watcher"
 )
 
 // Target names accepted by -targets.
@@ -25,9 +27,11 @@ const (
 	targetEtcd       = "etcd"
 	targetTesseraDev = "tessera-dev"
 	targetTessera3   = "tessera-3"
+	// One store and two watcher processes: watch streams spread over both.
+	targetTesseraDev2W = "tessera-dev-2w"
 )
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3}
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W}
 
 // running is a started target: its client endpoints and how to stop it.
 type running struct {
@@ -35,6 +39,8 @@ type running struct {
 	endpoints []string
 	// stop shuts the target down and removes its data; safe to call twice.
 	stop func()
+	// watchLoad describes each watcher's load (Tessera targets only).
+	watchLoad func() string
 }
 
 // startTarget starts the named target with its data under a fresh temp dir.
@@ -48,9 +54,11 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 	case targetEtcd:
 		r, err = startEtcd(dir)
 	case targetTesseraDev:
-		r, err = startTessera(dir, 1, log)
+		r, err = startTessera(dir, 1, 1, log)
 	case targetTessera3:
-		r, err = startTessera(dir, 3, log)
+		r, err = startTessera(dir, 3, 1, log)
+	case targetTesseraDev2W:
+		r, err = startTessera(dir, 1, 2, log)
 	default:
 		err = fmt.Errorf("unknown target %q", name)
 	}
@@ -147,8 +155,8 @@ func startEtcd(dir string) (*running, error) {
 }
 
 // startTessera starts n replica stores and one gateway in this process.
-func startTessera(dir string, n int, log *slog.Logger) (*running, error) {
-	ports, err := freePorts(2 * n)
+func startTessera(dir string, n, watchers int, log *slog.Logger) (*running, error) {
+	ports, err := freePorts(2*n + watchers)
 	if err != nil {
 		return nil, err
 	}
@@ -158,9 +166,13 @@ func startTessera(dir string, n int, log *slog.Logger) (*running, error) {
 	}
 	var reps []*replica.Replica
 	var gw *gateway.Gateway
+	var ws []*watcher.Watcher
 	stop := func() {
 		if gw != nil {
 			gw.Close()
+		}
+		for _, w := range ws {
+			w.Close()
 		}
 		// Stores stopping one by one make the others' Raft transport log
 		// connection errors; they are expected here.
@@ -190,13 +202,31 @@ func startTessera(dir string, n int, log *slog.Logger) (*running, error) {
 		reps = append(reps, r)
 		apis = append(apis, m.APIAddress)
 	}
-	gw, err = gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis,
+	var waddrs []string
+	for i := 0; i < watchers; i++ {
+		w, err := watcher.Start(watcher.Config{Replicas: apis, APIAddress: ports[2*n+i], Logger: log})
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("start watcher: %w", err)
+		}
+		ws = append(ws, w)
+		waddrs = append(waddrs, w.APIAddr())
+	}
+	gw, err = gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: waddrs,
 		ClusterName: "bench", Name: "gw0", Logger: log})
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("start gateway: %w", err)
 	}
-	return &running{endpoints: gw.ClientURLs(), stop: stop}, nil
+	load := func() string {
+		var parts []string
+		for i, w := range ws {
+			st := w.Stats()
+			parts = append(parts, fmt.Sprintf("watcher%d: %d streams, %d events sent", i+1, st.Streams, st.EventsSent))
+		}
+		return strings.Join(parts, "; ")
+	}
+	return &running{endpoints: gw.ClientURLs(), stop: stop, watchLoad: load}, nil
 }
 
 // waitReady retries a linearizable Get until it succeeds.

@@ -48,6 +48,7 @@ type params struct {
 	conns      int // clientv3 clients (gRPC connections) they share
 	profileDir string
 	blockRate  int // if > 0 (and profileDir set), also write block profiles
+	watchRate  int // puts per second in the watch workloads
 }
 
 // result is one workload's measurement on one target.

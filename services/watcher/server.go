@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/codes"
@@ -16,7 +17,8 @@ import (
 // client streams to it one to one.
 type watchServer struct {
 	pb.UnsafeWatchServer
-	cache *watchcache.Cache
+	cache      *watchcache.Cache
+	eventsSent atomic.Int64
 }
 
 var _ pb.WatchServer = (*watchServer)(nil)
@@ -44,6 +46,7 @@ func (s *watchServer) Watch(stream pb.Watch_WatchServer) error {
 					errc <- err
 					return
 				}
+				s.eventsSent.Add(int64(len(r.Events)))
 			}
 		}
 	}()

@@ -50,6 +50,7 @@ type Watcher struct {
 	log     *slog.Logger
 	topo    *feed.Topology
 	cache   *watchcache.Cache
+	server  *watchServer
 	grpcSrv *grpc.Server
 	apiLis  net.Listener
 	srv     *http.Server
@@ -87,7 +88,8 @@ func Start(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
 	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31 - 1))
-	pb.RegisterWatchServer(w.grpcSrv, &watchServer{cache: w.cache})
+	w.server = &watchServer{cache: w.cache}
+	pb.RegisterWatchServer(w.grpcSrv, w.server)
 	go w.grpcSrv.Serve(w.apiLis)
 
 	if cfg.HTTPAddress != "" {
@@ -147,6 +149,18 @@ func (w *Watcher) followShards(ctx context.Context, shards []*metapb.ShardDescri
 			feed.Follow(ctx, w.topo, id, w.cache, w.log.With("shard", id))
 		}(d.Id)
 	}
+}
+
+// Stats reports the watcher's load: streams, watches, history, and the
+// events sent to gateways since start.
+type Stats struct {
+	watchcache.Stats
+	EventsSent int64
+}
+
+// Stats returns the current load.
+func (w *Watcher) Stats() Stats {
+	return Stats{Stats: w.cache.Stats(), EventsSent: w.server.eventsSent.Load()}
 }
 
 // APIAddr is the address of the Watch service.

@@ -472,3 +472,22 @@ func (c *Cache) syncLoop() {
 }
 
 var errCanceled = errors.New("watchcache: watch canceled")
+
+// Stats is a snapshot of the cache's size.
+type Stats struct {
+	Streams, Watches, Groups, Unsynced int
+	Released                           int64
+	HistoryRevisions, HistoryBytes     int
+}
+
+// Stats reports the cache's current size.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := Stats{Streams: len(c.mu.streams), Groups: len(c.mu.groups), Unsynced: len(c.mu.unsynced),
+		Released: c.mu.released, HistoryRevisions: len(c.mu.hist), HistoryBytes: c.mu.histBytes}
+	for s := range c.mu.streams {
+		st.Watches += len(s.watches)
+	}
+	return st
+}
