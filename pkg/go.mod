@@ -7,6 +7,7 @@ replace github.com/tessera-kv/tessera/proto => ../proto
 require (
 	github.com/dgraph-io/badger/v4 v4.9.6
 	go.etcd.io/etcd/api/v3 v3.7.3
+	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
 
@@ -30,5 +31,4 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261012220534-4341edf3f941 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261005182115-fad411399dd8 // indirect
-	google.golang.org/grpc v1.85.0 // indirect
 )

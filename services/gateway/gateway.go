@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
@@ -99,7 +100,10 @@ func Start(cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Logger)}
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
 	// the too-large error, not a transport error, answers moderate excess.
-	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1))
+	// The codec lets watch responses from the watcher tier pass through
+	// in wire form; every other message is ordinary protobuf.
+	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1),
+		grpc.ForceServerCodecV2(wirecodec.New()))
 	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, limits, hdr))
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
 	for _, a := range cfg.Watchers {

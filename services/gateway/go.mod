@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.32.0
 	github.com/soheilhy/cmux v0.1.5
+	github.com/tessera-kv/tessera/pkg v0.0.0-00010101000000-000000000000
 	github.com/tessera-kv/tessera/proto v0.0.0
 	go.etcd.io/etcd/api/v3 v3.7.3
 	google.golang.org/grpc v1.85.0

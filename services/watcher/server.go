@@ -8,8 +8,10 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/streammeta"
 	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
 )
 
@@ -17,8 +19,8 @@ import (
 // client streams to it one to one.
 type watchServer struct {
 	pb.UnsafeWatchServer
-	cache      *watchcache.Cache
-	eventsSent atomic.Int64
+	cache         *watchcache.Cache
+	responsesSent atomic.Int64
 }
 
 var _ pb.WatchServer = (*watchServer)(nil)
@@ -30,7 +32,7 @@ var _ pb.WatchServer = (*watchServer)(nil)
 func (s *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	ws := s.cache.NewStream(ctx)
+	ws := s.cache.NewStream(ctx, identity(ctx))
 	defer ws.Close()
 
 	errc := make(chan error, 2)
@@ -42,11 +44,16 @@ func (s *watchServer) Watch(stream pb.Watch_WatchServer) error {
 				return
 			}
 			for _, r := range rs {
-				if err := stream.Send(r); err != nil {
+				// Events shared by a group go out as encoded once.
+				f, err := r.Frame()
+				if err == nil {
+					err = stream.SendMsg(f)
+				}
+				if err != nil {
 					errc <- err
 					return
 				}
-				s.eventsSent.Add(int64(len(r.Events)))
+				s.responsesSent.Add(1)
 			}
 		}
 	}()
@@ -89,4 +96,10 @@ func (s *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func identity(ctx context.Context) watchcache.Identity {
+	md, _ := metadata.FromIncomingContext(ctx)
+	c, m := streammeta.Identity(md)
+	return watchcache.Identity{ClusterID: c, MemberID: m}
 }

@@ -17,6 +17,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 
+	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/feed"
 	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
@@ -87,7 +88,7 @@ func Start(cfg Config) (*Watcher, error) {
 		w.Close()
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
-	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31 - 1))
+	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))
 	w.server = &watchServer{cache: w.cache}
 	pb.RegisterWatchServer(w.grpcSrv, w.server)
 	go w.grpcSrv.Serve(w.apiLis)
@@ -152,15 +153,15 @@ func (w *Watcher) followShards(ctx context.Context, shards []*metapb.ShardDescri
 }
 
 // Stats reports the watcher's load: streams, watches, history, and the
-// events sent to gateways since start.
+// responses sent to gateways since start.
 type Stats struct {
 	watchcache.Stats
-	EventsSent int64
+	ResponsesSent int64
 }
 
 // Stats returns the current load.
 func (w *Watcher) Stats() Stats {
-	return Stats{Stats: w.cache.Stats(), EventsSent: w.server.eventsSent.Load()}
+	return Stats{Stats: w.cache.Stats(), ResponsesSent: w.server.responsesSent.Load()}
 }
 
 // APIAddr is the address of the Watch service.

@@ -76,6 +76,22 @@ func TestWatch(t *testing.T) {
 		expectQuiet(t, wch, 200*time.Millisecond)
 	})
 
+	t.Run("headers name the gateway's cluster and member", func(t *testing.T) {
+		wch := cli.Watch(ctxT(t), "/hdr/k")
+		put := mustPut(t, cli, "/hdr/k", "v")
+		select {
+		case wr := <-wch:
+			if wr.Header.ClusterId != put.Header.ClusterId || wr.Header.MemberId != put.Header.MemberId || wr.Header.ClusterId == 0 {
+				t.Fatalf("watch header %+v, put header %+v", wr.Header, put.Header)
+			}
+			if wr.Header.Revision < put.Header.Revision {
+				t.Fatalf("watch header revision %d below the event's %d", wr.Header.Revision, put.Header.Revision)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+	})
+
 	t.Run("prefix with prev_kv and deletes", func(t *testing.T) {
 		mustPut(t, cli, "/p/x", "1")
 		wch := cli.Watch(ctxT(t), "/p/", clientv3.WithPrefix(), clientv3.WithPrevKV())

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/streammeta"
+	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
@@ -36,7 +38,7 @@ func (w *Watchers) open(ctx context.Context) (pb.Watch_WatchClient, error) {
 	first := w.next.Add(1)
 	for i := range w.conns {
 		c := w.conns[(first+uint64(i))%uint64(len(w.conns))]
-		up, err := pb.NewWatchClient(c).Watch(ctx, grpc.WaitForReady(false))
+		up, err := pb.NewWatchClient(c).Watch(ctx, grpc.WaitForReady(false), grpc.ForceCodecV2(wirecodec.New()))
 		if err == nil {
 			return up, nil
 		}
@@ -71,7 +73,9 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 			return err
 		}
 	}
-	up, err := s.watchers.open(metadata.NewOutgoingContext(ctx, md.Copy()))
+	out := md.Copy()
+	streammeta.SetIdentity(out, s.hdr.ClusterID, s.hdr.MemberID)
+	up, err := s.watchers.open(metadata.NewOutgoingContext(ctx, out))
 	if err != nil {
 		return err
 	}
@@ -93,11 +97,13 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 		}
 	}()
 	go func() {
+		// Responses are forwarded in wire form, never decoded here: the
+		// watcher already wrote this gateway's IDs into their headers.
 		for {
-			resp, err := up.Recv()
+			var f wirecodec.Frame
+			err := up.RecvMsg(&f)
 			if err == nil {
-				resp.Header = s.hdr.fill(resp.Header, resp.GetHeader().GetRaftTerm())
-				err = stream.Send(resp)
+				err = stream.SendMsg(&f)
 			}
 			if err != nil {
 				errc <- err

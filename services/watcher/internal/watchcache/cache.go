@@ -326,20 +326,30 @@ func (c *Cache) deliverLocked(batch []entry, prev int64) {
 		if len(matched) == 0 {
 			continue
 		}
-		var stripped []*mvccpb.Event // matched without prev_kv, made once per group
+		// Made once per group: the events without prev_kv, and both
+		// forms in wire form for the watches that take them unchanged.
+		var stripped []*mvccpb.Event
+		var encoded [2][]byte
 		for w := range g.watches {
-			evs := matched
+			evs, form := matched, 1
 			if !w.prevKV {
 				if stripped == nil {
 					stripped = withoutPrevKV(matched)
 				}
-				evs = stripped
+				evs, form = stripped, 0
 			}
-			evs = w.filter(evs)
-			if len(evs) == 0 {
+			var rs []*Response
+			if w.takesAll(evs) {
+				if encoded[form] == nil {
+					encoded[form] = encodeEvents(evs)
+				}
+				rs = []*Response{{WatchResponse: w.stream.response(w.id, c.mu.released), encodedEvents: encoded[form]}}
+			} else if evs = w.filter(evs); len(evs) > 0 {
+				rs = c.responses(w, evs, c.mu.released)
+			} else {
 				continue
 			}
-			if !w.stream.q.tryPush(c.responses(w, evs, c.mu.released)...) {
+			if !w.stream.q.tryPush(rs...) {
 				// Slow consumer: catch up from history from the first
 				// revision of this batch it may need.
 				c.unsyncLocked(w, max(w.next, prev+1))
@@ -448,7 +458,7 @@ func (c *Cache) cancelWatchLocked(w *watch, compactRev int64, reason string) {
 	resp.CancelReason = reason
 	// The outbox may be full (that is often why); the cancel must still
 	// reach the client, so it bypasses the limit.
-	w.stream.q.force(resp)
+	w.stream.q.force(wrap(resp))
 }
 
 func (c *Cache) syncLoop() {

@@ -99,7 +99,7 @@ func (h *harness) write(key string) int64 {
 func (h *harness) stream() *Stream {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.t.Cleanup(cancel)
-	s := h.c.NewStream(ctx)
+	s := h.c.NewStream(ctx, Identity{})
 	h.t.Cleanup(s.Close)
 	return s
 }
@@ -122,7 +122,13 @@ func drain(t *testing.T, s *Stream, cond func([]*pb.WatchResponse) bool) []*pb.W
 		if err != nil {
 			t.Fatalf("after %d responses: %v", len(out), err)
 		}
-		out = append(out, rs...)
+		for _, r := range rs {
+			full, err := r.Full()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, full)
+		}
 	}
 	return out
 }
@@ -233,7 +239,7 @@ func TestShardsMergeByRevision(t *testing.T) {
 	c.Subscribed(2, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := c.NewStream(ctx)
+	s := c.NewStream(ctx, Identity{})
 	defer s.Close()
 	if err := s.Create(ctx, &pb.WatchCreateRequest{Key: []byte{0}, RangeEnd: []byte{0}, StartRevision: 2}); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
 // errStreamClosed is returned by pushes to a closed stream.
@@ -17,7 +15,7 @@ var errStreamClosed = errors.New("watchcache: stream closed")
 // everything queued.
 type queue struct {
 	mu     sync.Mutex
-	items  []*pb.WatchResponse
+	items  []*Response
 	limit  int
 	closed bool
 	ready  chan struct{} // signalled (cap 1) when items were added
@@ -29,7 +27,7 @@ func newQueue(limit int) *queue {
 }
 
 // tryPush queues all of rs, or none of them if that would pass the limit.
-func (q *queue) tryPush(rs ...*pb.WatchResponse) bool {
+func (q *queue) tryPush(rs ...*Response) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed || len(q.items)+len(rs) > q.limit {
@@ -42,7 +40,7 @@ func (q *queue) tryPush(rs ...*pb.WatchResponse) bool {
 // push queues rs, waiting while the queue is at its limit. A single
 // response larger than the remaining room is still accepted once the queue
 // is below its limit, so push always makes progress.
-func (q *queue) push(ctx context.Context, rs ...*pb.WatchResponse) error {
+func (q *queue) push(ctx context.Context, rs ...*Response) error {
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -66,15 +64,15 @@ func (q *queue) push(ctx context.Context, rs ...*pb.WatchResponse) error {
 
 // force queues r past the limit: for the few server-initiated messages
 // (cancellations) that must reach the client however full the queue is.
-func (q *queue) force(r *pb.WatchResponse) {
+func (q *queue) force(r *Response) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if !q.closed {
-		q.appendLocked([]*pb.WatchResponse{r})
+		q.appendLocked([]*Response{r})
 	}
 }
 
-func (q *queue) appendLocked(rs []*pb.WatchResponse) {
+func (q *queue) appendLocked(rs []*Response) {
 	q.items = append(q.items, rs...)
 	select {
 	case q.ready <- struct{}{}:
@@ -83,7 +81,7 @@ func (q *queue) appendLocked(rs []*pb.WatchResponse) {
 }
 
 // pop waits for queued responses and takes them all.
-func (q *queue) pop(ctx context.Context) ([]*pb.WatchResponse, error) {
+func (q *queue) pop(ctx context.Context) ([]*Response, error) {
 	for {
 		q.mu.Lock()
 		if len(q.items) > 0 {

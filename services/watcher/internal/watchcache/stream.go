@@ -9,6 +9,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/wirecodec"
 )
 
 // etcd's answers to bad watch requests (server/storage/mvcc).
@@ -70,12 +72,65 @@ func (w *watch) filter(evs []*mvccpb.Event) []*mvccpb.Event {
 
 func (w *watch) sentEvents() { w.progressDue = false }
 
+// takesAll reports whether the watch gets evs unchanged in one response,
+// so that the group's shared encoding can be sent.
+func (w *watch) takesAll(evs []*mvccpb.Event) bool {
+	return !w.noPut && !w.noDelete && !w.fragment && len(evs) > 0 && evs[0].Kv.ModRevision >= w.next
+}
+
+// Identity fills the cluster and member IDs of a stream's response
+// headers (the gateway's, so that clients see one member).
+type Identity struct{ ClusterID, MemberID uint64 }
+
+// Response is one message for a client stream.
+type Response struct {
+	*pb.WatchResponse
+	// encodedEvents, when set, are the events in wire form (WatchResponse
+	// field 11), encoded once per group and shared by all its watches; the
+	// WatchResponse then has no Events of its own.
+	encodedEvents []byte
+}
+
+func wrap(r *pb.WatchResponse) *Response { return &Response{WatchResponse: r} }
+
+// Frame returns the response in wire form without re-encoding shared events.
+func (r *Response) Frame() (*wirecodec.Frame, error) {
+	head, err := proto.Marshal(r.WatchResponse)
+	if err != nil {
+		return nil, err
+	}
+	return &wirecodec.Frame{Parts: [][]byte{head, r.encodedEvents}}, nil
+}
+
+// Full returns the response as one decoded message.
+func (r *Response) Full() (*pb.WatchResponse, error) {
+	if r.encodedEvents == nil {
+		return r.WatchResponse, nil
+	}
+	f, err := r.Frame()
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.WatchResponse{}
+	return out, proto.Unmarshal(f.Bytes(), out)
+}
+
+// encodeEvents puts events in wire form for Response.encodedEvents.
+func encodeEvents(evs []*mvccpb.Event) []byte {
+	b, err := proto.Marshal(&pb.WatchResponse{Events: evs})
+	if err != nil {
+		panic(fmt.Sprintf("watchcache: marshal events: %v", err)) // cannot fail for these messages
+	}
+	return b
+}
+
 // Stream is one client watch stream (a gRPC Watch call): its watches,
 // their IDs, and its outbox.
 type Stream struct {
 	c   *Cache
 	ctx context.Context
 	q   *queue
+	id  Identity
 
 	// Guarded by the cache's mu.
 	watches         map[int64]*watch
@@ -84,8 +139,8 @@ type Stream struct {
 }
 
 // NewStream opens a stream; Close releases it.
-func (c *Cache) NewStream(ctx context.Context) *Stream {
-	s := &Stream{c: c, ctx: ctx, q: newQueue(c.cfg.QueueLimit), watches: map[int64]*watch{}}
+func (c *Cache) NewStream(ctx context.Context, id Identity) *Stream {
+	s := &Stream{c: c, ctx: ctx, id: id, q: newQueue(c.cfg.QueueLimit), watches: map[int64]*watch{}}
 	c.mu.Lock()
 	c.mu.streams[s] = struct{}{}
 	c.mu.Unlock()
@@ -93,7 +148,7 @@ func (c *Cache) NewStream(ctx context.Context) *Stream {
 }
 
 // Next waits for responses to send to the client, in order.
-func (s *Stream) Next(ctx context.Context) ([]*pb.WatchResponse, error) { return s.q.pop(ctx) }
+func (s *Stream) Next(ctx context.Context) ([]*Response, error) { return s.q.pop(ctx) }
 
 // Close cancels every watch of the stream.
 func (s *Stream) Close() {
@@ -110,7 +165,7 @@ func (s *Stream) Close() {
 }
 
 func (s *Stream) response(id, rev int64) *pb.WatchResponse {
-	return &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: id}
+	return &pb.WatchResponse{Header: &pb.ResponseHeader{ClusterId: s.id.ClusterID, MemberId: s.id.MemberID, Revision: rev}, WatchId: id}
 }
 
 // Create handles a create request: it answers with the created response
@@ -132,7 +187,7 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	refuse := func(reason string) error {
 		r := s.response(invalidWatchID, c.Released())
 		r.Created, r.Canceled, r.CancelReason = true, true, reason
-		return s.q.push(ctx, r)
+		return s.q.push(ctx, wrap(r))
 	}
 	if req.StartRevision < 0 {
 		return refuse(rpctypes.ErrCompacted.Error())
@@ -185,7 +240,7 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	// watch is placed only after it is queued.
 	r := s.response(w.id, hdrRev)
 	r.Created = true
-	if err := s.q.push(ctx, r); err != nil {
+	if err := s.q.push(ctx, wrap(r)); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -224,7 +279,7 @@ func (s *Stream) Cancel(ctx context.Context, id int64) error {
 	c.mu.Unlock()
 	r := s.response(id, rev)
 	r.Canceled = true
-	return s.q.push(ctx, r)
+	return s.q.push(ctx, wrap(r))
 }
 
 // RequestProgress asks for a stream-wide progress response: its revision
@@ -249,7 +304,7 @@ func (c *Cache) progressLocked() {
 			s.progressPending = false // etcd answers only on behalf of watches
 			continue
 		}
-		if s.q.tryPush(s.response(invalidWatchID, c.mu.released)) {
+		if s.q.tryPush(wrap(s.response(invalidWatchID, c.mu.released))) {
 			s.progressPending = false
 		}
 	}
@@ -275,7 +330,7 @@ func (c *Cache) notifyProgress() {
 				continue
 			}
 			if w.progressDue && w.state == stateSynced && w.next <= c.mu.released+1 {
-				s.q.tryPush(s.response(w.id, c.mu.released))
+				s.q.tryPush(wrap(s.response(w.id, c.mu.released)))
 			}
 			w.progressDue = true
 		}
@@ -285,19 +340,19 @@ func (c *Cache) notifyProgress() {
 // responses builds what a watch sends for evs, cut into fragments if the
 // watch asked for them and the response is too large (etcd's rule: only
 // responses of two or more events are cut).
-func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*pb.WatchResponse {
+func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*Response {
 	r := w.stream.response(w.id, rev)
 	r.Events = evs
 	if !w.fragment || len(evs) < 2 || proto.Size(r) < c.cfg.MaxResponseBytes {
-		return []*pb.WatchResponse{r}
+		return []*Response{wrap(r)}
 	}
-	var out []*pb.WatchResponse
+	var out []*Response
 	cur := &pb.WatchResponse{Header: r.Header, WatchId: w.id, Fragment: true}
 	size := proto.Size(cur)
 	for _, ev := range evs {
 		n := proto.Size(ev) + 8
 		if len(cur.Events) > 0 && size+n >= c.cfg.MaxResponseBytes {
-			out = append(out, cur)
+			out = append(out, wrap(cur))
 			cur = &pb.WatchResponse{Header: r.Header, WatchId: w.id, Fragment: true}
 			size = proto.Size(cur)
 		}
@@ -305,7 +360,7 @@ func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*pb.WatchR
 		size += n
 	}
 	cur.Fragment = false
-	return append(out, cur)
+	return append(out, wrap(cur))
 }
 
 func (w *watch) String() string {
