@@ -222,7 +222,7 @@ func startTessera(dir string, n, watchers int, log *slog.Logger) (*running, erro
 		var parts []string
 		for i, w := range ws {
 			st := w.Stats()
-			parts = append(parts, fmt.Sprintf("watcher%d: %d streams, %d events sent", i+1, st.Streams, st.EventsSent))
+			parts = append(parts, fmt.Sprintf("watcher%d: %d streams, %d responses sent", i+1, st.Streams, st.ResponsesSent))
 		}
 		return strings.Join(parts, "; ")
 	}

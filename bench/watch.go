@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -40,9 +43,6 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 		defer c.Close()
 		clis[i] = c
 	}
-	runtime.GC()
-	var ms0 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -89,9 +89,6 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 		}()
 	}
 	opened.Wait()
-	runtime.GC()
-	var ms1 runtime.MemStats
-	runtime.ReadMemStats(&ms1)
 
 	// The writer: one put per tick; the value starts with the send time.
 	pad := make([]byte, max(p.valueSize-19, 0))
@@ -122,21 +119,39 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 	}()
 
 	sleepCtx(ctx, p.warmup)
+	if p.profileDir != "" {
+		f, err := os.Create(filepath.Join(p.profileDir, fmt.Sprintf("%s-%s.pprof", t.name, name)))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
 	cpu0 := processCPU()
 	start := time.Now()
 	writes0 := writes.Load()
 	measuring.Store(true)
 	sleepCtx(ctx, p.duration)
 	measuring.Store(false)
+	if p.profileDir != "" {
+		pprof.StopCPUProfile()
+	}
 	res := &result{workload: name, target: t.name, elapsed: time.Since(start), cpu: processCPU() - cpu0}
 	w := writes.Load() - writes0
 	load := ""
 	if t.watchLoad != nil {
 		load = "; " + t.watchLoad() // before the watches close
 	}
+	// The memory the open watches hold, client and server sides together:
+	// the heap with them open, less the heap once they are closed.
+	open := heapInUse()
 	cancel()
 	<-writerDone
 	wg.Wait()
+	time.Sleep(time.Second) // let servers tear the streams down
+	held := (int64(open) - int64(heapInUse())) >> 20
 
 	for _, l := range lats {
 		res.lat = append(res.lat, l...)
@@ -144,9 +159,8 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 	slices.Sort(res.lat)
 	res.ops = int(delivered.Load())
 	res.errs = int(failed.Load() + writeErrs.Load())
-	heapMB := (int64(ms1.HeapInuse) - int64(ms0.HeapInuse)) >> 20
-	res.note = fmt.Sprintf("%d watches, %d puts (%.0f%% of events delivered), heap +%d MiB", n, w,
-		100*float64(res.ops)/float64(max(w*int64(n), 1)), heapMB)
+	res.note = fmt.Sprintf("%d watches, %d puts (%.0f%% of events delivered), watches hold %d MiB", n, w,
+		100*float64(res.ops)/float64(max(w*int64(n), 1)), held)
 	res.note += load
 	return res, nil
 }
@@ -156,4 +170,11 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
 }
