@@ -21,6 +21,8 @@ type watchServer struct {
 	pb.UnsafeWatchServer
 	cache         *watchcache.Cache
 	responsesSent atomic.Int64
+	// maxResponseBytes bounds the events merged into one message.
+	maxResponseBytes int
 }
 
 var _ pb.WatchServer = (*watchServer)(nil)
@@ -43,13 +45,15 @@ func (s *watchServer) Watch(stream pb.Watch_WatchServer) error {
 				errc <- err
 				return
 			}
-			for _, r := range rs {
-				// Events shared by a group go out as encoded once.
-				f, err := r.Frame()
-				if err == nil {
-					err = stream.SendMsg(f)
-				}
-				if err != nil {
+			// Events shared by a group go out as encoded once; a lagging
+			// client's backlog goes out in fewer, larger messages.
+			frames, err := watchcache.Frames(rs, s.maxResponseBytes)
+			if err != nil {
+				errc <- err
+				return
+			}
+			for _, f := range frames {
+				if err := stream.SendMsg(f); err != nil {
 					errc <- err
 					return
 				}

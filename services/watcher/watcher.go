@@ -89,7 +89,7 @@ func Start(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
 	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))
-	w.server = &watchServer{cache: w.cache}
+	w.server = &watchServer{cache: w.cache, maxResponseBytes: w.cache.Config().MaxResponseBytes}
 	pb.RegisterWatchServer(w.grpcSrv, w.server)
 	go w.grpcSrv.Serve(w.apiLis)
 

@@ -167,6 +167,9 @@ func (c *Cache) Close() {
 	c.wg.Wait()
 }
 
+// Config is the configuration in force (defaults filled in).
+func (c *Cache) Config() Config { return c.cfg }
+
 // AddShard makes released wait for this shard's feed too.
 func (c *Cache) AddShard(id uint64) {
 	c.mu.Lock()

@@ -11,6 +11,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // logSource is a Source over an in-memory log of revisions (what the
@@ -355,5 +356,48 @@ func TestBadCreateRequests(t *testing.T) {
 		if r.WatchId != w.id || r.CancelReason != w.reason || !r.Created || r.Canceled != (w.reason != "") {
 			t.Fatalf("response %d: %+v, want id %d reason %q", i, r, w.id, w.reason)
 		}
+	}
+}
+
+// Consecutive event responses of one watch merge into one message; other
+// responses and other watches' events keep their place.
+func TestFramesMergeEventsOfOneWatch(t *testing.T) {
+	ev := func(rev int64) []*mvccpb.Event { return put(rev, "k").Events }
+	hdr := func(rev int64) *pb.ResponseHeader { return &pb.ResponseHeader{Revision: rev} }
+	rs := []*Response{
+		wrap(&pb.WatchResponse{Header: hdr(1), WatchId: 1, Created: true}),
+		wrap(&pb.WatchResponse{Header: hdr(2), WatchId: 1, Events: ev(2)}),
+		{WatchResponse: &pb.WatchResponse{Header: hdr(3), WatchId: 1}, encodedEvents: encodeEvents(ev(3))},
+		wrap(&pb.WatchResponse{Header: hdr(4), WatchId: 2, Events: ev(4)}),
+		wrap(&pb.WatchResponse{Header: hdr(4), WatchId: -1}), // progress
+		wrap(&pb.WatchResponse{Header: hdr(5), WatchId: 2, Events: ev(5)}),
+	}
+	frames, err := Frames(rs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range frames {
+		var r pb.WatchResponse
+		if err := proto.Unmarshal(f.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		s := fmt.Sprintf("w%d@%d", r.WatchId, r.Header.Revision)
+		if r.Created {
+			s += "+created"
+		}
+		for _, e := range r.Events {
+			s += fmt.Sprintf(" e%d", e.Kv.ModRevision)
+		}
+		got = append(got, s)
+	}
+	want := []string{"w1@1+created", "w1@3 e2 e3", "w2@4 e4", "w-1@4", "w2@5 e5"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("frames %v, want %v", got, want)
+	}
+	// A limit keeps merged messages bounded.
+	frames, err = Frames(rs[1:3], 10)
+	if err != nil || len(frames) != 2 {
+		t.Fatalf("with a 10-byte limit: %d frames, err %v", len(frames), err)
 	}
 }

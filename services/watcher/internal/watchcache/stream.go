@@ -366,3 +366,68 @@ func (c *Cache) responses(w *watch, evs []*mvccpb.Event, rev int64) []*Response 
 func (w *watch) String() string {
 	return fmt.Sprintf("watch %d [%q, %q) next %d", w.id, w.key, w.end, w.next)
 }
+
+// mergeable reports whether r only carries events (no created, cancelled,
+// compaction, fragment or progress meaning) and so may be merged with the
+// next events of the same watch.
+func (r *Response) mergeable() bool {
+	return (r.encodedEvents != nil || len(r.Events) > 0) && !r.Created && !r.Canceled && !r.Fragment && r.CompactRevision == 0
+}
+
+// Frames turns responses taken from a stream into wire frames. Consecutive
+// event responses of one watch are merged into one message of up to limit
+// event bytes, with the later header, as etcd does for a watch that is
+// catching up: a client that lags then gets fewer, larger messages. Each
+// revision's events stay together and in order.
+func Frames(rs []*Response, limit int) ([]*wirecodec.Frame, error) {
+	var (
+		out   []*wirecodec.Frame
+		cur   *pb.WatchResponse
+		parts [][]byte
+		size  int
+	)
+	flush := func() error {
+		if cur == nil {
+			return nil
+		}
+		head, err := proto.Marshal(cur)
+		if err != nil {
+			return err
+		}
+		out = append(out, &wirecodec.Frame{Parts: append([][]byte{head}, parts...)})
+		cur, parts, size = nil, nil, 0
+		return nil
+	}
+	for _, r := range rs {
+		if !r.mergeable() {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+			f, err := r.Frame()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, f)
+			continue
+		}
+		enc := r.encodedEvents
+		if enc == nil {
+			enc = encodeEvents(r.Events)
+		}
+		if cur != nil && (cur.WatchId != r.WatchId || size+len(enc) > limit) {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+		if cur == nil {
+			cur = &pb.WatchResponse{WatchId: r.WatchId}
+		}
+		cur.Header = r.Header
+		parts = append(parts, enc)
+		size += len(enc)
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
