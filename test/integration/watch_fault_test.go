@@ -2,11 +2,13 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tessera-kv/tessera/services/replica"
@@ -172,4 +174,37 @@ func TestWatchAcrossWatcherRestart(t *testing.T) {
 	wg.Wait()
 	col.waitFor(t, lastAck(&mu, &acks), 30*time.Second)
 	col.checkAgainstAcks(t, acks)
+}
+
+// TestWatchRequireLeader: with most stores down the data shard has no
+// leader; a require-leader watch is then refused, and an open one ends,
+// with etcd's no-leader error (clientv3.WithRequireLeader).
+func TestWatchRequireLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three stores: not in -short")
+	}
+	c := testcluster.New(t, 3)
+	cli := c.Client(t)
+	mustPut(t, cli, "/rl/k", "v")
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	defer cancel()
+	open := cli.Watch(ctx, "/rl/k")
+	mustPut(t, cli, "/rl/k", "v2")
+	recvEvents(t, open, 1)
+	c.StopReplica(0)
+	c.StopReplica(1)
+	select {
+	case wr, ok := <-open:
+		if !ok || !errors.Is(wr.Err(), rpctypes.ErrNoLeader) {
+			t.Fatalf("open watch: %+v (open %v), err %v; want the no-leader error", wr, ok, wr.Err())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("open require-leader watch did not end without a leader")
+	}
+	wctx, wcancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), 20*time.Second)
+	defer wcancel()
+	wr, ok := <-cli.Watch(wctx, "/rl/k")
+	if !ok || !errors.Is(wr.Err(), rpctypes.ErrNoLeader) {
+		t.Fatalf("new watch: %+v (open %v), err %v; want the no-leader error", wr, ok, wr.Err())
+	}
 }

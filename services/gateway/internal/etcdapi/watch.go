@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -56,7 +58,22 @@ type Watch struct {
 	watchers *Watchers
 	router   *router.Router
 	hdr      Header
+
+	// The last leader check, shared by every require-leader stream so that
+	// their number does not multiply the checks.
+	leaderMu      sync.Mutex
+	leaderChecked time.Time
+	leaderErr     error
 }
+
+// leaderCheckInterval is how often require-leader streams re-check, and how
+// long one check's answer is reused; leaderLostAfter checks in a row without
+// a leader end such streams, as etcd ends them when its member loses the
+// leader.
+const (
+	leaderCheckInterval = time.Second
+	leaderLostAfter     = 3
+)
 
 var _ pb.WatchServer = (*Watch)(nil)
 
@@ -68,8 +85,9 @@ func NewWatch(w *Watchers, r *router.Router, h Header) *Watch {
 func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 	ctx := stream.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
-	if requireLeader(md) {
-		if err := s.checkLeaders(ctx); err != nil {
+	needLeader := requireLeader(md)
+	if needLeader {
+		if err := s.leaderStatus(); err != nil {
 			return err
 		}
 	}
@@ -79,7 +97,7 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3) // receiver, sender, leader monitor
 	go func() {
 		for {
 			req, err := stream.Recv()
@@ -111,7 +129,13 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 			}
 		}
 	}()
+	if needLeader {
+		go s.monitorLeader(ctx, errc)
+	}
 	err = <-errc
+	if errors.Is(err, rpctypes.ErrGRPCNoLeader) {
+		return err
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -132,6 +156,45 @@ func requireLeader(md metadata.MD) bool {
 		}
 	}
 	return false
+}
+
+// monitorLeader ends a require-leader stream with etcd's no-leader error
+// once the cluster has had no leader for leaderLostAfter checks in a row.
+func (s *Watch) monitorLeader(ctx context.Context, errc chan<- error) {
+	t := time.NewTicker(leaderCheckInterval)
+	defer t.Stop()
+	misses := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.leaderStatus() == nil {
+			misses = 0
+			continue
+		}
+		if misses++; misses >= leaderLostAfter {
+			errc <- rpctypes.ErrGRPCNoLeader
+			return
+		}
+	}
+}
+
+// leaderStatus is checkLeaders, reusing an answer younger than the check
+// interval.
+func (s *Watch) leaderStatus() error {
+	s.leaderMu.Lock()
+	defer s.leaderMu.Unlock()
+	if time.Since(s.leaderChecked) < leaderCheckInterval/2 {
+		return s.leaderErr
+	}
+	// Not the stream's context: the answer is shared with other streams.
+	cctx, cancel := context.WithTimeout(context.Background(), leaderCheckInterval)
+	defer cancel()
+	s.leaderErr = s.checkLeaders(cctx)
+	s.leaderChecked = time.Now()
+	return s.leaderErr
 }
 
 // checkLeaders fails with etcd's no-leader error unless every data shard
