@@ -104,7 +104,7 @@ func runDev(args []string, log *slog.Logger) error {
 	}
 	defer r.Close()
 	cc := watcher.DefaultCacheConfig()
-	cc.ProgressInterval = *progress
+	cc.ProgressInterval, cc.MaxResponseBytes = *progress, *maxReq // etcd fragments at its max request size
 	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
@@ -194,9 +194,10 @@ func runWatcher(args []string, log *slog.Logger) error {
 	historyRevs := fs.Int("history-revisions", 100000, "revisions kept in memory for watches that resume")
 	historyBytes := fs.Int("history-bytes", 256<<20, "bytes of events kept in memory for watches that resume")
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
+	maxReq := fs.Int("max-request-bytes", 1536*1024, "size at which responses of watches that ask for fragments are cut (etcd's max request bytes)")
 	fs.Parse(args)
 	cc := watcher.DefaultCacheConfig()
-	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval = *historyRevs, *historyBytes, *progress
+	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval, cc.MaxResponseBytes = *historyRevs, *historyBytes, *progress, *maxReq
 	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err

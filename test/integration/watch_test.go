@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tessera-kv/tessera/services/watcher"
 	"github.com/tessera-kv/tessera/test/testcluster"
@@ -246,4 +250,77 @@ func TestWatch(t *testing.T) {
 			t.Fatalf("got %v", describe(evs))
 		}
 	})
+}
+
+// TestWatchProtocol speaks etcd's Watch protocol directly (what clientv3
+// does not expose): client-chosen watch IDs, a duplicate ID, an empty
+// range, and fragmented responses, through the gateway.
+func TestWatchProtocol(t *testing.T) {
+	c := testcluster.New(t, 1, testcluster.Options{Cache: watcher.CacheConfig{MaxResponseBytes: 64 << 10}})
+	cli := c.Client(t)
+	conn, err := grpc.NewClient(strings.TrimPrefix(c.Endpoints()[0], "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ws, err := pb.NewWatchClient(conn).Watch(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(r *pb.WatchCreateRequest) {
+		t.Helper()
+		if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func() *pb.WatchResponse {
+		t.Helper()
+		r, err := ws.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	create(&pb.WatchCreateRequest{Key: []byte("/proto/"), RangeEnd: []byte("/proto0"), WatchId: 42, Fragment: true})
+	if r := recv(); !r.Created || r.WatchId != 42 || r.Canceled {
+		t.Fatalf("create with id 42: %+v", r)
+	}
+	create(&pb.WatchCreateRequest{Key: []byte("/x"), WatchId: 42})
+	if r := recv(); !r.Created || !r.Canceled || r.WatchId != -1 || r.CancelReason != "mvcc: duplicate watch ID provided on the WatchStream" {
+		t.Fatalf("duplicate id: %+v", r)
+	}
+	create(&pb.WatchCreateRequest{Key: []byte("/b"), RangeEnd: []byte("/a")})
+	if r := recv(); !r.Canceled || r.CancelReason != "mvcc: watcher range is empty" {
+		t.Fatalf("empty range: %+v", r)
+	}
+	create(&pb.WatchCreateRequest{Key: []byte("/auto")})
+	if r := recv(); !r.Created || r.WatchId != 0 {
+		t.Fatalf("auto id: %+v", r)
+	}
+	// One txn writes 40 keys of 4 KiB at one revision: 160 KiB of events,
+	// more than the 64 KiB limit, so the response comes in fragments.
+	big := strings.Repeat("v", 4096)
+	var ops []clientv3.Op
+	for i := 0; i < 40; i++ {
+		ops = append(ops, clientv3.OpPut(fmt.Sprintf("/proto/%02d", i), big))
+	}
+	if _, err := cli.Txn(ctxT(t)).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	events, frags := 0, 0
+	for events < 40 {
+		r := recv()
+		if r.WatchId != 42 {
+			t.Fatalf("response for watch %d", r.WatchId)
+		}
+		events += len(r.Events)
+		if r.Fragment {
+			frags++
+		} else if events < 40 {
+			t.Fatalf("last fragment after %d of 40 events", events)
+		}
+	}
+	if frags == 0 {
+		t.Fatal("160 KiB of events with fragment=true came unfragmented")
+	}
 }
