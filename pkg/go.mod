@@ -6,6 +6,7 @@ replace github.com/tessera-kv/tessera/proto => ../proto
 
 require (
 	github.com/dgraph-io/badger/v4 v4.9.6
+	github.com/tessera-kv/tessera/proto v0.0.0-00010101000000-000000000000
 	go.etcd.io/etcd/api/v3 v3.7.3
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12

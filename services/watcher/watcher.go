@@ -17,6 +17,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 
+	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/feed"
@@ -49,7 +50,7 @@ type Config struct {
 type Watcher struct {
 	cfg     Config
 	log     *slog.Logger
-	topo    *feed.Topology
+	smap    *shardmap.Cache
 	cache   *watchcache.Cache
 	server  *watchServer
 	grpcSrv *grpc.Server
@@ -78,8 +79,8 @@ func Start(cfg Config) (*Watcher, error) {
 		cfg.RefreshInterval = 5 * time.Second
 	}
 	cfg.Cache.Logger = cfg.Logger
-	w := &Watcher{cfg: cfg, log: cfg.Logger, topo: feed.NewTopology(cfg.Replicas), followed: map[uint64]bool{}}
-	w.cache = watchcache.New(cfg.Cache, feed.Source{T: w.topo})
+	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas), followed: map[uint64]bool{}}
+	w.cache = watchcache.New(cfg.Cache, feed.Source{M: w.smap})
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 
@@ -102,7 +103,7 @@ func Start(cfg Config) (*Watcher, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/livez", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
 		mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
-			if len(w.topo.Shards()) == 0 {
+			if len(w.smap.Shards()) == 0 {
 				http.Error(rw, "no shard map yet", http.StatusServiceUnavailable)
 				return
 			}
@@ -123,10 +124,10 @@ func (w *Watcher) follow(ctx context.Context) {
 	t := time.NewTicker(w.cfg.RefreshInterval)
 	defer t.Stop()
 	for {
-		if err := w.topo.Refresh(ctx); err != nil && ctx.Err() == nil {
+		if err := w.smap.Refresh(ctx, time.Now()); err != nil && ctx.Err() == nil {
 			w.log.Warn("shard map refresh failed", "err", err)
 		}
-		w.followShards(ctx, w.topo.Shards())
+		w.followShards(ctx, w.smap.Shards())
 		select {
 		case <-ctx.Done():
 			return
@@ -147,7 +148,7 @@ func (w *Watcher) followShards(ctx context.Context, shards []*metapb.ShardDescri
 		w.wg.Add(1)
 		go func(id uint64) {
 			defer w.wg.Done()
-			feed.Follow(ctx, w.topo, id, w.cache, w.log.With("shard", id))
+			feed.Follow(ctx, w.smap, id, w.cache, w.log.With("shard", id))
 		}(d.Id)
 	}
 }
@@ -171,7 +172,7 @@ func (w *Watcher) APIAddr() string { return w.apiLis.Addr().String() }
 func (w *Watcher) Released() int64 { return w.cache.Released() }
 
 // ShardMap is the last shard map read, or nil.
-func (w *Watcher) ShardMap() []*metapb.ShardDescriptor { return w.topo.Shards() }
+func (w *Watcher) ShardMap() []*metapb.ShardDescriptor { return w.smap.Shards() }
 
 // Close stops the watcher; open watch streams end.
 func (w *Watcher) Close() {
@@ -188,5 +189,5 @@ func (w *Watcher) Close() {
 	if w.srv != nil {
 		w.srv.Close()
 	}
-	w.topo.Close()
+	w.smap.Close()
 }

@@ -1,108 +1,51 @@
 // Package router is the gateway's side of routing (CockroachDB's
-// kvclient): a cache of the shard map, the leader hint per shard, one client
-// connection per store, and the retry loop that heals the cache from typed
-// routing errors (NotLeader, WrongShard) carried as gRPC status details.
+// kvclient): over the shared shard-map cache (pkg/shardmap), the retry loop
+// that heals the cache from typed routing errors (NotLeader, WrongShard)
+// carried as gRPC status details.
 package router
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 )
 
 // Router routes requests to the stores holding a shard.
 type Router struct {
-	seeds []string
-	log   *slog.Logger
-
-	refreshMu sync.Mutex // serializes refreshes: concurrent misses share one
-
-	mu struct {
-		sync.RWMutex
-		shards  []*metapb.ShardDescriptor // sorted by start key
-		stores  map[uint64]string         // store ID -> API address
-		leaders map[uint64]uint64         // shard ID -> leader store hint
-		conns   map[string]*grpc.ClientConn
-		fetched time.Time
-	}
+	m   *shardmap.Cache
+	log *slog.Logger
 }
 
 // New returns a router that bootstraps from the given replica API addresses.
 func New(seeds []string, log *slog.Logger) *Router {
-	r := &Router{seeds: seeds, log: log}
-	r.mu.stores = map[uint64]string{}
-	r.mu.leaders = map[uint64]uint64{}
-	r.mu.conns = map[string]*grpc.ClientConn{}
-	return r
+	return &Router{m: shardmap.New(seeds), log: log}
 }
 
 // Close closes every connection.
-func (r *Router) Close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range r.mu.conns {
-		c.Close()
-	}
-	r.mu.conns = map[string]*grpc.ClientConn{}
-}
-
-func (r *Router) conn(addr string) (*grpc.ClientConn, error) {
-	r.mu.RLock()
-	c, ok := r.mu.conns[addr]
-	r.mu.RUnlock()
-	if ok {
-		return c, nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if c, ok := r.mu.conns[addr]; ok {
-		return c, nil
-	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(1<<31-1)))
-	if err != nil {
-		return nil, err
-	}
-	r.mu.conns[addr] = c
-	return c, nil
-}
+func (r *Router) Close() { r.m.Close() }
 
 // AnyReplica is a connection that tries the known replicas in turn (for
 // admin calls that any replica answers).
-func (r *Router) AnyReplica() grpc.ClientConnInterface { return anyReplica{r} }
+func (r *Router) AnyReplica() grpc.ClientConnInterface { return anyReplica{r.m} }
 
-type anyReplica struct{ r *Router }
-
-func (a anyReplica) addrs() []string {
-	a.r.mu.RLock()
-	defer a.r.mu.RUnlock()
-	out := append([]string(nil), a.r.seeds...)
-	for _, s := range a.r.mu.stores {
-		out = append(out, s)
-	}
-	return out
-}
+type anyReplica struct{ m *shardmap.Cache }
 
 func (a anyReplica) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	var lastErr error = errors.New("no replica addresses")
-	for _, addr := range a.addrs() {
-		c, err := a.r.conn(addr)
+	for _, addr := range a.m.Addresses() {
+		c, err := a.m.Conn(addr)
 		if err != nil {
 			lastErr = err
 			continue
@@ -118,100 +61,23 @@ func (a anyReplica) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc
 	return nil, status.Error(codes.Unimplemented, "router: streams to any replica are not supported")
 }
 
-// Refresh fetches the shard map from any reachable store. Callers that miss
-// concurrently share one fetch: a refresh newer than since is reused.
-func (r *Router) Refresh(ctx context.Context, since time.Time) error {
-	r.refreshMu.Lock()
-	defer r.refreshMu.Unlock()
-	r.mu.RLock()
-	fresh := r.mu.fetched.After(since)
-	addrs := append([]string(nil), r.seeds...)
-	for _, a := range r.mu.stores {
-		addrs = append(addrs, a)
-	}
-	r.mu.RUnlock()
-	if fresh {
-		return nil
-	}
-	var lastErr error
-	for _, addr := range addrs {
-		c, err := r.conn(addr)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := metapb.NewMetaClient(c).GetShardMap(cctx, &metapb.GetShardMapRequest{})
-		cancel()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		r.install(resp)
-		return nil
-	}
-	if lastErr == nil {
-		lastErr = errors.New("no replica addresses")
-	}
-	return fmt.Errorf("router: fetch shard map: %w", lastErr)
-}
-
-func (r *Router) install(resp *metapb.GetShardMapResponse) {
-	shards := append([]*metapb.ShardDescriptor(nil), resp.ShardMap.Shards...)
-	sort.Slice(shards, func(i, j int) bool { return bytes.Compare(shards[i].StartKey, shards[j].StartKey) < 0 })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.mu.shards = shards
-	for _, s := range resp.ShardMap.Stores {
-		r.mu.stores[s.Id] = s.ApiAddress
-	}
-	for id, l := range resp.Leaders {
-		if l != 0 {
-			r.mu.leaders[id] = l
-		}
-	}
-	r.mu.fetched = time.Now()
-}
+// Refresh fetches the shard map; a map fetched after since is reused.
+func (r *Router) Refresh(ctx context.Context, since time.Time) error { return r.m.Refresh(ctx, since) }
 
 // Shards returns the descriptors overlapping [key, end) (end nil: the single
 // key; empty non-nil end: to the end of the keyspace), in key order.
 func (r *Router) Shards(ctx context.Context, key, end []byte) ([]*metapb.ShardDescriptor, error) {
-	r.mu.RLock()
-	n := len(r.mu.shards)
-	r.mu.RUnlock()
-	if n == 0 {
-		if err := r.Refresh(ctx, time.Time{}); err != nil {
+	if len(r.m.Shards()) == 0 {
+		if err := r.m.Refresh(ctx, time.Time{}); err != nil {
 			return nil, err
 		}
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	var out []*metapb.ShardDescriptor
-	for _, d := range r.mu.shards {
-		if overlaps(d, key, end) {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	return r.m.Overlapping(key, end), nil
 }
 
 // All returns every data shard's descriptor.
 func (r *Router) All(ctx context.Context) ([]*metapb.ShardDescriptor, error) {
 	return r.Shards(ctx, []byte{0}, []byte{})
-}
-
-func overlaps(d *metapb.ShardDescriptor, key, end []byte) bool {
-	// The shard is [d.StartKey, d.EndKey); the request [key, end).
-	if len(d.EndKey) > 0 && bytes.Compare(key, d.EndKey) >= 0 {
-		return false
-	}
-	switch {
-	case end == nil:
-		return bytes.Compare(key, d.StartKey) >= 0
-	case len(end) == 0 || (len(end) == 1 && end[0] == 0):
-		return true
-	}
-	return bytes.Compare(end, d.StartKey) > 0 && bytes.Compare(key, end) < 0
 }
 
 // Call runs fn against the leader of shard, retrying with a healed cache.
@@ -236,12 +102,12 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutati
 			sleep(ctx, backoff(attempt))
 			continue
 		}
-		c, err := r.conn(addr)
+		c, err := r.m.Conn(addr)
 		if err != nil {
 			return err
 		}
 		if mutating && !connected(ctx, c) {
-			r.setLeader(shard.Id, 0)
+			r.m.SetLeader(shard.Id, 0)
 			lastErr = rpctypes.ErrGRPCNoLeader
 			sleep(ctx, backoff(attempt))
 			continue
@@ -253,7 +119,7 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutati
 		lastErr = err
 		st, _ := status.FromError(err)
 		if nl, ok := detail[*shardpb.NotLeader](st); ok {
-			r.setLeader(shard.Id, nl.LeaderStoreId)
+			r.m.SetLeader(shard.Id, nl.LeaderStoreId)
 			if nl.LeaderStoreId == 0 || nl.LeaderStoreId == store {
 				sleep(ctx, backoff(attempt))
 			}
@@ -263,7 +129,7 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutati
 			return err // the caller re-resolves the keys; descriptors changed
 		}
 		if st.Code() == codes.Unavailable && !isEtcdError(st) {
-			r.setLeader(shard.Id, 0)
+			r.m.SetLeader(shard.Id, 0)
 			if mutating {
 				return rpctypes.ErrGRPCTimeoutDueToConnectionLost
 			}
@@ -319,10 +185,8 @@ func detail[T any](st *status.Status) (T, bool) {
 
 // target picks the store to call: the leader hint, else the replicas in turn.
 func (r *Router) target(shard *metapb.ShardDescriptor, attempt int) (string, uint64) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	if l, ok := r.mu.leaders[shard.Id]; ok && l != 0 {
-		if a := r.mu.stores[l]; a != "" {
+	if l := r.m.Leader(shard.Id); l != 0 {
+		if a := r.m.StoreAddr(l); a != "" {
 			return a, l
 		}
 	}
@@ -330,17 +194,7 @@ func (r *Router) target(shard *metapb.ShardDescriptor, attempt int) (string, uin
 		return "", 0
 	}
 	id := shard.Replicas[attempt%len(shard.Replicas)]
-	return r.mu.stores[id], id
-}
-
-func (r *Router) setLeader(shardID, store uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if store == 0 {
-		delete(r.mu.leaders, shardID)
-		return
-	}
-	r.mu.leaders[shardID] = store
+	return r.m.StoreAddr(id), id
 }
 
 func backoff(attempt int) time.Duration {

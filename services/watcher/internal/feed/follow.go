@@ -1,3 +1,7 @@
+// Package feed is the watcher's side of the replicas: it follows each
+// shard's change feed into the watch cache (reconnecting and failing over
+// between the shard's replicas, followers first), and reads history and the
+// current revision for the cache.
 package feed
 
 import (
@@ -10,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
 )
@@ -29,12 +34,12 @@ var errCompacted = errors.New("feed: resume point compacted")
 // stream breaks, and moves to the shard's next replica on each failure. If
 // the resume point was compacted away meanwhile, it starts afresh (the
 // sink learns of the gap through Subscribed).
-func Follow(ctx context.Context, t *Topology, shardID uint64, sink Sink, log *slog.Logger) {
+func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, log *slog.Logger) {
 	closed := int64(-1)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		addrs := t.Replicas(shardID)
+		addrs := m.Replicas(shardID)
 		if len(addrs) == 0 {
-			if err := t.Refresh(ctx); err != nil {
+			if err := m.Refresh(ctx, time.Now()); err != nil {
 				log.Warn("no replicas known for shard", "shard", shardID, "err", err)
 			}
 			sleep(ctx, backoff(attempt))
@@ -42,7 +47,7 @@ func Follow(ctx context.Context, t *Topology, shardID uint64, sink Sink, log *sl
 		}
 		addr := addrs[attempt%len(addrs)]
 		began := time.Now()
-		err := follow(ctx, t, addr, shardID, &closed, sink)
+		err := follow(ctx, m, addr, shardID, &closed, sink)
 		if time.Since(began) > 10*time.Second {
 			attempt = 0 // a stream that lived is no reason to back off
 		}
@@ -54,14 +59,14 @@ func Follow(ctx context.Context, t *Topology, shardID uint64, sink Sink, log *sl
 		}
 		log.Info("change feed interrupted; resubscribing", "shard", shardID, "replica", addr, "closed", closed, "err", err)
 		if attempt%len(addrs) == len(addrs)-1 {
-			t.Refresh(ctx) // every replica failed once: the map may be stale
+			m.Refresh(ctx, time.Now()) // every replica failed once: the map may be stale
 		}
 		sleep(ctx, backoff(attempt))
 	}
 }
 
-func follow(ctx context.Context, t *Topology, addr string, shardID uint64, closed *int64, sink Sink) error {
-	conn, err := t.Conn(addr)
+func follow(ctx context.Context, m *shardmap.Cache, addr string, shardID uint64, closed *int64, sink Sink) error {
+	conn, err := m.Conn(addr)
 	if err != nil {
 		return err
 	}

@@ -5,17 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
 )
 
 // Source answers the watch cache's questions from the replicas.
-type Source struct{ T *Topology }
+type Source struct{ M *shardmap.Cache }
 
 var _ watchcache.Source = Source{}
 
@@ -23,12 +25,12 @@ var _ watchcache.Source = Source{}
 // ReadIndex on each: every write acknowledged before the call is at or
 // below it, and every later write gets a higher revision from the oracle.
 func (s Source) Current(ctx context.Context) (int64, error) {
-	shards := s.T.Shards()
+	shards := s.M.Shards()
 	if len(shards) == 0 {
-		if err := s.T.Refresh(ctx); err != nil {
+		if err := s.M.Refresh(ctx, time.Now()); err != nil {
 			return 0, rpctypes.ErrGRPCNoLeader
 		}
-		shards = s.T.Shards()
+		shards = s.M.Shards()
 	}
 	var cur int64
 	for _, d := range shards {
@@ -36,9 +38,9 @@ func (s Source) Current(ctx context.Context) (int64, error) {
 			resp *shardpb.StatusResponse
 			err  error
 		)
-		for _, addr := range s.T.Replicas(d.Id) {
+		for _, addr := range s.M.Replicas(d.Id) {
 			var conn shardpb.ShardClient
-			if c, cerr := s.T.Conn(addr); cerr == nil {
+			if c, cerr := s.M.Conn(addr); cerr == nil {
 				conn = shardpb.NewShardClient(c)
 			} else {
 				err = cerr
@@ -63,15 +65,15 @@ func (s Source) Current(ctx context.Context) (int64, error) {
 // History reads [from, to] for a key range from the change logs of the
 // shards it overlaps, merged by revision.
 func (s Source) History(ctx context.Context, key, end []byte, from, to int64, fn func(int64, []*mvccpb.Event) error) error {
-	if len(s.T.Shards()) == 0 {
-		if err := s.T.Refresh(ctx); err != nil {
+	if len(s.M.Shards()) == 0 {
+		if err := s.M.Refresh(ctx, time.Now()); err != nil {
 			return err
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var cursors []*cursor
-	for _, d := range s.T.overlapping(key, end) {
+	for _, d := range s.M.Overlapping(key, end) {
 		c, err := s.open(ctx, d, key, end, from, to)
 		if err != nil {
 			return err
@@ -108,8 +110,8 @@ func (s Source) History(ctx context.Context, key, end []byte, from, to int64, fn
 func (s Source) open(ctx context.Context, d *metapb.ShardDescriptor, key, end []byte, from, to int64) (*cursor, error) {
 	req := &shardpb.ChangesRequest{ShardId: d.Id, StartRevision: from, EndRevision: to, Key: key, RangeEnd: rangeEndWire(end)}
 	var lastErr error = errors.New("no replicas")
-	for _, addr := range s.T.Replicas(d.Id) {
-		conn, err := s.T.Conn(addr)
+	for _, addr := range s.M.Replicas(d.Id) {
+		conn, err := s.M.Conn(addr)
 		if err != nil {
 			lastErr = err
 			continue

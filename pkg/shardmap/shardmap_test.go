@@ -1,4 +1,4 @@
-package router
+package shardmap
 
 import (
 	"testing"
@@ -30,7 +30,7 @@ func TestOverlaps(t *testing.T) {
 		{"empty range", all, []byte("b"), []byte("a"), false},
 	}
 	for _, tt := range tests {
-		if got := overlaps(tt.d, tt.key, tt.end); got != tt.want {
+		if got := Overlaps(tt.d, tt.key, tt.end); got != tt.want {
 			t.Errorf("%s: overlaps=%v want %v", tt.name, got, tt.want)
 		}
 	}
