@@ -254,3 +254,23 @@ func waitReady(endpoints []string, timeout time.Duration) error {
 func newClient(endpoints []string) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 }
+
+// newClients opens n clients (n gRPC connections) to the endpoints.
+func newClients(endpoints []string, n int) ([]*clientv3.Client, error) {
+	clis := make([]*clientv3.Client, 0, n)
+	for i := 0; i < n; i++ {
+		c, err := newClient(endpoints)
+		if err != nil {
+			closeClients(clis)
+			return nil, err
+		}
+		clis = append(clis, c)
+	}
+	return clis, nil
+}
+
+func closeClients(clis []*clientv3.Client) {
+	for _, c := range clis {
+		c.Close()
+	}
+}

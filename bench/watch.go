@@ -34,15 +34,11 @@ var watchWorkloads = map[string]int{wlWatch1k: 1000, wlWatch10k: 10000}
 // the measured window, and counts what the watches receive.
 func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*result, error) {
 	n := watchWorkloads[name]
-	clis := make([]*clientv3.Client, p.conns)
-	for i := range clis {
-		c, err := newClient(t.endpoints)
-		if err != nil {
-			return nil, err
-		}
-		defer c.Close()
-		clis[i] = c
+	clis, err := newClients(t.endpoints, p.conns)
+	if err != nil {
+		return nil, err
 	}
+	defer closeClients(clis)
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -116,15 +116,11 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	if conns > workers {
 		conns = workers
 	}
-	clis := make([]*clientv3.Client, conns)
-	for i := range clis {
-		c, err := newClient(t.endpoints)
-		if err != nil {
-			return nil, err
-		}
-		defer c.Close()
-		clis[i] = c
+	clis, err := newClients(t.endpoints, conns)
+	if err != nil {
+		return nil, err
 	}
+	defer closeClients(clis)
 
 	res := &result{workload: name, target: t.name}
 	var factory workerFactory

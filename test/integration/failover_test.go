@@ -86,6 +86,39 @@ func waitAcks(t *testing.T, mu *sync.Mutex, acks *[]ack, atLeast int, within tim
 	t.Fatalf("only %d acknowledged writes after %v, want %d", len(*acks), within, atLeast)
 }
 
+// writeLoad is n writers running in the background (see writer).
+type writeLoad struct {
+	mu   sync.Mutex
+	acks []ack
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startWriters(cli *clientv3.Client, n int) *writeLoad {
+	l := &writeLoad{stop: make(chan struct{})}
+	for i := 0; i < n; i++ {
+		l.wg.Add(1)
+		go func() { defer l.wg.Done(); writer(cli, i, l.stop, &l.acks, &l.mu) }()
+	}
+	return l
+}
+
+// waitMore waits until n more writes than now are acknowledged.
+func (l *writeLoad) waitMore(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	l.mu.Lock()
+	before := len(l.acks)
+	l.mu.Unlock()
+	waitAcks(t, &l.mu, &l.acks, before+n, within)
+}
+
+// finish stops the writers and returns every acknowledged write.
+func (l *writeLoad) finish() []ack {
+	close(l.stop)
+	l.wg.Wait()
+	return l.acks
+}
+
 // TestLeaderKill stops the store leading the data shard while writes flow;
 // writes resume after re-election and nothing acknowledged is lost.
 func TestLeaderKill(t *testing.T) {
@@ -94,34 +127,17 @@ func TestLeaderKill(t *testing.T) {
 	}
 	c := testcluster.New(t, 3)
 	cli := c.Client(t)
-	var mu sync.Mutex
-	var acks []ack
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); writer(cli, i, stop, &acks, &mu) }()
-	}
-	waitAcks(t, &mu, &acks, 100, 20*time.Second)
-
+	load := startWriters(cli, 4)
+	load.waitMore(t, 100, 20*time.Second)
 	leader := c.LeaderIndex(replica.FirstDataShardID)
 	if leader < 0 {
 		t.Fatal("no leader for the data shard")
 	}
 	c.StopReplica(leader)
-	mu.Lock()
-	before := len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+100, 30*time.Second)
-
+	load.waitMore(t, 100, 30*time.Second)
 	c.StartReplica(leader)
-	mu.Lock()
-	before = len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+50, 30*time.Second)
-	close(stop)
-	wg.Wait()
-	checkAcks(t, cli, acks)
+	load.waitMore(t, 50, 30*time.Second)
+	checkAcks(t, cli, load.finish())
 }
 
 // TestRestartKeepsWrites stops every store and restarts them on the same

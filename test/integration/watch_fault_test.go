@@ -86,11 +86,9 @@ func (c *collector) checkAgainstAcks(t *testing.T, acks []ack) {
 	}
 }
 
-func lastAck(mu *sync.Mutex, acks *[]ack) int64 {
-	mu.Lock()
-	defer mu.Unlock()
+func lastAck(acks []ack) int64 {
 	var r int64
-	for _, a := range *acks {
+	for _, a := range acks {
 		r = max(r, a.rev)
 	}
 	return r
@@ -109,33 +107,18 @@ func TestWatchAcrossLeaderChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	col := collect(ctx, cli, "/w/", start)
-
-	var mu sync.Mutex
-	var acks []ack
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 3; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); writer(cli, i, stop, &acks, &mu) }()
-	}
-	waitAcks(t, &mu, &acks, 100, 20*time.Second)
+	load := startWriters(cli, 3)
+	load.waitMore(t, 100, 20*time.Second)
 	leader := c.LeaderIndex(replica.FirstDataShardID)
 	if leader < 0 {
 		t.Fatal("no leader for the data shard")
 	}
 	c.StopReplica(leader)
-	mu.Lock()
-	before := len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+100, 30*time.Second)
+	load.waitMore(t, 100, 30*time.Second)
 	c.StartReplica(leader)
-	mu.Lock()
-	before = len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+50, 30*time.Second)
-	close(stop)
-	wg.Wait()
-	col.waitFor(t, lastAck(&mu, &acks), 30*time.Second)
+	load.waitMore(t, 50, 30*time.Second)
+	acks := load.finish()
+	col.waitFor(t, lastAck(acks), 30*time.Second)
 	col.checkAgainstAcks(t, acks)
 }
 
@@ -149,30 +132,18 @@ func TestWatchAcrossWatcherRestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	col := collect(ctx, cli, "/w/", start)
-
-	var mu sync.Mutex
-	var acks []ack
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); writer(cli, i, stop, &acks, &mu) }()
-	}
-	waitAcks(t, &mu, &acks, 100, 20*time.Second)
-	col.waitFor(t, lastAck(&mu, &acks), 10*time.Second)
+	load := startWriters(cli, 2)
+	load.waitMore(t, 100, 20*time.Second)
+	load.mu.Lock()
+	reached := lastAck(load.acks)
+	load.mu.Unlock()
+	col.waitFor(t, reached, 10*time.Second)
 	c.StopWatcher()
-	mu.Lock()
-	before := len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+100, 20*time.Second) // writes go on without a watcher
+	load.waitMore(t, 100, 20*time.Second) // writes go on without a watcher
 	c.StartWatcher()
-	mu.Lock()
-	before = len(acks)
-	mu.Unlock()
-	waitAcks(t, &mu, &acks, before+50, 20*time.Second)
-	close(stop)
-	wg.Wait()
-	col.waitFor(t, lastAck(&mu, &acks), 30*time.Second)
+	load.waitMore(t, 50, 20*time.Second)
+	acks := load.finish()
+	col.waitFor(t, lastAck(acks), 30*time.Second)
 	col.checkAgainstAcks(t, acks)
 }
 
