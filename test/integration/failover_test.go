@@ -128,6 +128,14 @@ func TestLeaderKill(t *testing.T) {
 	c := testcluster.New(t, 3)
 	cli := c.Client(t)
 	load := startWriters(cli, 4)
+	cycleLeader(t, c, load)
+	checkAcks(t, cli, load.finish())
+}
+
+// cycleLeader stops the store leading the data shard under load, then
+// restarts it, waiting each time for writes to go on.
+func cycleLeader(t *testing.T, c *testcluster.Cluster, load *writeLoad) {
+	t.Helper()
 	load.waitMore(t, 100, 20*time.Second)
 	leader := c.LeaderIndex(replica.FirstDataShardID)
 	if leader < 0 {
@@ -137,7 +145,6 @@ func TestLeaderKill(t *testing.T) {
 	load.waitMore(t, 100, 30*time.Second)
 	c.StartReplica(leader)
 	load.waitMore(t, 50, 30*time.Second)
-	checkAcks(t, cli, load.finish())
 }
 
 // TestRestartKeepsWrites stops every store and restarts them on the same

@@ -11,7 +11,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/tessera-kv/tessera/services/replica"
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
 
@@ -108,15 +107,7 @@ func TestWatchAcrossLeaderChange(t *testing.T) {
 	defer cancel()
 	col := collect(ctx, cli, "/w/", start)
 	load := startWriters(cli, 3)
-	load.waitMore(t, 100, 20*time.Second)
-	leader := c.LeaderIndex(replica.FirstDataShardID)
-	if leader < 0 {
-		t.Fatal("no leader for the data shard")
-	}
-	c.StopReplica(leader)
-	load.waitMore(t, 100, 30*time.Second)
-	c.StartReplica(leader)
-	load.waitMore(t, 50, 30*time.Second)
+	cycleLeader(t, c, load)
 	acks := load.finish()
 	col.waitFor(t, lastAck(acks), 30*time.Second)
 	col.checkAgainstAcks(t, acks)
