@@ -382,6 +382,9 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := w.txn.Set(dataKey(p.Key), encodeKV(kv)); err != nil {
 		return nil, fmt.Errorf("mvcc: put %q: %w", p.Key, err)
 	}
+	if err := w.reindexLease(p.Key, prev, kv.Lease); err != nil {
+		return nil, err
+	}
 	// The change log keeps the previous version beside the event, so watches
 	// with prev_kv are served without reading history.
 	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv, PrevKv: prev})
@@ -405,6 +408,9 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 		if err := w.txn.Delete(dataKey(kv.Key)); err != nil {
 			return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
 		}
+		if err := w.reindexLease(kv.Key, kv, 0); err != nil {
+			return nil, err
+		}
 		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}, PrevKv: kv})
 	}
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs)), Header: w.header()}
@@ -412,6 +418,27 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 		resp.PrevKvs = kvs
 	}
 	return resp, nil
+}
+
+// reindexLease moves key in the lease index from prev's lease to lease
+// (0: none).
+func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64) error {
+	var old int64
+	if prev != nil {
+		old = prev.Lease
+	}
+	if old == lease {
+		return nil
+	}
+	if old != 0 {
+		if err := w.txn.Delete(leaseKey(old, key)); err != nil {
+			return err
+		}
+	}
+	if lease != 0 {
+		return w.txn.Set(leaseKey(lease, key), nil)
+	}
+	return nil
 }
 
 // encodeKV stores a KeyValue without its key (the Badger key holds it).

@@ -47,7 +47,7 @@ func (s *Snapshot) WriteTo(out io.Writer, stop <-chan struct{}) error {
 	hdr = append(hdr, s.state.encode()...)
 	w.Write(hdr)
 
-	ranges := [][2][]byte{changeRange(s.sh.id)}
+	ranges := [][2][]byte{changeRange(s.sh.id), {{familyLease}, {familyLease + 1}}}
 	if lo, hi, ok := s.sh.clip(s.sh.start, []byte{}); ok {
 		ranges = append([][2][]byte{{lo, hi}}, ranges...)
 	}
@@ -65,6 +65,9 @@ func (s *Snapshot) WriteTo(out io.Writer, stop <-chan struct{}) error {
 				}
 			}
 			item := it.Item()
+			if k := item.Key(); k[0] == familyLease && !s.sh.contains(k[9:]) {
+				continue // another shard's key in the lease index
+			}
 			var rec []byte
 			rec = binary.AppendUvarint(rec, uint64(len(item.Key())))
 			rec = append(rec, item.Key()...)
@@ -124,7 +127,7 @@ func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
 		return err
 	}
 	db := sh.store.db
-	if err := db.DropPrefix([]byte{familyData}, changePrefix(sh.id), stateKey(sh.id)); err != nil {
+	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id)); err != nil {
 		return fmt.Errorf("mvcc: clear shard %d: %w", sh.id, err)
 	}
 	wb := db.NewManagedWriteBatch()

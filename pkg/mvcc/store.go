@@ -10,6 +10,7 @@
 //	'k' user-key                  -> KeyValue envelope (key omitted), tombstone on delete
 //	'c' shard-id(8) revision(8)   -> the events of that revision (change log)
 //	's' shard-id(8)               -> shard state (applied index, revision, compaction)
+//	'l' lease-id(8) user-key      -> empty: the lease index (keys attached to a lease)
 //
 // Every key of every family is written at most once per timestamp: each
 // applied Raft entry commits one Badger transaction at its own revision.
@@ -29,6 +30,7 @@ const (
 	familyData   = 'k'
 	familyChange = 'c'
 	familyState  = 's'
+	familyLease  = 'l'
 )
 
 // Options sizes the Badger DB. The zero value is not valid; use DefaultOptions.
@@ -159,6 +161,14 @@ func changeKey(shardID uint64, rev int64) []byte {
 	k[0] = familyChange
 	binary.BigEndian.PutUint64(k[1:], shardID)
 	binary.BigEndian.PutUint64(k[9:], uint64(rev))
+	return k
+}
+
+func leaseKey(lease int64, userKey []byte) []byte {
+	k := make([]byte, 9+len(userKey))
+	k[0] = familyLease
+	binary.BigEndian.PutUint64(k[1:], uint64(lease))
+	copy(k[9:], userKey)
 	return k
 }
 

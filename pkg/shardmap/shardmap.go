@@ -32,6 +32,7 @@ type Cache struct {
 		sync.RWMutex
 		shards  []*metapb.ShardDescriptor // sorted by start key
 		stores  map[uint64]string         // store ID -> API address
+		meta    *metapb.ShardDescriptor   // the meta shard, on every store
 		leaders map[uint64]uint64         // shard ID -> leader store hint
 		conns   map[string]*grpc.ClientConn
 		fetched time.Time
@@ -127,9 +128,12 @@ func (c *Cache) install(resp *metapb.GetShardMapResponse) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mu.shards = shards
+	meta := &metapb.ShardDescriptor{Id: resp.ShardMap.MetaShardId}
 	for _, s := range resp.ShardMap.Stores {
 		c.mu.stores[s.Id] = s.ApiAddress
+		meta.Replicas = append(meta.Replicas, s.Id)
 	}
+	c.mu.meta = meta
 	for id, l := range resp.Leaders {
 		if l != 0 {
 			c.mu.leaders[id] = l
@@ -143,6 +147,13 @@ func (c *Cache) Shards() []*metapb.ShardDescriptor {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.mu.shards
+}
+
+// MetaShard describes the meta shard (nil before a refresh).
+func (c *Cache) MetaShard() *metapb.ShardDescriptor {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.mu.meta
 }
 
 // Overlapping returns the shards holding keys of [key, end) with etcd's

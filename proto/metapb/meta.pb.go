@@ -231,7 +231,13 @@ type MetaState struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	ShardMap *ShardMap              `protobuf:"bytes,1,opt,name=shard_map,json=shardMap,proto3" json:"shard_map,omitempty"`
 	// Revision oracle high-water mark: no revision >= tso_limit was served.
-	TsoLimit      int64 `protobuf:"varint,2,opt,name=tso_limit,json=tsoLimit,proto3" json:"tso_limit,omitempty"`
+	TsoLimit int64 `protobuf:"varint,2,opt,name=tso_limit,json=tsoLimit,proto3" json:"tso_limit,omitempty"`
+	// Live leases, by ID. Expiry times are not replicated: the meta leader
+	// keeps them in memory and gives every lease its full TTL when it takes
+	// over, so a leader change never expires leases early.
+	Leases map[int64]*Lease `protobuf:"bytes,3,rep,name=leases,proto3" json:"leases,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The next server-chosen lease ID to try.
+	NextLeaseId   int64 `protobuf:"varint,4,opt,name=next_lease_id,json=nextLeaseId,proto3" json:"next_lease_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +286,73 @@ func (x *MetaState) GetTsoLimit() int64 {
 	return 0
 }
 
+func (x *MetaState) GetLeases() map[int64]*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+func (x *MetaState) GetNextLeaseId() int64 {
+	if x != nil {
+		return x.NextLeaseId
+	}
+	return 0
+}
+
+type Lease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The granted TTL in seconds.
+	Ttl           int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Lease) Reset() {
+	*x = Lease{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Lease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Lease) ProtoMessage() {}
+
+func (x *Lease) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Lease.ProtoReflect.Descriptor instead.
+func (*Lease) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Lease) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Lease) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
 type GetShardMapRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -288,7 +361,7 @@ type GetShardMapRequest struct {
 
 func (x *GetShardMapRequest) Reset() {
 	*x = GetShardMapRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -300,7 +373,7 @@ func (x *GetShardMapRequest) String() string {
 func (*GetShardMapRequest) ProtoMessage() {}
 
 func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -313,7 +386,7 @@ func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
 func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
 }
 
 type GetShardMapResponse struct {
@@ -327,7 +400,7 @@ type GetShardMapResponse struct {
 
 func (x *GetShardMapResponse) Reset() {
 	*x = GetShardMapResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +412,7 @@ func (x *GetShardMapResponse) String() string {
 func (*GetShardMapResponse) ProtoMessage() {}
 
 func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +425,7 @@ func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapResponse.ProtoReflect.Descriptor instead.
 func (*GetShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetShardMapResponse) GetShardMap() *ShardMap {
@@ -378,7 +451,7 @@ type AllocateRevisionsRequest struct {
 
 func (x *AllocateRevisionsRequest) Reset() {
 	*x = AllocateRevisionsRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +463,7 @@ func (x *AllocateRevisionsRequest) String() string {
 func (*AllocateRevisionsRequest) ProtoMessage() {}
 
 func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +476,7 @@ func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AllocateRevisionsRequest) GetCount() uint32 {
@@ -424,7 +497,7 @@ type AllocateRevisionsResponse struct {
 
 func (x *AllocateRevisionsResponse) Reset() {
 	*x = AllocateRevisionsResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +509,7 @@ func (x *AllocateRevisionsResponse) String() string {
 func (*AllocateRevisionsResponse) ProtoMessage() {}
 
 func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +522,7 @@ func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AllocateRevisionsResponse) GetFirst() int64 {
@@ -464,6 +537,187 @@ func (x *AllocateRevisionsResponse) GetCount() uint32 {
 		return x.Count
 	}
 	return 0
+}
+
+// LeaseRequest is one etcd lease call, carrying etcd's own message
+// serialized (etcdserverpb.LeaseGrantRequest and so on), as every internal
+// message that carries an etcd request does.
+type LeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*LeaseRequest_Grant
+	//	*LeaseRequest_Revoke
+	//	*LeaseRequest_KeepAlive
+	//	*LeaseRequest_TimeToLive
+	//	*LeaseRequest_Leases
+	Op            isLeaseRequest_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRequest) Reset() {
+	*x = LeaseRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRequest) ProtoMessage() {}
+
+func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LeaseRequest) GetOp() isLeaseRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetGrant() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*LeaseRequest_Grant); ok {
+			return x.Grant
+		}
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetRevoke() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*LeaseRequest_Revoke); ok {
+			return x.Revoke
+		}
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetKeepAlive() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*LeaseRequest_KeepAlive); ok {
+			return x.KeepAlive
+		}
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetTimeToLive() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*LeaseRequest_TimeToLive); ok {
+			return x.TimeToLive
+		}
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetLeases() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*LeaseRequest_Leases); ok {
+			return x.Leases
+		}
+	}
+	return nil
+}
+
+type isLeaseRequest_Op interface {
+	isLeaseRequest_Op()
+}
+
+type LeaseRequest_Grant struct {
+	Grant []byte `protobuf:"bytes,1,opt,name=grant,proto3,oneof"`
+}
+
+type LeaseRequest_Revoke struct {
+	// Deletes the lease's keys on every shard, then the lease.
+	Revoke []byte `protobuf:"bytes,2,opt,name=revoke,proto3,oneof"`
+}
+
+type LeaseRequest_KeepAlive struct {
+	// One request of a KeepAlive stream (the gateway runs the stream).
+	KeepAlive []byte `protobuf:"bytes,3,opt,name=keep_alive,json=keepAlive,proto3,oneof"`
+}
+
+type LeaseRequest_TimeToLive struct {
+	// Without keys: the gateway adds them from the shards.
+	TimeToLive []byte `protobuf:"bytes,4,opt,name=time_to_live,json=timeToLive,proto3,oneof"`
+}
+
+type LeaseRequest_Leases struct {
+	Leases []byte `protobuf:"bytes,5,opt,name=leases,proto3,oneof"`
+}
+
+func (*LeaseRequest_Grant) isLeaseRequest_Op() {}
+
+func (*LeaseRequest_Revoke) isLeaseRequest_Op() {}
+
+func (*LeaseRequest_KeepAlive) isLeaseRequest_Op() {}
+
+func (*LeaseRequest_TimeToLive) isLeaseRequest_Op() {}
+
+func (*LeaseRequest_Leases) isLeaseRequest_Op() {}
+
+// LeaseResponse is the serialized etcd response of the call.
+type LeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseResponse) Reset() {
+	*x = LeaseResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseResponse) ProtoMessage() {}
+
+func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
+func (*LeaseResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LeaseResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
 }
 
 var File_tessera_meta_v1_meta_proto protoreflect.FileDescriptor
@@ -487,10 +741,18 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\bShardMap\x12\"\n" +
 	"\rmeta_shard_id\x18\x01 \x01(\x04R\vmetaShardId\x128\n" +
 	"\x06shards\x18\x02 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shards\x12.\n" +
-	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"`\n" +
+	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\x97\x02\n" +
 	"\tMetaState\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12\x1b\n" +
-	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\"\x14\n" +
+	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\x12>\n" +
+	"\x06leases\x18\x03 \x03(\v2&.tessera.meta.v1.MetaState.LeasesEntryR\x06leases\x12\"\n" +
+	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x1aQ\n" +
+	"\vLeasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x03R\x03key\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\")\n" +
+	"\x05Lease\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x14\n" +
 	"\x12GetShardMapRequest\"\xd6\x01\n" +
 	"\x13GetShardMapResponse\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12K\n" +
@@ -502,10 +764,22 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\rR\x05count\"G\n" +
 	"\x19AllocateRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\rR\x05count2\xcc\x01\n" +
+	"\x05count\x18\x02 \x01(\rR\x05count\"\xa5\x01\n" +
+	"\fLeaseRequest\x12\x16\n" +
+	"\x05grant\x18\x01 \x01(\fH\x00R\x05grant\x12\x18\n" +
+	"\x06revoke\x18\x02 \x01(\fH\x00R\x06revoke\x12\x1f\n" +
+	"\n" +
+	"keep_alive\x18\x03 \x01(\fH\x00R\tkeepAlive\x12\"\n" +
+	"\ftime_to_live\x18\x04 \x01(\fH\x00R\n" +
+	"timeToLive\x12\x18\n" +
+	"\x06leases\x18\x05 \x01(\fH\x00R\x06leasesB\x04\n" +
+	"\x02op\"+\n" +
+	"\rLeaseResponse\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse2\x94\x02\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
-	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
+	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +
+	"\x05Lease\x12\x1d.tessera.meta.v1.LeaseRequest\x1a\x1e.tessera.meta.v1.LeaseResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
 
 var (
 	file_tessera_meta_v1_meta_proto_rawDescOnce sync.Once
@@ -519,33 +793,41 @@ func file_tessera_meta_v1_meta_proto_rawDescGZIP() []byte {
 	return file_tessera_meta_v1_meta_proto_rawDescData
 }
 
-var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_tessera_meta_v1_meta_proto_goTypes = []any{
 	(*ShardDescriptor)(nil),           // 0: tessera.meta.v1.ShardDescriptor
 	(*Store)(nil),                     // 1: tessera.meta.v1.Store
 	(*ShardMap)(nil),                  // 2: tessera.meta.v1.ShardMap
 	(*MetaState)(nil),                 // 3: tessera.meta.v1.MetaState
-	(*GetShardMapRequest)(nil),        // 4: tessera.meta.v1.GetShardMapRequest
-	(*GetShardMapResponse)(nil),       // 5: tessera.meta.v1.GetShardMapResponse
-	(*AllocateRevisionsRequest)(nil),  // 6: tessera.meta.v1.AllocateRevisionsRequest
-	(*AllocateRevisionsResponse)(nil), // 7: tessera.meta.v1.AllocateRevisionsResponse
-	nil,                               // 8: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	(*Lease)(nil),                     // 4: tessera.meta.v1.Lease
+	(*GetShardMapRequest)(nil),        // 5: tessera.meta.v1.GetShardMapRequest
+	(*GetShardMapResponse)(nil),       // 6: tessera.meta.v1.GetShardMapResponse
+	(*AllocateRevisionsRequest)(nil),  // 7: tessera.meta.v1.AllocateRevisionsRequest
+	(*AllocateRevisionsResponse)(nil), // 8: tessera.meta.v1.AllocateRevisionsResponse
+	(*LeaseRequest)(nil),              // 9: tessera.meta.v1.LeaseRequest
+	(*LeaseResponse)(nil),             // 10: tessera.meta.v1.LeaseResponse
+	nil,                               // 11: tessera.meta.v1.MetaState.LeasesEntry
+	nil,                               // 12: tessera.meta.v1.GetShardMapResponse.LeadersEntry
 }
 var file_tessera_meta_v1_meta_proto_depIdxs = []int32{
-	0, // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
-	1, // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
-	2, // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
-	2, // 3: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
-	8, // 4: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
-	4, // 5: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
-	6, // 6: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
-	5, // 7: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
-	7, // 8: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
+	1,  // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
+	2,  // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
+	11, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
+	2,  // 4: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
+	12, // 5: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	4,  // 6: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
+	5,  // 7: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
+	7,  // 8: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
+	9,  // 9: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
+	6,  // 10: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
+	8,  // 11: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
+	10, // 12: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_tessera_meta_v1_meta_proto_init() }
@@ -553,13 +835,20 @@ func file_tessera_meta_v1_meta_proto_init() {
 	if File_tessera_meta_v1_meta_proto != nil {
 		return
 	}
+	file_tessera_meta_v1_meta_proto_msgTypes[9].OneofWrappers = []any{
+		(*LeaseRequest_Grant)(nil),
+		(*LeaseRequest_Revoke)(nil),
+		(*LeaseRequest_KeepAlive)(nil),
+		(*LeaseRequest_TimeToLive)(nil),
+		(*LeaseRequest_Leases)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_meta_v1_meta_proto_rawDesc), len(file_tessera_meta_v1_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

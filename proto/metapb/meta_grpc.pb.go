@@ -23,17 +23,21 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Meta_GetShardMap_FullMethodName       = "/tessera.meta.v1.Meta/GetShardMap"
 	Meta_AllocateRevisions_FullMethodName = "/tessera.meta.v1.Meta/AllocateRevisions"
+	Meta_Lease_FullMethodName             = "/tessera.meta.v1.Meta/Lease"
 )
 
 // MetaClient is the client API for Meta service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Meta is served by every replica process; AllocateRevisions only by the
-// meta shard's leader (others answer with a NotLeader detail).
+// Meta is served by every replica process; AllocateRevisions and the lease
+// calls only by the meta shard's leader (others answer with a NotLeader
+// detail).
 type MetaClient interface {
 	GetShardMap(ctx context.Context, in *GetShardMapRequest, opts ...grpc.CallOption) (*GetShardMapResponse, error)
 	AllocateRevisions(ctx context.Context, in *AllocateRevisionsRequest, opts ...grpc.CallOption) (*AllocateRevisionsResponse, error)
+	// etcd's lease calls.
+	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 }
 
 type metaClient struct {
@@ -64,15 +68,28 @@ func (c *metaClient) AllocateRevisions(ctx context.Context, in *AllocateRevision
 	return out, nil
 }
 
+func (c *metaClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseResponse)
+	err := c.cc.Invoke(ctx, Meta_Lease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MetaServer is the server API for Meta service.
 // All implementations must embed UnimplementedMetaServer
 // for forward compatibility.
 //
-// Meta is served by every replica process; AllocateRevisions only by the
-// meta shard's leader (others answer with a NotLeader detail).
+// Meta is served by every replica process; AllocateRevisions and the lease
+// calls only by the meta shard's leader (others answer with a NotLeader
+// detail).
 type MetaServer interface {
 	GetShardMap(context.Context, *GetShardMapRequest) (*GetShardMapResponse, error)
 	AllocateRevisions(context.Context, *AllocateRevisionsRequest) (*AllocateRevisionsResponse, error)
+	// etcd's lease calls.
+	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	mustEmbedUnimplementedMetaServer()
 }
 
@@ -88,6 +105,9 @@ func (UnimplementedMetaServer) GetShardMap(context.Context, *GetShardMapRequest)
 }
 func (UnimplementedMetaServer) AllocateRevisions(context.Context, *AllocateRevisionsRequest) (*AllocateRevisionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AllocateRevisions not implemented")
+}
+func (UnimplementedMetaServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
 }
 func (UnimplementedMetaServer) mustEmbedUnimplementedMetaServer() {}
 func (UnimplementedMetaServer) testEmbeddedByValue()              {}
@@ -146,6 +166,24 @@ func _Meta_AllocateRevisions_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Meta_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).Lease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_Lease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).Lease(ctx, req.(*LeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Meta_ServiceDesc is the grpc.ServiceDesc for Meta service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -160,6 +198,10 @@ var Meta_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AllocateRevisions",
 			Handler:    _Meta_AllocateRevisions_Handler,
+		},
+		{
+			MethodName: "Lease",
+			Handler:    _Meta_Lease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -82,7 +82,7 @@ func (x DataResult_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DataResult_Code.Descriptor instead.
 func (DataResult_Code) EnumDescriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{3, 0}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4, 0}
 }
 
 // DataCommand is one entry of a data shard's Raft log.
@@ -98,6 +98,7 @@ type DataCommand struct {
 	//	*DataCommand_Txn
 	//	*DataCommand_Compact
 	//	*DataCommand_Tick
+	//	*DataCommand_RevokeLease
 	Op            isDataCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -174,6 +175,15 @@ func (x *DataCommand) GetTick() *Tick {
 	return nil
 }
 
+func (x *DataCommand) GetRevokeLease() *RevokeLease {
+	if x != nil {
+		if x, ok := x.Op.(*DataCommand_RevokeLease); ok {
+			return x.RevokeLease
+		}
+	}
+	return nil
+}
+
 type isDataCommand_Op interface {
 	isDataCommand_Op()
 }
@@ -193,11 +203,63 @@ type DataCommand_Tick struct {
 	Tick *Tick `protobuf:"bytes,4,opt,name=tick,proto3,oneof"`
 }
 
+type DataCommand_RevokeLease struct {
+	RevokeLease *RevokeLease `protobuf:"bytes,5,opt,name=revoke_lease,json=revokeLease,proto3,oneof"`
+}
+
 func (*DataCommand_Txn) isDataCommand_Op() {}
 
 func (*DataCommand_Compact) isDataCommand_Op() {}
 
 func (*DataCommand_Tick) isDataCommand_Op() {}
+
+func (*DataCommand_RevokeLease) isDataCommand_Op() {}
+
+// RevokeLease deletes every key of the shard attached to the lease, at the
+// entry's revision (one revision per shard, as the design says).
+type RevokeLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId       int64                  `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLease) Reset() {
+	*x = RevokeLease{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLease) ProtoMessage() {}
+
+func (x *RevokeLease) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLease.ProtoReflect.Descriptor instead.
+func (*RevokeLease) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RevokeLease) GetLeaseId() int64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
 
 // Compact drops history below revision.
 type Compact struct {
@@ -209,7 +271,7 @@ type Compact struct {
 
 func (x *Compact) Reset() {
 	*x = Compact{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[1]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +283,7 @@ func (x *Compact) String() string {
 func (*Compact) ProtoMessage() {}
 
 func (x *Compact) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[1]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +296,7 @@ func (x *Compact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compact.ProtoReflect.Descriptor instead.
 func (*Compact) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{1}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Compact) GetRevision() int64 {
@@ -253,7 +315,7 @@ type Tick struct {
 
 func (x *Tick) Reset() {
 	*x = Tick{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +327,7 @@ func (x *Tick) String() string {
 func (*Tick) ProtoMessage() {}
 
 func (x *Tick) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +340,7 @@ func (x *Tick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tick.ProtoReflect.Descriptor instead.
 func (*Tick) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{2}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{3}
 }
 
 // DataResult is the state machine's answer to one DataCommand.
@@ -296,7 +358,7 @@ type DataResult struct {
 
 func (x *DataResult) Reset() {
 	*x = DataResult{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +370,7 @@ func (x *DataResult) String() string {
 func (*DataResult) ProtoMessage() {}
 
 func (x *DataResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +383,7 @@ func (x *DataResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataResult.ProtoReflect.Descriptor instead.
 func (*DataResult) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{3}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DataResult) GetCode() DataResult_Code {
@@ -359,6 +421,8 @@ type MetaCommand struct {
 	//
 	//	*MetaCommand_ExtendTso
 	//	*MetaCommand_RegisterStore
+	//	*MetaCommand_GrantLease
+	//	*MetaCommand_DropLease
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -366,7 +430,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +442,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +455,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -419,6 +483,24 @@ func (x *MetaCommand) GetRegisterStore() *RegisterStore {
 	return nil
 }
 
+func (x *MetaCommand) GetGrantLease() *GrantLease {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_GrantLease); ok {
+			return x.GrantLease
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetDropLease() *DropLease {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_DropLease); ok {
+			return x.DropLease
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -431,9 +513,120 @@ type MetaCommand_RegisterStore struct {
 	RegisterStore *RegisterStore `protobuf:"bytes,2,opt,name=register_store,json=registerStore,proto3,oneof"`
 }
 
+type MetaCommand_GrantLease struct {
+	GrantLease *GrantLease `protobuf:"bytes,3,opt,name=grant_lease,json=grantLease,proto3,oneof"`
+}
+
+type MetaCommand_DropLease struct {
+	DropLease *DropLease `protobuf:"bytes,4,opt,name=drop_lease,json=dropLease,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
+
+func (*MetaCommand_GrantLease) isMetaCommand_Op() {}
+
+func (*MetaCommand_DropLease) isMetaCommand_Op() {}
+
+// GrantLease creates a lease. id 0 asks the state machine to choose one
+// (the result's value is the ID; 0 means the ID was taken).
+type GrantLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl           int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantLease) Reset() {
+	*x = GrantLease{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantLease) ProtoMessage() {}
+
+func (x *GrantLease) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
+func (*GrantLease) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GrantLease) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *GrantLease) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+// DropLease forgets a lease once its keys were deleted from every shard.
+type DropLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropLease) Reset() {
+	*x = DropLease{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropLease) ProtoMessage() {}
+
+func (x *DropLease) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropLease.ProtoReflect.Descriptor instead.
+func (*DropLease) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DropLease) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
 
 // ExtendTSO persists a new high-water mark of the revision oracle: no
 // revision at or above limit has been handed out.
@@ -446,7 +639,7 @@ type ExtendTSO struct {
 
 func (x *ExtendTSO) Reset() {
 	*x = ExtendTSO{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +651,7 @@ func (x *ExtendTSO) String() string {
 func (*ExtendTSO) ProtoMessage() {}
 
 func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +664,7 @@ func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendTSO.ProtoReflect.Descriptor instead.
 func (*ExtendTSO) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{5}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExtendTSO) GetLimit() int64 {
@@ -493,7 +686,7 @@ type RegisterStore struct {
 
 func (x *RegisterStore) Reset() {
 	*x = RegisterStore{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +698,7 @@ func (x *RegisterStore) String() string {
 func (*RegisterStore) ProtoMessage() {}
 
 func (x *RegisterStore) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +711,7 @@ func (x *RegisterStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterStore.ProtoReflect.Descriptor instead.
 func (*RegisterStore) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterStore) GetStoreId() uint64 {
@@ -546,13 +739,16 @@ var File_tessera_raftcmd_v1_raftcmd_proto protoreflect.FileDescriptor
 
 const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\n" +
-	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\"\xac\x01\n" +
+	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\"\xf2\x01\n" +
 	"\vDataCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x03txn\x18\x02 \x01(\fH\x00R\x03txn\x127\n" +
 	"\acompact\x18\x03 \x01(\v2\x1b.tessera.raftcmd.v1.CompactH\x00R\acompact\x12.\n" +
-	"\x04tick\x18\x04 \x01(\v2\x18.tessera.raftcmd.v1.TickH\x00R\x04tickB\x04\n" +
-	"\x02op\"%\n" +
+	"\x04tick\x18\x04 \x01(\v2\x18.tessera.raftcmd.v1.TickH\x00R\x04tick\x12D\n" +
+	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLeaseB\x04\n" +
+	"\x02op\"(\n" +
+	"\vRevokeLease\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"%\n" +
 	"\aCompact\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\x06\n" +
 	"\x04Tick\"\xb9\x02\n" +
@@ -569,12 +765,22 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x14CODE_FUTURE_REVISION\x10\x03\x12\x16\n" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
-	"\fCODE_INVALID\x10\x06\"\x9f\x01\n" +
+	"\fCODE_INVALID\x10\x06\"\xa2\x02\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
-	"\x0eregister_store\x18\x02 \x01(\v2!.tessera.raftcmd.v1.RegisterStoreH\x00R\rregisterStoreB\x04\n" +
-	"\x02op\"!\n" +
+	"\x0eregister_store\x18\x02 \x01(\v2!.tessera.raftcmd.v1.RegisterStoreH\x00R\rregisterStore\x12A\n" +
+	"\vgrant_lease\x18\x03 \x01(\v2\x1e.tessera.raftcmd.v1.GrantLeaseH\x00R\n" +
+	"grantLease\x12>\n" +
+	"\n" +
+	"drop_lease\x18\x04 \x01(\v2\x1d.tessera.raftcmd.v1.DropLeaseH\x00R\tdropLeaseB\x04\n" +
+	"\x02op\".\n" +
+	"\n" +
+	"GrantLease\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x1b\n" +
+	"\tDropLease\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"!\n" +
 	"\tExtendTSO\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x03R\x05limit\"n\n" +
 	"\rRegisterStore\x12\x19\n" +
@@ -596,28 +802,34 @@ func file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP() []byte {
 }
 
 var file_tessera_raftcmd_v1_raftcmd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
 	(DataResult_Code)(0),  // 0: tessera.raftcmd.v1.DataResult.Code
 	(*DataCommand)(nil),   // 1: tessera.raftcmd.v1.DataCommand
-	(*Compact)(nil),       // 2: tessera.raftcmd.v1.Compact
-	(*Tick)(nil),          // 3: tessera.raftcmd.v1.Tick
-	(*DataResult)(nil),    // 4: tessera.raftcmd.v1.DataResult
-	(*MetaCommand)(nil),   // 5: tessera.raftcmd.v1.MetaCommand
-	(*ExtendTSO)(nil),     // 6: tessera.raftcmd.v1.ExtendTSO
-	(*RegisterStore)(nil), // 7: tessera.raftcmd.v1.RegisterStore
+	(*RevokeLease)(nil),   // 2: tessera.raftcmd.v1.RevokeLease
+	(*Compact)(nil),       // 3: tessera.raftcmd.v1.Compact
+	(*Tick)(nil),          // 4: tessera.raftcmd.v1.Tick
+	(*DataResult)(nil),    // 5: tessera.raftcmd.v1.DataResult
+	(*MetaCommand)(nil),   // 6: tessera.raftcmd.v1.MetaCommand
+	(*GrantLease)(nil),    // 7: tessera.raftcmd.v1.GrantLease
+	(*DropLease)(nil),     // 8: tessera.raftcmd.v1.DropLease
+	(*ExtendTSO)(nil),     // 9: tessera.raftcmd.v1.ExtendTSO
+	(*RegisterStore)(nil), // 10: tessera.raftcmd.v1.RegisterStore
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
-	2, // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
-	3, // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
-	0, // 2: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
-	6, // 3: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
-	7, // 4: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
+	4,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
+	2,  // 2: tessera.raftcmd.v1.DataCommand.revoke_lease:type_name -> tessera.raftcmd.v1.RevokeLease
+	0,  // 3: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
+	9,  // 4: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
+	10, // 5: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
+	7,  // 6: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
+	8,  // 7: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -629,10 +841,13 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*DataCommand_Txn)(nil),
 		(*DataCommand_Compact)(nil),
 		(*DataCommand_Tick)(nil),
+		(*DataCommand_RevokeLease)(nil),
 	}
-	file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4].OneofWrappers = []any{
+	file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5].OneofWrappers = []any{
 		(*MetaCommand_ExtendTso)(nil),
 		(*MetaCommand_RegisterStore)(nil),
+		(*MetaCommand_GrantLease)(nil),
+		(*MetaCommand_DropLease)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -640,7 +855,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc), len(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -827,6 +827,207 @@ func (x *ChangesResponse) GetCompacted() bool {
 	return false
 }
 
+type RevokeLeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	LeaseId       int64                  `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLeaseRequest) Reset() {
+	*x = RevokeLeaseRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLeaseRequest) ProtoMessage() {}
+
+func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RevokeLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeLeaseRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *RevokeLeaseRequest) GetLeaseId() int64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+type RevokeLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision of the deletion (0 when the shard had no key of the lease).
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Deleted       int64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLeaseResponse) Reset() {
+	*x = RevokeLeaseResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLeaseResponse) ProtoMessage() {}
+
+func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RevokeLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeLeaseResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RevokeLeaseResponse) GetDeleted() int64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+type LeaseKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	LeaseId       int64                  `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeysRequest) Reset() {
+	*x = LeaseKeysRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeysRequest) ProtoMessage() {}
+
+func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeysRequest.ProtoReflect.Descriptor instead.
+func (*LeaseKeysRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *LeaseKeysRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *LeaseKeysRequest) GetLeaseId() int64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+type LeaseKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeysResponse) Reset() {
+	*x = LeaseKeysResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeysResponse) ProtoMessage() {}
+
+func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeysResponse.ProtoReflect.Descriptor instead.
+func (*LeaseKeysResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LeaseKeysResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -888,13 +1089,26 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x18.tessera.shard.v1.ChangeR\achanges\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
-	"\tcompacted\x18\x04 \x01(\bR\tcompacted2\x84\x03\n" +
+	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"J\n" +
+	"\x12RevokeLeaseRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x19\n" +
+	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"K\n" +
+	"\x13RevokeLeaseResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\x03R\adeleted\"H\n" +
+	"\x10LeaseKeysRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x19\n" +
+	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"'\n" +
+	"\x11LeaseKeysResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys2\xb6\x04\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
 	"\aCompact\x12 .tessera.shard.v1.CompactRequest\x1a!.tessera.shard.v1.CompactResponse\x12K\n" +
 	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponse\x12P\n" +
-	"\aChanges\x12 .tessera.shard.v1.ChangesRequest\x1a!.tessera.shard.v1.ChangesResponse0\x01B-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
+	"\aChanges\x12 .tessera.shard.v1.ChangesRequest\x1a!.tessera.shard.v1.ChangesResponse0\x01\x12Z\n" +
+	"\vRevokeLease\x12$.tessera.shard.v1.RevokeLeaseRequest\x1a%.tessera.shard.v1.RevokeLeaseResponse\x12T\n" +
+	"\tLeaseKeys\x12\".tessera.shard.v1.LeaseKeysRequest\x1a#.tessera.shard.v1.LeaseKeysResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
 
 var (
 	file_tessera_shard_v1_shard_proto_rawDescOnce sync.Once
@@ -908,7 +1122,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -923,23 +1137,31 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*ChangesRequest)(nil),         // 10: tessera.shard.v1.ChangesRequest
 	(*Change)(nil),                 // 11: tessera.shard.v1.Change
 	(*ChangesResponse)(nil),        // 12: tessera.shard.v1.ChangesResponse
-	(*metapb.ShardDescriptor)(nil), // 13: tessera.meta.v1.ShardDescriptor
+	(*RevokeLeaseRequest)(nil),     // 13: tessera.shard.v1.RevokeLeaseRequest
+	(*RevokeLeaseResponse)(nil),    // 14: tessera.shard.v1.RevokeLeaseResponse
+	(*LeaseKeysRequest)(nil),       // 15: tessera.shard.v1.LeaseKeysRequest
+	(*LeaseKeysResponse)(nil),      // 16: tessera.shard.v1.LeaseKeysResponse
+	(*metapb.ShardDescriptor)(nil), // 17: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	13, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	17, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 1: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
 	0,  // 2: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
 	2,  // 3: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
 	4,  // 4: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
 	6,  // 5: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
 	10, // 6: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
-	1,  // 7: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 8: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 9: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 10: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 11: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
+	13, // 7: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
+	15, // 8: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
+	1,  // 9: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	3,  // 10: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 11: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 12: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 13: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 14: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 15: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	9,  // [9:16] is the sub-list for method output_type
+	2,  // [2:9] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -956,7 +1178,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

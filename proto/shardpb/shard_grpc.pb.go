@@ -21,11 +21,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Shard_Range_FullMethodName   = "/tessera.shard.v1.Shard/Range"
-	Shard_Txn_FullMethodName     = "/tessera.shard.v1.Shard/Txn"
-	Shard_Compact_FullMethodName = "/tessera.shard.v1.Shard/Compact"
-	Shard_Status_FullMethodName  = "/tessera.shard.v1.Shard/Status"
-	Shard_Changes_FullMethodName = "/tessera.shard.v1.Shard/Changes"
+	Shard_Range_FullMethodName       = "/tessera.shard.v1.Shard/Range"
+	Shard_Txn_FullMethodName         = "/tessera.shard.v1.Shard/Txn"
+	Shard_Compact_FullMethodName     = "/tessera.shard.v1.Shard/Compact"
+	Shard_Status_FullMethodName      = "/tessera.shard.v1.Shard/Status"
+	Shard_Changes_FullMethodName     = "/tessera.shard.v1.Shard/Changes"
+	Shard_RevokeLease_FullMethodName = "/tessera.shard.v1.Shard/RevokeLease"
+	Shard_LeaseKeys_FullMethodName   = "/tessera.shard.v1.Shard/LeaseKeys"
 )
 
 // ShardClient is the client API for Shard service.
@@ -40,6 +42,10 @@ type ShardClient interface {
 	// with periodic progress (closed_revision). Any replica serves it from its
 	// own applied state; followers keep the load off the leader.
 	Changes(ctx context.Context, in *ChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChangesResponse], error)
+	// RevokeLease deletes the shard's keys attached to a lease (leader only).
+	RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error)
+	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
+	LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error)
 }
 
 type shardClient struct {
@@ -109,6 +115,26 @@ func (c *shardClient) Changes(ctx context.Context, in *ChangesRequest, opts ...g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shard_ChangesClient = grpc.ServerStreamingClient[ChangesResponse]
 
+func (c *shardClient) RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeLeaseResponse)
+	err := c.cc.Invoke(ctx, Shard_RevokeLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardClient) LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseKeysResponse)
+	err := c.cc.Invoke(ctx, Shard_LeaseKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShardServer is the server API for Shard service.
 // All implementations must embed UnimplementedShardServer
 // for forward compatibility.
@@ -121,6 +147,10 @@ type ShardServer interface {
 	// with periodic progress (closed_revision). Any replica serves it from its
 	// own applied state; followers keep the load off the leader.
 	Changes(*ChangesRequest, grpc.ServerStreamingServer[ChangesResponse]) error
+	// RevokeLease deletes the shard's keys attached to a lease (leader only).
+	RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error)
+	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
+	LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error)
 	mustEmbedUnimplementedShardServer()
 }
 
@@ -145,6 +175,12 @@ func (UnimplementedShardServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedShardServer) Changes(*ChangesRequest, grpc.ServerStreamingServer[ChangesResponse]) error {
 	return status.Error(codes.Unimplemented, "method Changes not implemented")
+}
+func (UnimplementedShardServer) RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeLease not implemented")
+}
+func (UnimplementedShardServer) LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseKeys not implemented")
 }
 func (UnimplementedShardServer) mustEmbedUnimplementedShardServer() {}
 func (UnimplementedShardServer) testEmbeddedByValue()               {}
@@ -250,6 +286,42 @@ func _Shard_Changes_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shard_ChangesServer = grpc.ServerStreamingServer[ChangesResponse]
 
+func _Shard_RevokeLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).RevokeLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_RevokeLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).RevokeLease(ctx, req.(*RevokeLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shard_LeaseKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).LeaseKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_LeaseKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).LeaseKeys(ctx, req.(*LeaseKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shard_ServiceDesc is the grpc.ServiceDesc for Shard service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -272,6 +344,14 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Shard_Status_Handler,
+		},
+		{
+			MethodName: "RevokeLease",
+			Handler:    _Shard_RevokeLease_Handler,
+		},
+		{
+			MethodName: "LeaseKeys",
+			Handler:    _Shard_LeaseKeys_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -104,7 +104,9 @@ func Start(cfg Config) (*Gateway, error) {
 	// in wire form; every other message is ordinary protobuf.
 	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1),
 		grpc.ForceServerCodecV2(wirecodec.New()))
-	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, limits, hdr))
+	leases := etcdapi.NewLease(g.router, hdr)
+	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, leases, limits, hdr))
+	pb.RegisterLeaseServer(g.grpcSrv, leases)
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
 	for _, a := range cfg.Watchers {
 		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -169,7 +171,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		},
 	}))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler,
+		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler, gw.RegisterLeaseHandler,
 	} {
 		if err := reg(ctx, gwmux, conn); err != nil {
 			return nil, err

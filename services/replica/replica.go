@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/lessor"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
 	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
 	"github.com/tessera-kv/tessera/services/replica/internal/tso"
@@ -111,6 +113,7 @@ type Replica struct {
 	store   *mvcc.Store
 	oracle  *tso.Oracle
 	revs    *revisionRouter
+	lessor  *lessor.Lessor
 	grpcSrv *grpc.Server
 	lis     net.Listener
 
@@ -185,6 +188,10 @@ func (r *Replica) start() error {
 	}
 	r.oracle = tso.New(&metaLog{r: r}, r.cfg.TSOWindow)
 	r.revs = newRevisionRouter(r)
+	// etcd's shortest lease: 1.5 election timeouts, in whole seconds.
+	election := time.Duration(r.cfg.RTTMillisecond*r.cfg.ElectionRTT) * time.Millisecond
+	minTTL := int64(math.Ceil((election * 3 / 2).Seconds()))
+	r.lessor = lessor.New(lessor.Config{MinTTL: minTTL, Logger: r.log}, leaseStore{r: r, metaLog: &metaLog{r: r}})
 
 	boot := bootstrapState(r.cfg.Cluster)
 	initial := map[uint64]dragonboat.Target{}
@@ -259,6 +266,9 @@ func (r *Replica) StoreID() uint64 { return r.cfg.StoreID }
 func (r *Replica) Close() {
 	if r.grpcSrv != nil {
 		r.grpcSrv.Stop()
+	}
+	if r.lessor != nil {
+		r.lessor.Stop()
 	}
 	r.mu.Lock()
 	for _, ds := range r.shards {

@@ -48,6 +48,7 @@ func (h Header) fill(hdr *pb.ResponseHeader, term uint64) *pb.ResponseHeader {
 type KV struct {
 	pb.UnsafeKVServer
 	router *router.Router
+	leases *Lease
 	limits Limits
 	hdr    Header
 }
@@ -55,7 +56,9 @@ type KV struct {
 var _ pb.KVServer = (*KV)(nil)
 
 // NewKV returns the KV service.
-func NewKV(r *router.Router, l Limits, h Header) *KV { return &KV{router: r, limits: l, hdr: h} }
+func NewKV(r *router.Router, leases *Lease, l Limits, h Header) *KV {
+	return &KV{router: r, leases: leases, limits: l, hdr: h}
+}
 
 // routeEnd turns a request's range_end into the router's form.
 func routeEnd(end []byte) []byte {
@@ -233,12 +236,16 @@ func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*p
 
 // write sends a txn with writes to its shard's leader.
 func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
-	if len(reqcheck.Leases(r)) > 0 {
-		// Leases arrive with the meta shard's lessor; until then none exists.
-		return nil, rpctypes.ErrGRPCLeaseNotFound
-	}
 	if proto.Size(r) > s.limits.MaxRequestBytes {
 		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	// A key may only be attached to a live lease. (The lessor deletes a
+	// revoked lease's keys a second time later, for puts that pass this
+	// check just before a revoke.)
+	for _, id := range reqcheck.Leases(r) {
+		if err := s.leases.exists(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	shard, err := s.shardOfTxn(ctx, r, key, end)
 	if err != nil {

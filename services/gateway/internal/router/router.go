@@ -88,6 +88,26 @@ func (r *Router) All(ctx context.Context) ([]*metapb.ShardDescriptor, error) {
 // flight its outcome is unknown: the client gets etcd's "request timed out,
 // possibly due to connection lost" rather than a second application.
 func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutating bool, fn func(context.Context, shardpb.ShardClient) error) error {
+	return r.CallConn(ctx, shard, mutating, func(ctx context.Context, c grpc.ClientConnInterface) error {
+		return fn(ctx, shardpb.NewShardClient(c))
+	})
+}
+
+// CallMeta runs fn against the meta shard's leader (lease calls), with
+// Call's retry rules.
+func (r *Router) CallMeta(ctx context.Context, mutating bool, fn func(context.Context, metapb.MetaClient) error) error {
+	if r.m.MetaShard() == nil {
+		if err := r.m.Refresh(ctx, time.Time{}); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+	}
+	return r.CallConn(ctx, r.m.MetaShard(), mutating, func(ctx context.Context, c grpc.ClientConnInterface) error {
+		return fn(ctx, metapb.NewMetaClient(c))
+	})
+}
+
+// CallConn is Call for any service a store serves.
+func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mutating bool, fn func(context.Context, grpc.ClientConnInterface) error) error {
 	var lastErr error
 	for attempt := 0; attempt < 12; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -112,7 +132,7 @@ func (r *Router) Call(ctx context.Context, shard *metapb.ShardDescriptor, mutati
 			sleep(ctx, backoff(attempt))
 			continue
 		}
-		err = fn(ctx, shardpb.NewShardClient(c))
+		err = fn(ctx, c)
 		if err == nil {
 			return nil
 		}

@@ -30,6 +30,9 @@ type TxnQuery struct{ Request *pb.TxnRequest }
 // StateQuery asks Lookup for the shard state (mvcc.State).
 type StateQuery struct{}
 
+// LeaseKeysQuery asks Lookup for the keys attached to a lease ([][]byte).
+type LeaseKeysQuery struct{ Lease int64 }
+
 // StateMachine applies a data shard's log.
 type StateMachine struct {
 	store      *mvcc.Store
@@ -109,6 +112,13 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		err = s.shard.Compact(e.Index, cmd.Revision, op.Compact.Revision)
 	case *raftcmdpb.DataCommand_Tick:
 		err = s.shard.Tick(e.Index, cmd.Revision)
+	case *raftcmdpb.DataCommand_RevokeLease:
+		var n int64
+		n, err = s.shard.RevokeLease(e.Index, cmd.Revision, op.RevokeLease.LeaseId)
+		if err == nil {
+			resp = &pb.TxnResponse{Succeeded: true, Responses: []*pb.ResponseOp{{Response: &pb.ResponseOp_ResponseDeleteRange{
+				ResponseDeleteRange: &pb.DeleteRangeResponse{Deleted: n}}}}}
+		}
 	default:
 		return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_INVALID, Message: "empty command", Revision: s.shard.State().Revision}, nil
 	}
@@ -145,6 +155,8 @@ func (s *StateMachine) Lookup(q any) (any, error) {
 		return s.shard.ReadTxn(q.Request)
 	case StateQuery:
 		return s.shard.State(), nil
+	case LeaseKeysQuery:
+		return s.shard.LeaseKeys(q.Lease)
 	}
 	return nil, fmt.Errorf("datasm: unknown query %T", q)
 }

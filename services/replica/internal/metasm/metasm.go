@@ -1,5 +1,5 @@
-// Package metasm is the state machine of the meta shard: the shard map and
-// the revision oracle's high-water mark. Its state is small, so it lives in
+// Package metasm is the state machine of the meta shard: the shard map, the
+// revision oracle's high-water mark, and the leases. Its state is small, so it lives in
 // memory and is rebuilt from the Raft log and snapshots (dragonboat
 // IStateMachine); Update is deterministic.
 package metasm
@@ -61,8 +61,34 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		}
 		s.state.ShardMap.Stores = append(s.state.ShardMap.Stores, st)
 		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_GrantLease:
+		return sm.Result{Value: uint64(s.grantLocked(op.GrantLease))}, nil
+	case *raftcmdpb.MetaCommand_DropLease:
+		delete(s.state.Leases, op.DropLease.Id)
+		return sm.Result{Value: 1}, nil
 	}
 	return sm.Result{}, nil
+}
+
+// grantLocked creates a lease and returns its ID, or 0 if the requested ID
+// is taken. A server-chosen ID is the next free one from a counter kept in
+// the state, so every replica picks the same.
+func (s *StateMachine) grantLocked(g *raftcmdpb.GrantLease) int64 {
+	if s.state.Leases == nil {
+		s.state.Leases = map[int64]*metapb.Lease{}
+	}
+	id := g.Id
+	if id == 0 {
+		id = max(s.state.NextLeaseId, 1)
+		for s.state.Leases[id] != nil {
+			id++
+		}
+		s.state.NextLeaseId = id + 1
+	} else if s.state.Leases[id] != nil {
+		return 0
+	}
+	s.state.Leases[id] = &metapb.Lease{Id: id, Ttl: g.Ttl}
+	return id
 }
 
 // Lookup returns a copy of the state.

@@ -1,0 +1,73 @@
+package mvcc
+
+import (
+	"bytes"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// RevokeLease deletes every key of the shard attached to lease, as the
+// entry at Raft index index with revision rev; it returns how many keys it
+// deleted. Watches see one DELETE event per key, all at rev.
+func (sh *Shard) RevokeLease(index uint64, rev, lease int64) (int64, error) {
+	w, err := sh.newWriter(rev)
+	if err != nil {
+		return 0, err
+	}
+	keys, err := sh.leaseKeys(w.txn, lease)
+	if err != nil {
+		w.txn.Discard()
+		return 0, err
+	}
+	for _, k := range keys {
+		kv, err := sh.get(w.txn, k)
+		if err != nil {
+			w.txn.Discard()
+			return 0, err
+		}
+		if kv == nil || kv.Lease != lease {
+			continue // the index never lags the data; nothing to do
+		}
+		if err := w.txn.Delete(dataKey(k)); err != nil {
+			w.txn.Discard()
+			return 0, err
+		}
+		if err := w.txn.Delete(leaseKey(lease, k)); err != nil {
+			w.txn.Discard()
+			return 0, err
+		}
+		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: rev}, PrevKv: kv})
+	}
+	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
+		return 0, err
+	}
+	return int64(len(w.events)), nil
+}
+
+// LeaseKeys lists the shard's keys attached to lease, at the applied revision.
+func (sh *Shard) LeaseKeys(lease int64) ([][]byte, error) {
+	txn, _, _, err := sh.readTxn(0)
+	if err != nil {
+		return nil, err
+	}
+	defer txn.Discard()
+	return sh.leaseKeys(txn, lease)
+}
+
+func (sh *Shard) leaseKeys(txn *badger.Txn, lease int64) ([][]byte, error) {
+	prefix := leaseKey(lease, nil)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	var out [][]byte
+	for it.Seek(prefix); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if !bytes.HasPrefix(k, prefix) {
+			break
+		}
+		if uk := k[len(prefix):]; sh.contains(uk) {
+			out = append(out, bytes.Clone(uk))
+		}
+	}
+	return out, nil
+}
