@@ -64,6 +64,8 @@ type Config struct {
 	// SweepDelay is how long after a revoke its keys are deleted again.
 	SweepDelay time.Duration
 	Logger     *slog.Logger
+	// Now is the clock (time.Now if nil); tests set it.
+	Now func() time.Time
 }
 
 // Lessor is the lease manager of one replica process.
@@ -97,7 +99,10 @@ func New(cfg Config, store Store) *Lessor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	l := &Lessor{cfg: cfg, store: store, now: time.Now, stopc: make(chan struct{})}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := &Lessor{cfg: cfg, store: store, now: cfg.Now, stopc: make(chan struct{})}
 	l.wg.Add(1)
 	go l.run()
 	return l

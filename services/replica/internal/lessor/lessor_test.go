@@ -1,0 +1,169 @@
+package lessor
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeStore is the replicated side in memory.
+type fakeStore struct {
+	mu      sync.Mutex
+	term    uint64
+	leader  bool
+	leases  map[int64]int64
+	next    int64
+	deleted map[int64]int // DeleteKeys calls per lease
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{term: 1, leader: true, leases: map[int64]int64{}, next: 1, deleted: map[int64]int{}}
+}
+
+func (f *fakeStore) Leadership() (uint64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.term, f.leader
+}
+
+func (f *fakeStore) Leases(context.Context) (map[int64]int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[int64]int64{}
+	for k, v := range f.leases {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeStore) Grant(_ context.Context, id, ttl int64) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if id == 0 {
+		id = f.next
+		f.next++
+	} else if _, ok := f.leases[id]; ok {
+		return 0, nil
+	}
+	f.leases[id] = ttl
+	return id, nil
+}
+
+func (f *fakeStore) DeleteKeys(_ context.Context, id int64) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deleted[id]++
+	return 7, nil
+}
+
+func (f *fakeStore) Drop(_ context.Context, id int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.leases, id)
+	return nil
+}
+
+func (f *fakeStore) deletes(id int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.deleted[id]
+}
+
+// clock is a manual clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newLessor(t *testing.T, f *fakeStore) (*Lessor, *clock) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	l := New(Config{MinTTL: 2, CheckInterval: 5 * time.Millisecond, SweepDelay: 20 * time.Millisecond, Now: clk.now}, f)
+	t.Cleanup(l.Stop)
+	return l, clk
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestGrantBounds(t *testing.T) {
+	l, _ := newLessor(t, newFakeStore())
+	ctx := context.Background()
+	id, ttl, err := l.Grant(ctx, 0, 1)
+	if err != nil || id == 0 || ttl != 2 {
+		t.Fatalf("grant below the minimum: id %d ttl %d err %v", id, ttl, err)
+	}
+	if _, _, err := l.Grant(ctx, id, 10); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, _, err := l.Grant(ctx, 0, MaxTTL+1); !errors.Is(err, ErrTTLTooLarge) {
+		t.Fatalf("too large: %v", err)
+	}
+}
+
+func TestOnlyTheLeaderAnswers(t *testing.T) {
+	f := newFakeStore()
+	f.leader = false
+	l, _ := newLessor(t, f)
+	if _, _, err := l.Grant(context.Background(), 0, 10); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("grant on a follower: %v", err)
+	}
+}
+
+func TestExpiryRevokesAndKeepAliveHolds(t *testing.T) {
+	f := newFakeStore()
+	l, clk := newLessor(t, f)
+	ctx := context.Background()
+	short, _, _ := l.Grant(ctx, 0, 5)
+	kept, _, _ := l.Grant(ctx, 0, 5)
+	clk.advance(4 * time.Second)
+	if _, err := l.KeepAlive(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(2 * time.Second) // short is past its deadline, kept is not
+	waitFor(t, "the expired lease to be revoked", func() bool { return f.deletes(short) > 0 })
+	if _, _, err := l.TimeToLive(ctx, short); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired lease still known: %v", err)
+	}
+	if _, left, err := l.TimeToLive(ctx, kept); err != nil || left != 3 {
+		t.Fatalf("kept lease: %d s left, err %v; want 3", left, err)
+	}
+	// The keys of the revoked lease are deleted once more after the delay.
+	waitFor(t, "the sweep", func() bool { return f.deletes(short) == 2 })
+}
+
+// A new meta leader gives every lease its full TTL.
+func TestLeaderChangeRestoresFullTTL(t *testing.T) {
+	f := newFakeStore()
+	l, clk := newLessor(t, f)
+	ctx := context.Background()
+	id, _, _ := l.Grant(ctx, 0, 10)
+	clk.advance(8 * time.Second)
+	f.mu.Lock()
+	f.term = 2
+	f.mu.Unlock()
+	if _, left, err := l.TimeToLive(ctx, id); err != nil || left != 10 {
+		t.Fatalf("after a new term: %d s left, err %v; want 10", left, err)
+	}
+}
