@@ -12,8 +12,13 @@ build:
 	mkdir -p bin
 	$(GO) build -o bin/tessera ./cmd/tessera
 
+# test/k8s (Kubernetes' storage conformance tests) is a module outside the
+# workspace, so that Kubernetes' dependency versions stay out of the services.
+K8S_TEST = cd test/k8s && GOWORK=off $(GO)
+
 test:
 	$(GO) test -count=1 -timeout 20m $(MODULES)
+	$(K8S_TEST) test -count=1 -timeout 15m ./...
 
 test-short:
 	$(GO) test -count=1 -short -timeout 10m $(MODULES)
@@ -31,6 +36,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(MODULES)
+	$(K8S_TEST) vet ./...
 
 bench:
 	cd bench && $(GO) run . $(BENCHFLAGS)

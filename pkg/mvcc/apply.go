@@ -23,17 +23,21 @@ type writer struct {
 
 func (sh *Shard) newWriter(rev int64) (*writer, error) {
 	st := sh.State()
-	if rev <= st.Revision {
-		return nil, fmt.Errorf("%w: %d <= %d", ErrStaleRevision, rev, st.Revision)
+	if rev <= st.LastEntry {
+		return nil, fmt.Errorf("%w: %d <= %d", ErrStaleRevision, rev, st.LastEntry)
 	}
-	return &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.Revision), true), prev: st, rev: rev}, nil
+	return &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), true), prev: st, rev: rev}, nil
 }
 
 // commit persists the entry's changes, its change-log record and the new
 // state in one Badger transaction at the entry's revision.
 func (w *writer) commit(index uint64, compact int64) (State, error) {
 	defer w.txn.Discard()
-	st := State{AppliedIndex: index, Revision: w.rev, CompactRevision: compact}
+	// Only an entry that changed a key moves etcd's revision.
+	st := State{AppliedIndex: index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev}
+	if len(w.events) > 0 {
+		st.Revision = w.rev
+	}
 	if len(w.events) > 0 {
 		if err := w.txn.Set(changeKey(w.sh.id, w.rev), encodeEvents(w.events)); err != nil {
 			return State{}, err
@@ -71,11 +75,11 @@ func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnR
 			w.txn.Discard()
 			return nil, err
 		}
-		resp.Header = &pb.ResponseHeader{Revision: rev}
+		resp.Header = w.header()
 	} else {
 		// Nothing of the request is applied; only the state advances.
 		w.txn.Discard()
-		w.txn = sh.store.db.NewTransactionAt(uint64(w.prev.Revision), true)
+		w.txn = sh.store.db.NewTransactionAt(uint64(w.prev.LastEntry), true)
 		w.events = nil
 	}
 	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
@@ -487,7 +491,7 @@ func DecodeEvents(b []byte) ([]*mvccpb.Event, error) {
 // without a Raft entry (etcd serves read-only txns the same way).
 func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	st := sh.State()
-	w := &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.Revision), false), prev: st, rev: st.Revision}
+	w := &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false), prev: st, rev: st.Revision}
 	defer w.txn.Discard()
 	path, err := w.comparePath(req)
 	if err != nil {

@@ -147,13 +147,13 @@ func TestPutIgnoreOnMissingKey(t *testing.T) {
 			if resp != nil {
 				t.Errorf("response %v with ErrKeyNotFound", resp)
 			}
-			// The entry is recorded as applied and the revision advances...
+			// The entry is recorded as applied...
 			assertState(t, "after error", sh.State(), State{AppliedIndex: 6, Revision: 8})
-			// ...but no data changes, at the new revision or any other.
+			// ...but no data changes, and etcd's revision stays.
 			after := mustRange(t, sh, &pb.RangeRequest{Key: []byte("\x00"), RangeEnd: []byte("\x00")})
 			assertKVs(t, "data after error", after.Kvs, before)
-			if after.Header.GetRevision() != 8 {
-				t.Errorf("range header revision %d, want 8", after.Header.GetRevision())
+			if after.Header.GetRevision() != 5 {
+				t.Errorf("range header revision %d, want 5", after.Header.GetRevision())
 			}
 			for _, k := range []string{"missing", "new"} {
 				assertKV(t, k, get(t, sh, k, 0), nil)
@@ -286,9 +286,8 @@ func TestDeleteRange(t *testing.T) {
 			} else if len(d.PrevKvs) != 0 {
 				t.Errorf("prev_kvs %s without prev_kv", fmtKVs(d.PrevKvs))
 			}
-			// The header is the new revision if something was deleted, the
-			// previous one otherwise (etcd's DeleteRange); the txn's header
-			// and the state always carry the entry's revision.
+			// The headers carry the new revision if something was deleted,
+			// the previous one otherwise, as etcd's do.
 			wantHdr := int64(10)
 			if len(tt.deleted) == 0 {
 				wantHdr = 8
@@ -296,8 +295,11 @@ func TestDeleteRange(t *testing.T) {
 			if d.Header.GetRevision() != wantHdr {
 				t.Errorf("delete header revision %d, want %d", d.Header.GetRevision(), wantHdr)
 			}
-			if resp.Header.GetRevision() != 10 {
-				t.Errorf("txn header revision %d, want 10", resp.Header.GetRevision())
+			if resp.Header.GetRevision() != wantHdr {
+				t.Errorf("txn header revision %d, want %d", resp.Header.GetRevision(), wantHdr)
+			}
+			if sh.State().Revision != wantHdr {
+				t.Errorf("etcd revision %d, want %d", sh.State().Revision, wantHdr)
 			}
 			assertState(t, "state", sh.State(), State{AppliedIndex: 8, Revision: 10})
 			left := mustRange(t, sh, &pb.RangeRequest{Key: []byte("\x00"), RangeEnd: []byte("\x00")})
@@ -417,7 +419,7 @@ func TestTxnReadsOwnWrites(t *testing.T) {
 	assertKVs(t, "after txn", got.Kvs, []*mvccpb.KeyValue{newX, z})
 }
 
-func TestTxnReadOnlyAdvancesRevision(t *testing.T) {
+func TestTxnReadOnlyLeavesRevision(t *testing.T) {
 	_, sh, _ := newShard(t)
 	mustPut(t, sh, 2, "a", "1")
 	resp := mustTxn(t, sh, 3, &pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a")})}})
@@ -426,10 +428,13 @@ func TestTxnReadOnlyAdvancesRevision(t *testing.T) {
 	if r.Header.GetRevision() != 2 {
 		t.Errorf("range header %d, want 2 (nothing written)", r.Header.GetRevision())
 	}
-	if resp.Header.GetRevision() != 3 {
-		t.Errorf("txn header %d, want the entry's revision 3", resp.Header.GetRevision())
+	if resp.Header.GetRevision() != 2 {
+		t.Errorf("txn header %d, want 2: the txn wrote nothing", resp.Header.GetRevision())
 	}
 	assertState(t, "state", sh.State(), State{AppliedIndex: 2, Revision: 3})
+	if sh.State().Revision != 2 {
+		t.Errorf("etcd revision %d after a read-only entry, want 2", sh.State().Revision)
+	}
 	assertKV(t, "a unchanged", get(t, sh, "a", 0), kv("a", "1", 2, 2, 1, 0))
 }
 
@@ -767,8 +772,10 @@ func TestTxnRangeRevisionErrors(t *testing.T) {
 		wantErr error
 		want    *mvccpb.KeyValue
 	}{
-		{"current revision", 5, nil, kv("a", "3", 2, 4, 3, 0)},
+		// The compaction entry (5) changed no key: the current revision is 4.
+		{"current revision", 4, nil, kv("a", "3", 2, 4, 3, 0)},
 		{"compaction revision", 3, nil, kv("a", "2", 2, 3, 2, 0)},
+		{"the compaction entry's revision", 5, ErrFutureRev, nil},
 		{"future revision", 6, ErrFutureRev, nil},
 		{"far future revision", 100, ErrFutureRev, nil},
 		{"compacted revision", 2, ErrCompacted, nil},
@@ -857,11 +864,12 @@ func TestTick(t *testing.T) {
 		t.Fatalf("Tick: %v", err)
 	}
 	assertState(t, "after tick", sh.State(), State{AppliedIndex: 7, Revision: 4})
-	for _, rev := range []int64{0, 2, 3, 4} {
+	for _, rev := range []int64{0, 2} {
 		assertKV(t, fmt.Sprintf("a@%d", rev), get(t, sh, "a", rev), kv("a", "1", 2, 2, 1, 0))
 	}
-	_, err := sh.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 5})
-	assertErr(t, "read above tick", err, ErrFutureRev)
+	// A tick changes no key: etcd's revision is still 2.
+	_, err := sh.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 3})
+	assertErr(t, "read above the last change", err, ErrFutureRev)
 	mustPut(t, sh, 5, "a", "2")
 	assertKV(t, "a after tick", get(t, sh, "a", 0), kv("a", "2", 2, 5, 2, 0))
 }
@@ -931,8 +939,8 @@ func TestReadTxn(t *testing.T) {
 			if resp.Succeeded != tt.succeeded {
 				t.Errorf("succeeded %v, want %v", resp.Succeeded, tt.succeeded)
 			}
-			if resp.Header.GetRevision() != 4 {
-				t.Errorf("header revision %d, want 4", resp.Header.GetRevision())
+			if resp.Header.GetRevision() != 3 {
+				t.Errorf("header revision %d, want 3", resp.Header.GetRevision())
 			}
 			if len(resp.Responses) != len(tt.want) {
 				t.Fatalf("%d responses, want %d", len(resp.Responses), len(tt.want))
@@ -940,8 +948,8 @@ func TestReadTxn(t *testing.T) {
 			for i, w := range tt.want {
 				r := resp.Responses[i].GetResponseRange()
 				assertKVs(t, fmt.Sprintf("response %d", i), r.GetKvs(), w)
-				if r.GetHeader().GetRevision() != 4 {
-					t.Errorf("response %d header revision %d, want 4", i, r.GetHeader().GetRevision())
+				if r.GetHeader().GetRevision() != 3 {
+					t.Errorf("response %d header revision %d, want 3", i, r.GetHeader().GetRevision())
 				}
 			}
 		})

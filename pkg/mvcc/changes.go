@@ -29,7 +29,7 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, i
 	if from > st.Revision {
 		return nil, st, from, nil
 	}
-	txn := sh.store.db.NewTransactionAt(uint64(st.Revision), false)
+	txn := sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)
 	defer txn.Discard()
 	prefix := changePrefix(sh.id)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})

@@ -51,7 +51,7 @@ func TestCompactDropsLargeChangeLog(t *testing.T) {
 	if first := int64(binary.BigEndian.Uint64(it.Item().Key()[9:])); first != compact {
 		t.Fatalf("oldest change record at %d, want %d", first, compact)
 	}
-	if st := sh.State(); st.CompactRevision != compact || st.Revision != writes+2 {
+	if st := sh.State(); st.CompactRevision != compact || st.LastEntry != writes+2 || st.Revision != writes+1 {
 		t.Fatalf("state %+v", st)
 	}
 }

@@ -40,7 +40,7 @@ func TestCompactReads(t *testing.T) {
 		wantErr error
 	}{
 		{rev: 0, want: latest},
-		{rev: 7, want: latest},
+		{rev: 7, wantErr: ErrFutureRev}, // the compaction entry changed no key: current is 6
 		{rev: 6, want: latest},
 		{rev: 5, want: []*mvccpb.KeyValue{kv("a", "a5", 2, 5, 4, 0), kv("c", "c5", 5, 5, 1, 0)}},
 		{rev: 4, want: []*mvccpb.KeyValue{kv("a", "a4", 2, 4, 3, 0)}}, // at the compaction revision
@@ -61,8 +61,8 @@ func TestCompactReads(t *testing.T) {
 				if tt.wantErr != nil || err != nil {
 					continue
 				}
-				if resp.Header.GetRevision() != 7 {
-					t.Errorf("header revision %d, want 7", resp.Header.GetRevision())
+				if resp.Header.GetRevision() != 6 {
+					t.Errorf("header revision %d, want 6", resp.Header.GetRevision())
 				}
 				switch {
 				case req.CountOnly:
@@ -104,20 +104,26 @@ func TestCompactErrors(t *testing.T) {
 		{"future revision", 11, 11, ErrFutureRev, 4},
 		{"far future revision", 12, 100, ErrFutureRev, 4},
 		{"forward", 13, 5, nil, 5},
-		{"up to the current revision", 14, 13, nil, 13},
-		{"the entry's own revision is in the future", 15, 15, ErrFutureRev, 13},
+		// Compactions change no key: etcd's current revision stays 6.
+		{"up to the current revision", 14, 6, nil, 6},
+		{"the entry's own revision is in the future", 15, 15, ErrFutureRev, 6},
 	}
 	for i, s := range steps {
 		index := uint64(6 + i)
 		err := sh.Compact(index, s.rev, s.compact)
 		assertErr(t, s.name, err, s.wantErr)
-		// Failed or not, the entry is applied and the revision advances.
+		// Failed or not, the entry is applied; etcd's revision does not move.
 		assertState(t, s.name, sh.State(), State{AppliedIndex: index, Revision: s.rev, CompactRevision: s.wantCompact})
+		if sh.State().Revision != 6 {
+			t.Errorf("%s: etcd revision %d, want 6", s.name, sh.State().Revision)
+		}
 	}
-	_, err := sh.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 12})
+	_, err := sh.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 5})
 	assertErr(t, "read below final compaction", err, ErrCompacted)
-	assertKV(t, "read at final compaction", get(t, sh, "a", 13), kv("a", "a6", 2, 6, 5, 0))
-	assertKV(t, "read at current", get(t, sh, "a", 15), kv("a", "a6", 2, 6, 5, 0))
+	_, err = sh.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 7})
+	assertErr(t, "read above the current revision", err, ErrFutureRev)
+	assertKV(t, "read at final compaction", get(t, sh, "a", 6), kv("a", "a6", 2, 6, 5, 0))
+	assertKV(t, "read at current", get(t, sh, "a", 0), kv("a", "a6", 2, 6, 5, 0))
 }
 
 func TestReopenKeepsDataAndState(t *testing.T) {

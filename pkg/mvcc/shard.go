@@ -21,30 +21,42 @@ const InitialRevision = 1
 type State struct {
 	// AppliedIndex is the Raft index of the last applied entry.
 	AppliedIndex uint64
-	// Revision is the revision of the last applied entry: every entry of
-	// this shard carries a larger one. Reads without a revision read here.
+	// Revision is etcd's current revision: that of the last entry that
+	// changed a key. Reads without a revision read here, and headers carry
+	// it. Entries that change no key (a failed compare, a compaction, an
+	// empty delete) leave it alone, as etcd does.
 	Revision int64
 	// CompactRevision: history below it is gone.
 	CompactRevision int64
+	// LastEntry is the revision of the last applied entry, whether or not it
+	// changed a key: every entry of this shard carries a larger one, and it
+	// is the Badger version the state was last written at.
+	LastEntry int64
 }
 
 func (s State) encode() []byte {
-	b := make([]byte, 24)
+	b := make([]byte, 32)
 	binary.BigEndian.PutUint64(b[0:], s.AppliedIndex)
 	binary.BigEndian.PutUint64(b[8:], uint64(s.Revision))
 	binary.BigEndian.PutUint64(b[16:], uint64(s.CompactRevision))
+	binary.BigEndian.PutUint64(b[24:], uint64(s.LastEntry))
 	return b
 }
 
 func decodeState(b []byte) (State, error) {
-	if len(b) != 24 {
+	if len(b) != 24 && len(b) != 32 {
 		return State{}, fmt.Errorf("mvcc: shard state of %d bytes", len(b))
 	}
-	return State{
+	st := State{
 		AppliedIndex:    binary.BigEndian.Uint64(b[0:]),
 		Revision:        int64(binary.BigEndian.Uint64(b[8:])),
 		CompactRevision: int64(binary.BigEndian.Uint64(b[16:])),
-	}, nil
+	}
+	st.LastEntry = st.Revision // the 24-byte form predates LastEntry: they were equal
+	if len(b) == 32 {
+		st.LastEntry = int64(binary.BigEndian.Uint64(b[24:]))
+	}
+	return st, nil
 }
 
 // Shard is one shard's view of the store: the user keys in [start, end)
@@ -81,7 +93,7 @@ func (sh *Shard) loadState() (State, error) {
 	defer txn.Discard()
 	item, err := txn.Get(stateKey(sh.id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return State{Revision: InitialRevision}, nil
+		return State{Revision: InitialRevision, LastEntry: InitialRevision}, nil
 	}
 	if err != nil {
 		return State{}, fmt.Errorf("mvcc: load shard %d state: %w", sh.id, err)

@@ -15,7 +15,7 @@ import (
 // shard (data keys in its range, its change log) in key order, newest
 // version first, then an empty key as terminator. Badger's Stream/Backup is
 // not used: it stops at the newest tombstone and is unsorted.
-var snapshotMagic = []byte("TESSERA-SHARD-SNAP-1")
+var snapshotMagic = []byte("TESSERA-SHARD-SNAP-2")
 
 // Snapshot is a consistent view of a shard taken between two applied entries.
 type Snapshot struct {
@@ -29,7 +29,7 @@ type Snapshot struct {
 // later applies.
 func (sh *Shard) PrepareSnapshot() *Snapshot {
 	st := sh.State()
-	return &Snapshot{sh: sh, state: st, txn: sh.store.db.NewTransactionAt(uint64(st.Revision), false)}
+	return &Snapshot{sh: sh, state: st, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}
 }
 
 // State is the shard state the snapshot holds.
@@ -115,7 +115,7 @@ func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
 	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
 		return fmt.Errorf("mvcc: not a shard snapshot")
 	}
-	hdr := make([]byte, 8+24)
+	hdr := make([]byte, 8+32)
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return fmt.Errorf("mvcc: snapshot header: %w", err)
 	}
@@ -177,7 +177,7 @@ func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
 			return err
 		}
 	}
-	if err := wb.SetEntryAt(badger.NewEntry(stateKey(sh.id), st.encode()), uint64(st.Revision)); err != nil {
+	if err := wb.SetEntryAt(badger.NewEntry(stateKey(sh.id), st.encode()), uint64(st.LastEntry)); err != nil {
 		return err
 	}
 	if err := wb.Flush(); err != nil {

@@ -51,7 +51,7 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 	}
 	heartbeat := time.NewTicker(feedHeartbeat)
 	defer heartbeat.Stop()
-	lastClosed := int64(-1)
+	lastClosed, lastCompact := int64(-1), int64(-1)
 	for {
 		// Take the wake-up channel before reading, so a commit between the
 		// read and the wait is not missed.
@@ -83,11 +83,12 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 			closed = req.EndRevision
 		}
 		resp.ClosedRevision, resp.CompactRevision = closed, st.CompactRevision
-		if len(resp.Changes) > 0 || closed != lastClosed || done {
+		// A compaction changes no key but the subscriber must learn of it.
+		if len(resp.Changes) > 0 || closed != lastClosed || st.CompactRevision != lastCompact || done {
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
-			lastClosed = closed
+			lastClosed, lastCompact = closed, st.CompactRevision
 		}
 		if done {
 			return nil

@@ -167,6 +167,13 @@ func (c *Cache) Close() {
 	c.wg.Wait()
 }
 
+// compactedRev is the highest compaction revision the feeds reported.
+func (c *Cache) compactedRev() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.compacted
+}
+
 // Config is the configuration in force (defaults filled in).
 func (c *Cache) Config() Config { return c.cfg }
 
@@ -333,8 +340,9 @@ func (c *Cache) deliverLocked(batch []entry, prev int64) {
 		// forms in wire form for the watches that take them unchanged.
 		var stripped []*mvccpb.Event
 		var encoded [2][]byte
+		withPrev := etcdPrevKVs(matched, c.mu.compacted)
 		for w := range g.watches {
-			evs, form := matched, 1
+			evs, form := withPrev, 1
 			if !w.prevKV {
 				if stripped == nil {
 					stripped = withoutPrevKV(matched)
@@ -362,6 +370,27 @@ func (c *Cache) deliverLocked(batch []entry, prev int64) {
 			w.sentEvents()
 		}
 	}
+}
+
+// etcdPrevKVs drops prev_kv where etcd would have none: etcd reads the
+// previous version at mod_revision-1, which is gone below the compaction
+// revision (the change log still has it; clients such as kube-apiserver
+// rely on etcd's answer).
+func etcdPrevKVs(evs []*mvccpb.Event, compacted int64) []*mvccpb.Event {
+	var out []*mvccpb.Event
+	for i, ev := range evs {
+		if ev.PrevKv == nil || ev.Kv.ModRevision-1 >= compacted {
+			continue
+		}
+		if out == nil {
+			out = append([]*mvccpb.Event(nil), evs...)
+		}
+		out[i] = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+	}
+	if out == nil {
+		return evs
+	}
+	return out
 }
 
 func withoutPrevKV(evs []*mvccpb.Event) []*mvccpb.Event {

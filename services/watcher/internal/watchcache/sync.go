@@ -61,7 +61,9 @@ func (c *Cache) catchUpLocked(w *watch) {
 			}
 		}
 	}
-	if !w.prevKV {
+	if w.prevKV {
+		evs = etcdPrevKVs(evs, c.mu.compacted)
+	} else {
 		evs = withoutPrevKV(evs)
 	}
 	evs = w.filter(evs)
@@ -87,7 +89,9 @@ func (c *Cache) catchUpLocked(w *watch) {
 func (c *Cache) fetch(w *watch, from, to int64) {
 	next := from
 	err := c.src.History(w.ctx, w.key, w.end, from, to, func(rev int64, evs []*mvccpb.Event) error {
-		if !w.prevKV {
+		if w.prevKV {
+			evs = etcdPrevKVs(evs, c.compactedRev())
+		} else {
 			evs = withoutPrevKV(evs)
 		}
 		evs = w.filter(evs)
