@@ -262,6 +262,32 @@ func runKVSuite(t *testing.T, c *testcluster.Cluster) {
 		}
 	})
 
+	t.Run("writes-that-change-nothing-keep-the-revision", func(t *testing.T) {
+		cur := mustPut(t, cli, "/same/k", "v").Header.Revision
+		failed, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("/same/k"), "=", "other")).
+			Then(clientv3.OpPut("/same/k", "x")).Commit()
+		if err != nil || failed.Succeeded || failed.Header.Revision != cur {
+			t.Fatalf("failed compare: %+v %v; want header revision %d", failed, err, cur)
+		}
+		del, err := cli.Delete(ctx, "/same/none")
+		if err != nil || del.Deleted != 0 || del.Header.Revision != cur {
+			t.Fatalf("empty delete: %+v %v", del, err)
+		}
+		if _, err := cli.Compact(ctx, cur); err != nil {
+			t.Fatal(err)
+		}
+		got, err := cli.Get(ctx, "/same/k")
+		if err != nil || got.Header.Revision != cur {
+			t.Fatalf("after a failed compare, an empty delete and a compaction: revision %d, want %d (%v)", got.Header.Revision, cur, err)
+		}
+		if _, err := cli.Get(ctx, "/same/k", clientv3.WithRev(cur+1)); !errors.Is(err, rpctypes.ErrFutureRev) {
+			t.Fatalf("read above the current revision: %v", err)
+		}
+		if next := mustPut(t, cli, "/same/k", "w").Header.Revision; next <= cur {
+			t.Fatalf("next write at %d, not above %d", next, cur)
+		}
+	})
+
 	t.Run("txn-errors", func(t *testing.T) {
 		before, _ := cli.Get(ctx, "/t/k")
 		_, err := cli.Txn(ctx).Then(clientv3.OpPut("/t/k", "a"), clientv3.OpPut("/t/k", "b")).Commit()
