@@ -190,3 +190,39 @@ func TestEtcdctlWatch(t *testing.T) {
 	p := startProc(t, "etcdctl-watch-progress", etcdctlBin, "--endpoints="+ep, "watch", "/ew/", "--prefix", "--progress-notify")
 	p.waitOutput("progress notify: ", 15*time.Second)
 }
+
+// TestEtcdctlLease: grant, attach, time-to-live with keys, keep-alive,
+// list, revoke (the key goes) with the real etcdctl.
+func TestEtcdctlLease(t *testing.T) {
+	d := newDevNode(t)
+	d.start(t)
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runCtl(t, d.endpoint(), "", args...)
+		if code != 0 {
+			t.Fatalf("etcdctl %v: exit %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	out := ctl("lease", "grant", "60")
+	var id string
+	if _, err := fmt.Sscanf(out, "lease %s granted with TTL(60s)", &id); err != nil {
+		t.Fatalf("lease grant: %q (%v)", out, err)
+	}
+	ctl("put", "/el/k", "v", "--lease="+id)
+	if out := ctl("lease", "timetolive", id, "--keys"); !strings.Contains(out, "granted with TTL(60s)") || !strings.Contains(out, "attached keys([/el/k])") {
+		t.Errorf("timetolive: %q", out)
+	}
+	if out := ctl("lease", "keep-alive", "--once", id); !strings.Contains(out, "keepalived with TTL(60)") {
+		t.Errorf("keep-alive: %q", out)
+	}
+	if out := ctl("lease", "list"); !strings.Contains(out, id) {
+		t.Errorf("lease list: %q", out)
+	}
+	if out := ctl("lease", "revoke", id); !strings.Contains(out, "revoked") {
+		t.Errorf("revoke: %q", out)
+	}
+	if out := ctl("get", "/el/k"); out != "" {
+		t.Errorf("key of a revoked lease: %q", out)
+	}
+}
