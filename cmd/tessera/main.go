@@ -87,6 +87,7 @@ func runDev(args []string, log *slog.Logger) error {
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
+	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	fs.Parse(args)
 
 	cfg := replica.DefaultConfig()
@@ -95,6 +96,7 @@ func runDev(args []string, log *slog.Logger) error {
 	cfg.RaftAddress = *raftAddr
 	cfg.APIAddress = *apiAddr
 	cfg.Cluster = []replica.Member{{ID: 1, RaftAddress: *raftAddr, APIAddress: *apiAddr}}
+	cfg.QuotaBytes = *quota
 	// One voter: elections need not wait for peers.
 	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
 	cfg.Logger = log.With("tier", "replica")
@@ -148,6 +150,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	apiAddr := fs.String("api-address", "", "internal API address host:port")
 	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR,...")
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
+	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	fs.Parse(args)
 	members, err := parseCluster(*cluster)
 	if err != nil {
@@ -155,7 +158,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	cfg := replica.DefaultConfig()
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
-	cfg.RTTMillisecond = *rtt
+	cfg.RTTMillisecond, cfg.QuotaBytes = *rtt, *quota
 	cfg.Logger = log.With("tier", "replica")
 	r, err := replica.Start(cfg)
 	if err != nil {
@@ -169,6 +172,7 @@ func runReplica(args []string, log *slog.Logger) error {
 func runGateway(args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	clientURLs := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve the etcd API on")
+	advertise := fs.String("advertise-client-urls", "", "comma-separated URLs clients are told to use (member list); the listen URLs if empty")
 	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
 	watchers := fs.String("watchers", "", "comma-separated API addresses of watchers")
 	name := fs.String("name", "gateway", "member name")
@@ -176,7 +180,8 @@ func runGateway(args []string, log *slog.Logger) error {
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
 	fs.Parse(args)
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: splitList(*replicas), Watchers: splitList(*watchers),
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
+		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
 		ClusterName: *clusterName, Name: *name, MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err

@@ -19,8 +19,10 @@ package mvcc
 import (
 	"encoding/binary"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -55,7 +57,8 @@ func DefaultOptions() Options {
 
 // Store is one replica process's Badger DB.
 type Store struct {
-	db *badger.DB
+	db  *badger.DB
+	dir string
 
 	mu struct {
 		sync.Mutex
@@ -80,7 +83,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mvcc: open %s: %w", dir, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, dir: dir}
 	s.mu.compacted = map[uint64]int64{}
 	if err := s.loadCompacted(); err != nil {
 		db.Close()
@@ -95,10 +98,19 @@ func (s *Store) Close() error { return s.db.Close() }
 // Sync flushes Badger's write-ahead files to disk.
 func (s *Store) Sync() error { return s.db.Sync() }
 
-// Size reports the on-disk size of the LSM tree and value log in bytes.
+// Size reports the disk space the store takes in bytes: every file in its
+// directory (Badger's own counters are refreshed only once a minute).
 func (s *Store) Size() int64 {
-	lsm, vlog := s.db.Size()
-	return lsm + vlog
+	var n int64
+	filepath.WalkDir(s.dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				n += allocated(info)
+			}
+		}
+		return nil // a file removed while walking is not an error here
+	})
+	return n
 }
 
 // setCompacted records a shard's compaction revision and lets Badger drop

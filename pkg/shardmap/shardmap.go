@@ -91,6 +91,23 @@ func (c *Cache) Addresses() []string {
 	return out
 }
 
+// StoreAddresses returns the API address of every known store, in store ID
+// order.
+func (c *Cache) StoreAddresses() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ids := make([]uint64, 0, len(c.mu.stores))
+	for id := range c.mu.stores {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = c.mu.stores[id]
+	}
+	return out
+}
+
 // Refresh fetches the shard map from any reachable replica. Callers that
 // miss concurrently share one fetch: a map fetched after since is reused.
 func (c *Cache) Refresh(ctx context.Context, since time.Time) error {

@@ -237,7 +237,9 @@ type MetaState struct {
 	// over, so a leader change never expires leases early.
 	Leases map[int64]*Lease `protobuf:"bytes,3,rep,name=leases,proto3" json:"leases,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The next server-chosen lease ID to try.
-	NextLeaseId   int64 `protobuf:"varint,4,opt,name=next_lease_id,json=nextLeaseId,proto3" json:"next_lease_id,omitempty"`
+	NextLeaseId int64 `protobuf:"varint,4,opt,name=next_lease_id,json=nextLeaseId,proto3" json:"next_lease_id,omitempty"`
+	// Active alarms (etcd's NOSPACE and CORRUPT), raised by stores.
+	Alarms        []*Alarm `protobuf:"bytes,5,rep,name=alarms,proto3" json:"alarms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +302,66 @@ func (x *MetaState) GetNextLeaseId() int64 {
 	return 0
 }
 
+func (x *MetaState) GetAlarms() []*Alarm {
+	if x != nil {
+		return x.Alarms
+	}
+	return nil
+}
+
+// Alarm is an active alarm of a store; type is etcd's AlarmType value.
+type Alarm struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StoreId       uint64                 `protobuf:"varint,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	Type          int32                  `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alarm) Reset() {
+	*x = Alarm{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alarm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alarm) ProtoMessage() {}
+
+func (x *Alarm) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alarm.ProtoReflect.Descriptor instead.
+func (*Alarm) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Alarm) GetStoreId() uint64 {
+	if x != nil {
+		return x.StoreId
+	}
+	return 0
+}
+
+func (x *Alarm) GetType() int32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
 type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -311,7 +373,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +385,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +398,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Lease) GetId() int64 {
@@ -361,7 +423,7 @@ type GetShardMapRequest struct {
 
 func (x *GetShardMapRequest) Reset() {
 	*x = GetShardMapRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +435,7 @@ func (x *GetShardMapRequest) String() string {
 func (*GetShardMapRequest) ProtoMessage() {}
 
 func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +448,7 @@ func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
 func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
 }
 
 type GetShardMapResponse struct {
@@ -400,7 +462,7 @@ type GetShardMapResponse struct {
 
 func (x *GetShardMapResponse) Reset() {
 	*x = GetShardMapResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +474,7 @@ func (x *GetShardMapResponse) String() string {
 func (*GetShardMapResponse) ProtoMessage() {}
 
 func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +487,7 @@ func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapResponse.ProtoReflect.Descriptor instead.
 func (*GetShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetShardMapResponse) GetShardMap() *ShardMap {
@@ -451,7 +513,7 @@ type AllocateRevisionsRequest struct {
 
 func (x *AllocateRevisionsRequest) Reset() {
 	*x = AllocateRevisionsRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +525,7 @@ func (x *AllocateRevisionsRequest) String() string {
 func (*AllocateRevisionsRequest) ProtoMessage() {}
 
 func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +538,7 @@ func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AllocateRevisionsRequest) GetCount() uint32 {
@@ -497,7 +559,7 @@ type AllocateRevisionsResponse struct {
 
 func (x *AllocateRevisionsResponse) Reset() {
 	*x = AllocateRevisionsResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +571,7 @@ func (x *AllocateRevisionsResponse) String() string {
 func (*AllocateRevisionsResponse) ProtoMessage() {}
 
 func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +584,7 @@ func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AllocateRevisionsResponse) GetFirst() int64 {
@@ -558,7 +620,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +632,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +645,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaseRequest) GetOp() isLeaseRequest_Op {
@@ -675,6 +737,96 @@ func (*LeaseRequest_TimeToLive) isLeaseRequest_Op() {}
 
 func (*LeaseRequest_Leases) isLeaseRequest_Op() {}
 
+// AlarmRequest carries a serialized etcdserverpb.AlarmRequest.
+type AlarmRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       []byte                 `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmRequest) Reset() {
+	*x = AlarmRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmRequest) ProtoMessage() {}
+
+func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
+func (*AlarmRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AlarmRequest) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// AlarmResponse carries a serialized etcdserverpb.AlarmResponse.
+type AlarmResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmResponse) Reset() {
+	*x = AlarmResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmResponse) ProtoMessage() {}
+
+func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
+func (*AlarmResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AlarmResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 // LeaseResponse is the serialized etcd response of the call.
 type LeaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -685,7 +837,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +849,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +862,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseResponse) GetResponse() []byte {
@@ -741,15 +893,19 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\bShardMap\x12\"\n" +
 	"\rmeta_shard_id\x18\x01 \x01(\x04R\vmetaShardId\x128\n" +
 	"\x06shards\x18\x02 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shards\x12.\n" +
-	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\x97\x02\n" +
+	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\xc7\x02\n" +
 	"\tMetaState\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12\x1b\n" +
 	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\x12>\n" +
 	"\x06leases\x18\x03 \x03(\v2&.tessera.meta.v1.MetaState.LeasesEntryR\x06leases\x12\"\n" +
-	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x1aQ\n" +
+	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x12.\n" +
+	"\x06alarms\x18\x05 \x03(\v2\x16.tessera.meta.v1.AlarmR\x06alarms\x1aQ\n" +
 	"\vLeasesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12,\n" +
-	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\")\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\"6\n" +
+	"\x05Alarm\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\x05R\x04type\")\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
 	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x14\n" +
@@ -773,13 +929,18 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\ftime_to_live\x18\x04 \x01(\fH\x00R\n" +
 	"timeToLive\x12\x18\n" +
 	"\x06leases\x18\x05 \x01(\fH\x00R\x06leasesB\x04\n" +
-	"\x02op\"+\n" +
+	"\x02op\"(\n" +
+	"\fAlarmRequest\x12\x18\n" +
+	"\arequest\x18\x01 \x01(\fR\arequest\"+\n" +
+	"\rAlarmResponse\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"+\n" +
 	"\rLeaseResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse2\x94\x02\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse2\xdc\x02\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
 	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +
-	"\x05Lease\x12\x1d.tessera.meta.v1.LeaseRequest\x1a\x1e.tessera.meta.v1.LeaseResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
+	"\x05Lease\x12\x1d.tessera.meta.v1.LeaseRequest\x1a\x1e.tessera.meta.v1.LeaseResponse\x12F\n" +
+	"\x05Alarm\x12\x1d.tessera.meta.v1.AlarmRequest\x1a\x1e.tessera.meta.v1.AlarmResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
 
 var (
 	file_tessera_meta_v1_meta_proto_rawDescOnce sync.Once
@@ -793,41 +954,47 @@ func file_tessera_meta_v1_meta_proto_rawDescGZIP() []byte {
 	return file_tessera_meta_v1_meta_proto_rawDescData
 }
 
-var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tessera_meta_v1_meta_proto_goTypes = []any{
 	(*ShardDescriptor)(nil),           // 0: tessera.meta.v1.ShardDescriptor
 	(*Store)(nil),                     // 1: tessera.meta.v1.Store
 	(*ShardMap)(nil),                  // 2: tessera.meta.v1.ShardMap
 	(*MetaState)(nil),                 // 3: tessera.meta.v1.MetaState
-	(*Lease)(nil),                     // 4: tessera.meta.v1.Lease
-	(*GetShardMapRequest)(nil),        // 5: tessera.meta.v1.GetShardMapRequest
-	(*GetShardMapResponse)(nil),       // 6: tessera.meta.v1.GetShardMapResponse
-	(*AllocateRevisionsRequest)(nil),  // 7: tessera.meta.v1.AllocateRevisionsRequest
-	(*AllocateRevisionsResponse)(nil), // 8: tessera.meta.v1.AllocateRevisionsResponse
-	(*LeaseRequest)(nil),              // 9: tessera.meta.v1.LeaseRequest
-	(*LeaseResponse)(nil),             // 10: tessera.meta.v1.LeaseResponse
-	nil,                               // 11: tessera.meta.v1.MetaState.LeasesEntry
-	nil,                               // 12: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	(*Alarm)(nil),                     // 4: tessera.meta.v1.Alarm
+	(*Lease)(nil),                     // 5: tessera.meta.v1.Lease
+	(*GetShardMapRequest)(nil),        // 6: tessera.meta.v1.GetShardMapRequest
+	(*GetShardMapResponse)(nil),       // 7: tessera.meta.v1.GetShardMapResponse
+	(*AllocateRevisionsRequest)(nil),  // 8: tessera.meta.v1.AllocateRevisionsRequest
+	(*AllocateRevisionsResponse)(nil), // 9: tessera.meta.v1.AllocateRevisionsResponse
+	(*LeaseRequest)(nil),              // 10: tessera.meta.v1.LeaseRequest
+	(*AlarmRequest)(nil),              // 11: tessera.meta.v1.AlarmRequest
+	(*AlarmResponse)(nil),             // 12: tessera.meta.v1.AlarmResponse
+	(*LeaseResponse)(nil),             // 13: tessera.meta.v1.LeaseResponse
+	nil,                               // 14: tessera.meta.v1.MetaState.LeasesEntry
+	nil,                               // 15: tessera.meta.v1.GetShardMapResponse.LeadersEntry
 }
 var file_tessera_meta_v1_meta_proto_depIdxs = []int32{
 	0,  // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
 	1,  // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
 	2,  // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
-	11, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
-	2,  // 4: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
-	12, // 5: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
-	4,  // 6: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
-	5,  // 7: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
-	7,  // 8: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
-	9,  // 9: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
-	6,  // 10: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
-	8,  // 11: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
-	10, // 12: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	14, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
+	4,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
+	2,  // 5: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
+	15, // 6: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	5,  // 7: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
+	6,  // 8: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
+	8,  // 9: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
+	10, // 10: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
+	11, // 11: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
+	7,  // 12: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
+	9,  // 13: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
+	13, // 14: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
+	12, // 15: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tessera_meta_v1_meta_proto_init() }
@@ -835,7 +1002,7 @@ func file_tessera_meta_v1_meta_proto_init() {
 	if File_tessera_meta_v1_meta_proto != nil {
 		return
 	}
-	file_tessera_meta_v1_meta_proto_msgTypes[9].OneofWrappers = []any{
+	file_tessera_meta_v1_meta_proto_msgTypes[10].OneofWrappers = []any{
 		(*LeaseRequest_Grant)(nil),
 		(*LeaseRequest_Revoke)(nil),
 		(*LeaseRequest_KeepAlive)(nil),
@@ -848,7 +1015,7 @@ func file_tessera_meta_v1_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_meta_v1_meta_proto_rawDesc), len(file_tessera_meta_v1_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

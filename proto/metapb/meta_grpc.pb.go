@@ -24,6 +24,7 @@ const (
 	Meta_GetShardMap_FullMethodName       = "/tessera.meta.v1.Meta/GetShardMap"
 	Meta_AllocateRevisions_FullMethodName = "/tessera.meta.v1.Meta/AllocateRevisions"
 	Meta_Lease_FullMethodName             = "/tessera.meta.v1.Meta/Lease"
+	Meta_Alarm_FullMethodName             = "/tessera.meta.v1.Meta/Alarm"
 )
 
 // MetaClient is the client API for Meta service.
@@ -38,6 +39,8 @@ type MetaClient interface {
 	AllocateRevisions(ctx context.Context, in *AllocateRevisionsRequest, opts ...grpc.CallOption) (*AllocateRevisionsResponse, error)
 	// etcd's lease calls.
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
+	// etcd's Alarm: list, raise or clear alarms.
+	Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.CallOption) (*AlarmResponse, error)
 }
 
 type metaClient struct {
@@ -78,6 +81,16 @@ func (c *metaClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *metaClient) Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.CallOption) (*AlarmResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AlarmResponse)
+	err := c.cc.Invoke(ctx, Meta_Alarm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MetaServer is the server API for Meta service.
 // All implementations must embed UnimplementedMetaServer
 // for forward compatibility.
@@ -90,6 +103,8 @@ type MetaServer interface {
 	AllocateRevisions(context.Context, *AllocateRevisionsRequest) (*AllocateRevisionsResponse, error)
 	// etcd's lease calls.
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
+	// etcd's Alarm: list, raise or clear alarms.
+	Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error)
 	mustEmbedUnimplementedMetaServer()
 }
 
@@ -108,6 +123,9 @@ func (UnimplementedMetaServer) AllocateRevisions(context.Context, *AllocateRevis
 }
 func (UnimplementedMetaServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
+}
+func (UnimplementedMetaServer) Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Alarm not implemented")
 }
 func (UnimplementedMetaServer) mustEmbedUnimplementedMetaServer() {}
 func (UnimplementedMetaServer) testEmbeddedByValue()              {}
@@ -184,6 +202,24 @@ func _Meta_Lease_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Meta_Alarm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AlarmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).Alarm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_Alarm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).Alarm(ctx, req.(*AlarmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Meta_ServiceDesc is the grpc.ServiceDesc for Meta service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -202,6 +238,10 @@ var Meta_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Lease",
 			Handler:    _Meta_Lease_Handler,
+		},
+		{
+			MethodName: "Alarm",
+			Handler:    _Meta_Alarm_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -423,6 +423,7 @@ type MetaCommand struct {
 	//	*MetaCommand_RegisterStore
 	//	*MetaCommand_GrantLease
 	//	*MetaCommand_DropLease
+	//	*MetaCommand_SetAlarm
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -501,6 +502,15 @@ func (x *MetaCommand) GetDropLease() *DropLease {
 	return nil
 }
 
+func (x *MetaCommand) GetSetAlarm() *SetAlarm {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_SetAlarm); ok {
+			return x.SetAlarm
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -521,6 +531,10 @@ type MetaCommand_DropLease struct {
 	DropLease *DropLease `protobuf:"bytes,4,opt,name=drop_lease,json=dropLease,proto3,oneof"`
 }
 
+type MetaCommand_SetAlarm struct {
+	SetAlarm *SetAlarm `protobuf:"bytes,5,opt,name=set_alarm,json=setAlarm,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
@@ -528,6 +542,70 @@ func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
 func (*MetaCommand_GrantLease) isMetaCommand_Op() {}
 
 func (*MetaCommand_DropLease) isMetaCommand_Op() {}
+
+func (*MetaCommand_SetAlarm) isMetaCommand_Op() {}
+
+// SetAlarm raises (active) or clears an alarm of a store; store_id 0 with
+// active false clears that type on every store.
+type SetAlarm struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StoreId       uint64                 `protobuf:"varint,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	Type          int32                  `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
+	Active        bool                   `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAlarm) Reset() {
+	*x = SetAlarm{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAlarm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAlarm) ProtoMessage() {}
+
+func (x *SetAlarm) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAlarm.ProtoReflect.Descriptor instead.
+func (*SetAlarm) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetAlarm) GetStoreId() uint64 {
+	if x != nil {
+		return x.StoreId
+	}
+	return 0
+}
+
+func (x *SetAlarm) GetType() int32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *SetAlarm) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
 
 // GrantLease creates a lease. id 0 asks the state machine to choose one
 // (the result's value is the ID; 0 means the ID was taken).
@@ -541,7 +619,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +631,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +644,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GrantLease) GetId() int64 {
@@ -593,7 +671,7 @@ type DropLease struct {
 
 func (x *DropLease) Reset() {
 	*x = DropLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +683,7 @@ func (x *DropLease) String() string {
 func (*DropLease) ProtoMessage() {}
 
 func (x *DropLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +696,7 @@ func (x *DropLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropLease.ProtoReflect.Descriptor instead.
 func (*DropLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DropLease) GetId() int64 {
@@ -639,7 +717,7 @@ type ExtendTSO struct {
 
 func (x *ExtendTSO) Reset() {
 	*x = ExtendTSO{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +729,7 @@ func (x *ExtendTSO) String() string {
 func (*ExtendTSO) ProtoMessage() {}
 
 func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +742,7 @@ func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendTSO.ProtoReflect.Descriptor instead.
 func (*ExtendTSO) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExtendTSO) GetLimit() int64 {
@@ -686,7 +764,7 @@ type RegisterStore struct {
 
 func (x *RegisterStore) Reset() {
 	*x = RegisterStore{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +776,7 @@ func (x *RegisterStore) String() string {
 func (*RegisterStore) ProtoMessage() {}
 
 func (x *RegisterStore) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +789,7 @@ func (x *RegisterStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterStore.ProtoReflect.Descriptor instead.
 func (*RegisterStore) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterStore) GetStoreId() uint64 {
@@ -765,7 +843,7 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x14CODE_FUTURE_REVISION\x10\x03\x12\x16\n" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
-	"\fCODE_INVALID\x10\x06\"\xa2\x02\n" +
+	"\fCODE_INVALID\x10\x06\"\xdf\x02\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
@@ -773,8 +851,13 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\vgrant_lease\x18\x03 \x01(\v2\x1e.tessera.raftcmd.v1.GrantLeaseH\x00R\n" +
 	"grantLease\x12>\n" +
 	"\n" +
-	"drop_lease\x18\x04 \x01(\v2\x1d.tessera.raftcmd.v1.DropLeaseH\x00R\tdropLeaseB\x04\n" +
-	"\x02op\".\n" +
+	"drop_lease\x18\x04 \x01(\v2\x1d.tessera.raftcmd.v1.DropLeaseH\x00R\tdropLease\x12;\n" +
+	"\tset_alarm\x18\x05 \x01(\v2\x1c.tessera.raftcmd.v1.SetAlarmH\x00R\bsetAlarmB\x04\n" +
+	"\x02op\"Q\n" +
+	"\bSetAlarm\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\x05R\x04type\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\".\n" +
 	"\n" +
 	"GrantLease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
@@ -802,7 +885,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP() []byte {
 }
 
 var file_tessera_raftcmd_v1_raftcmd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
 	(DataResult_Code)(0),  // 0: tessera.raftcmd.v1.DataResult.Code
 	(*DataCommand)(nil),   // 1: tessera.raftcmd.v1.DataCommand
@@ -811,25 +894,27 @@ var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
 	(*Tick)(nil),          // 4: tessera.raftcmd.v1.Tick
 	(*DataResult)(nil),    // 5: tessera.raftcmd.v1.DataResult
 	(*MetaCommand)(nil),   // 6: tessera.raftcmd.v1.MetaCommand
-	(*GrantLease)(nil),    // 7: tessera.raftcmd.v1.GrantLease
-	(*DropLease)(nil),     // 8: tessera.raftcmd.v1.DropLease
-	(*ExtendTSO)(nil),     // 9: tessera.raftcmd.v1.ExtendTSO
-	(*RegisterStore)(nil), // 10: tessera.raftcmd.v1.RegisterStore
+	(*SetAlarm)(nil),      // 7: tessera.raftcmd.v1.SetAlarm
+	(*GrantLease)(nil),    // 8: tessera.raftcmd.v1.GrantLease
+	(*DropLease)(nil),     // 9: tessera.raftcmd.v1.DropLease
+	(*ExtendTSO)(nil),     // 10: tessera.raftcmd.v1.ExtendTSO
+	(*RegisterStore)(nil), // 11: tessera.raftcmd.v1.RegisterStore
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
 	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
 	4,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
 	2,  // 2: tessera.raftcmd.v1.DataCommand.revoke_lease:type_name -> tessera.raftcmd.v1.RevokeLease
 	0,  // 3: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
-	9,  // 4: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
-	10, // 5: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
-	7,  // 6: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
-	8,  // 7: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	10, // 4: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
+	11, // 5: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
+	8,  // 6: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
+	9,  // 7: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
+	7,  // 8: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -848,6 +933,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*MetaCommand_RegisterStore)(nil),
 		(*MetaCommand_GrantLease)(nil),
 		(*MetaCommand_DropLease)(nil),
+		(*MetaCommand_SetAlarm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -855,7 +941,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc), len(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -147,8 +147,11 @@ type TxnRequest struct {
 	Request []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
 	// The txn only reads: it is answered with a ReadIndex read (or from local
 	// state when serializable) and takes no revision.
-	ReadOnly      bool `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
-	Serializable  bool `protobuf:"varint,5,opt,name=serializable,proto3" json:"serializable,omitempty"`
+	ReadOnly     bool `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Serializable bool `protobuf:"varint,5,opt,name=serializable,proto3" json:"serializable,omitempty"`
+	// The txn may put keys: refused while a NOSPACE alarm is raised (deletes
+	// still go through, to free space, as in etcd).
+	Puts          bool `protobuf:"varint,6,opt,name=puts,proto3" json:"puts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -214,6 +217,13 @@ func (x *TxnRequest) GetReadOnly() bool {
 func (x *TxnRequest) GetSerializable() bool {
 	if x != nil {
 		return x.Serializable
+	}
+	return false
+}
+
+func (x *TxnRequest) GetPuts() bool {
+	if x != nil {
+		return x.Puts
 	}
 	return false
 }
@@ -436,8 +446,12 @@ type StatusResponse struct {
 	AppliedRevision int64                  `protobuf:"varint,3,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
 	CompactRevision int64                  `protobuf:"varint,4,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
 	AppliedIndex    uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The store's on-disk size (Badger LSM tree and value log), in bytes.
+	DbSize int64 `protobuf:"varint,6,opt,name=db_size,json=dbSize,proto3" json:"db_size,omitempty"`
+	// The store's space quota (--quota-backend-bytes).
+	Quota         int64 `protobuf:"varint,7,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -501,6 +515,20 @@ func (x *StatusResponse) GetCompactRevision() int64 {
 func (x *StatusResponse) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetDbSize() int64 {
+	if x != nil {
+		return x.DbSize
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetQuota() int64 {
+	if x != nil {
+		return x.Quota
 	}
 	return 0
 }
@@ -1028,6 +1056,299 @@ func (x *LeaseKeysResponse) GetKeys() [][]byte {
 	return nil
 }
 
+type HashKVRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// 0: the current revision.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashKVRequest) Reset() {
+	*x = HashKVRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashKVRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashKVRequest) ProtoMessage() {}
+
+func (x *HashKVRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashKVRequest.ProtoReflect.Descriptor instead.
+func (*HashKVRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HashKVRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *HashKVRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// HashKVResponse is a hash of the shard's keys as of revision: every
+// version in (compact_revision, hash_revision] and the live version at the
+// compaction revision. Replicas of a shard that agree on their history
+// answer the same hash.
+type HashKVResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Hash            uint32                 `protobuf:"varint,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	HashRevision    int64                  `protobuf:"varint,3,opt,name=hash_revision,json=hashRevision,proto3" json:"hash_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HashKVResponse) Reset() {
+	*x = HashKVResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashKVResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashKVResponse) ProtoMessage() {}
+
+func (x *HashKVResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashKVResponse.ProtoReflect.Descriptor instead.
+func (*HashKVResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *HashKVResponse) GetHash() uint32 {
+	if x != nil {
+		return x.Hash
+	}
+	return 0
+}
+
+func (x *HashKVResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *HashKVResponse) GetHashRevision() int64 {
+	if x != nil {
+		return x.HashRevision
+	}
+	return 0
+}
+
+type DefragmentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DefragmentRequest) Reset() {
+	*x = DefragmentRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DefragmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DefragmentRequest) ProtoMessage() {}
+
+func (x *DefragmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DefragmentRequest.ProtoReflect.Descriptor instead.
+func (*DefragmentRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{19}
+}
+
+type DefragmentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SizeBefore    int64                  `protobuf:"varint,1,opt,name=size_before,json=sizeBefore,proto3" json:"size_before,omitempty"`
+	SizeAfter     int64                  `protobuf:"varint,2,opt,name=size_after,json=sizeAfter,proto3" json:"size_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DefragmentResponse) Reset() {
+	*x = DefragmentResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DefragmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DefragmentResponse) ProtoMessage() {}
+
+func (x *DefragmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DefragmentResponse.ProtoReflect.Descriptor instead.
+func (*DefragmentResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DefragmentResponse) GetSizeBefore() int64 {
+	if x != nil {
+		return x.SizeBefore
+	}
+	return 0
+}
+
+func (x *DefragmentResponse) GetSizeAfter() int64 {
+	if x != nil {
+		return x.SizeAfter
+	}
+	return 0
+}
+
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	TargetStoreId uint64                 `protobuf:"varint,2,opt,name=target_store_id,json=targetStoreId,proto3" json:"target_store_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TransferLeaderRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *TransferLeaderRequest) GetTargetStoreId() uint64 {
+	if x != nil {
+		return x.TargetStoreId
+	}
+	return 0
+}
+
+type TransferLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{22}
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -1041,7 +1362,7 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\arequest\x18\x03 \x01(\fR\arequest\"H\n" +
 	"\rRangeResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xa2\x01\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xb6\x01\n" +
 	"\n" +
 	"TxnRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
@@ -1050,7 +1371,8 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"generation\x12\x18\n" +
 	"\arequest\x18\x03 \x01(\fR\arequest\x12\x1b\n" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12\"\n" +
-	"\fserializable\x18\x05 \x01(\bR\fserializable\"F\n" +
+	"\fserializable\x18\x05 \x01(\bR\fserializable\x12\x12\n" +
+	"\x04puts\x18\x06 \x01(\bR\x04puts\"F\n" +
 	"\vTxnResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"G\n" +
@@ -1062,13 +1384,15 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"N\n" +
 	"\rStatusRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\"\n" +
-	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"\xd0\x01\n" +
+	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"\xff\x01\n" +
 	"\x0eStatusResponse\x12&\n" +
 	"\x0fleader_store_id\x18\x01 \x01(\x04R\rleaderStoreId\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12)\n" +
 	"\x10applied_revision\x18\x03 \x01(\x03R\x0fappliedRevision\x12)\n" +
 	"\x10compact_revision\x18\x04 \x01(\x03R\x0fcompactRevision\x12#\n" +
-	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"|\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12\x17\n" +
+	"\adb_size\x18\x06 \x01(\x03R\x06dbSize\x12\x14\n" +
+	"\x05quota\x18\a \x01(\x03R\x05quota\"|\n" +
 	"\tNotLeader\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12&\n" +
 	"\x0fleader_store_id\x18\x02 \x01(\x04R\rleaderStoreId\x12,\n" +
@@ -1100,7 +1424,24 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"'\n" +
 	"\x11LeaseKeysResponse\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\fR\x04keys2\xb6\x04\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\"F\n" +
+	"\rHashKVRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"t\n" +
+	"\x0eHashKVResponse\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\rR\x04hash\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12#\n" +
+	"\rhash_revision\x18\x03 \x01(\x03R\fhashRevision\"\x13\n" +
+	"\x11DefragmentRequest\"T\n" +
+	"\x12DefragmentResponse\x12\x1f\n" +
+	"\vsize_before\x18\x01 \x01(\x03R\n" +
+	"sizeBefore\x12\x1d\n" +
+	"\n" +
+	"size_after\x18\x02 \x01(\x03R\tsizeAfter\"Z\n" +
+	"\x15TransferLeaderRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12&\n" +
+	"\x0ftarget_store_id\x18\x02 \x01(\x04R\rtargetStoreId\"\x18\n" +
+	"\x16TransferLeaderResponse2\xc1\x06\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
@@ -1108,7 +1449,11 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponse\x12P\n" +
 	"\aChanges\x12 .tessera.shard.v1.ChangesRequest\x1a!.tessera.shard.v1.ChangesResponse0\x01\x12Z\n" +
 	"\vRevokeLease\x12$.tessera.shard.v1.RevokeLeaseRequest\x1a%.tessera.shard.v1.RevokeLeaseResponse\x12T\n" +
-	"\tLeaseKeys\x12\".tessera.shard.v1.LeaseKeysRequest\x1a#.tessera.shard.v1.LeaseKeysResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
+	"\tLeaseKeys\x12\".tessera.shard.v1.LeaseKeysRequest\x1a#.tessera.shard.v1.LeaseKeysResponse\x12K\n" +
+	"\x06HashKV\x12\x1f.tessera.shard.v1.HashKVRequest\x1a .tessera.shard.v1.HashKVResponse\x12W\n" +
+	"\n" +
+	"Defragment\x12#.tessera.shard.v1.DefragmentRequest\x1a$.tessera.shard.v1.DefragmentResponse\x12c\n" +
+	"\x0eTransferLeader\x12'.tessera.shard.v1.TransferLeaderRequest\x1a(.tessera.shard.v1.TransferLeaderResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
 
 var (
 	file_tessera_shard_v1_shard_proto_rawDescOnce sync.Once
@@ -1122,7 +1467,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1141,10 +1486,16 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RevokeLeaseResponse)(nil),    // 14: tessera.shard.v1.RevokeLeaseResponse
 	(*LeaseKeysRequest)(nil),       // 15: tessera.shard.v1.LeaseKeysRequest
 	(*LeaseKeysResponse)(nil),      // 16: tessera.shard.v1.LeaseKeysResponse
-	(*metapb.ShardDescriptor)(nil), // 17: tessera.meta.v1.ShardDescriptor
+	(*HashKVRequest)(nil),          // 17: tessera.shard.v1.HashKVRequest
+	(*HashKVResponse)(nil),         // 18: tessera.shard.v1.HashKVResponse
+	(*DefragmentRequest)(nil),      // 19: tessera.shard.v1.DefragmentRequest
+	(*DefragmentResponse)(nil),     // 20: tessera.shard.v1.DefragmentResponse
+	(*TransferLeaderRequest)(nil),  // 21: tessera.shard.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 22: tessera.shard.v1.TransferLeaderResponse
+	(*metapb.ShardDescriptor)(nil), // 23: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	17, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	23, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 1: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
 	0,  // 2: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
 	2,  // 3: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
@@ -1153,15 +1504,21 @@ var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
 	10, // 6: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
 	13, // 7: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
 	15, // 8: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
-	1,  // 9: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 10: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 11: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 12: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 13: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 14: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 15: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	9,  // [9:16] is the sub-list for method output_type
-	2,  // [2:9] is the sub-list for method input_type
+	17, // 9: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
+	19, // 10: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
+	21, // 11: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
+	1,  // 12: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	3,  // 13: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 14: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 15: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 16: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 17: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 18: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 19: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 20: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 21: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	12, // [12:22] is the sub-list for method output_type
+	2,  // [2:12] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1178,7 +1535,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

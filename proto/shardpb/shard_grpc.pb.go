@@ -21,13 +21,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Shard_Range_FullMethodName       = "/tessera.shard.v1.Shard/Range"
-	Shard_Txn_FullMethodName         = "/tessera.shard.v1.Shard/Txn"
-	Shard_Compact_FullMethodName     = "/tessera.shard.v1.Shard/Compact"
-	Shard_Status_FullMethodName      = "/tessera.shard.v1.Shard/Status"
-	Shard_Changes_FullMethodName     = "/tessera.shard.v1.Shard/Changes"
-	Shard_RevokeLease_FullMethodName = "/tessera.shard.v1.Shard/RevokeLease"
-	Shard_LeaseKeys_FullMethodName   = "/tessera.shard.v1.Shard/LeaseKeys"
+	Shard_Range_FullMethodName          = "/tessera.shard.v1.Shard/Range"
+	Shard_Txn_FullMethodName            = "/tessera.shard.v1.Shard/Txn"
+	Shard_Compact_FullMethodName        = "/tessera.shard.v1.Shard/Compact"
+	Shard_Status_FullMethodName         = "/tessera.shard.v1.Shard/Status"
+	Shard_Changes_FullMethodName        = "/tessera.shard.v1.Shard/Changes"
+	Shard_RevokeLease_FullMethodName    = "/tessera.shard.v1.Shard/RevokeLease"
+	Shard_LeaseKeys_FullMethodName      = "/tessera.shard.v1.Shard/LeaseKeys"
+	Shard_HashKV_FullMethodName         = "/tessera.shard.v1.Shard/HashKV"
+	Shard_Defragment_FullMethodName     = "/tessera.shard.v1.Shard/Defragment"
+	Shard_TransferLeader_FullMethodName = "/tessera.shard.v1.Shard/TransferLeader"
 )
 
 // ShardClient is the client API for Shard service.
@@ -46,6 +49,14 @@ type ShardClient interface {
 	RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error)
 	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
 	LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error)
+	// HashKV hashes this replica's copy of the shard (a corruption check:
+	// compare the answers of every replica).
+	HashKV(ctx context.Context, in *HashKVRequest, opts ...grpc.CallOption) (*HashKVResponse, error)
+	// Defragment compacts this store's Badger LSM tree and value log.
+	Defragment(ctx context.Context, in *DefragmentRequest, opts ...grpc.CallOption) (*DefragmentResponse, error)
+	// TransferLeader asks the shard's leader (this store) to hand leadership
+	// to another replica.
+	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
 }
 
 type shardClient struct {
@@ -135,6 +146,36 @@ func (c *shardClient) LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts 
 	return out, nil
 }
 
+func (c *shardClient) HashKV(ctx context.Context, in *HashKVRequest, opts ...grpc.CallOption) (*HashKVResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HashKVResponse)
+	err := c.cc.Invoke(ctx, Shard_HashKV_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardClient) Defragment(ctx context.Context, in *DefragmentRequest, opts ...grpc.CallOption) (*DefragmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DefragmentResponse)
+	err := c.cc.Invoke(ctx, Shard_Defragment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardClient) TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeaderResponse)
+	err := c.cc.Invoke(ctx, Shard_TransferLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShardServer is the server API for Shard service.
 // All implementations must embed UnimplementedShardServer
 // for forward compatibility.
@@ -151,6 +192,14 @@ type ShardServer interface {
 	RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error)
 	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
 	LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error)
+	// HashKV hashes this replica's copy of the shard (a corruption check:
+	// compare the answers of every replica).
+	HashKV(context.Context, *HashKVRequest) (*HashKVResponse, error)
+	// Defragment compacts this store's Badger LSM tree and value log.
+	Defragment(context.Context, *DefragmentRequest) (*DefragmentResponse, error)
+	// TransferLeader asks the shard's leader (this store) to hand leadership
+	// to another replica.
+	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
 	mustEmbedUnimplementedShardServer()
 }
 
@@ -181,6 +230,15 @@ func (UnimplementedShardServer) RevokeLease(context.Context, *RevokeLeaseRequest
 }
 func (UnimplementedShardServer) LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LeaseKeys not implemented")
+}
+func (UnimplementedShardServer) HashKV(context.Context, *HashKVRequest) (*HashKVResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HashKV not implemented")
+}
+func (UnimplementedShardServer) Defragment(context.Context, *DefragmentRequest) (*DefragmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Defragment not implemented")
+}
+func (UnimplementedShardServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TransferLeader not implemented")
 }
 func (UnimplementedShardServer) mustEmbedUnimplementedShardServer() {}
 func (UnimplementedShardServer) testEmbeddedByValue()               {}
@@ -322,6 +380,60 @@ func _Shard_LeaseKeys_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shard_HashKV_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HashKVRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).HashKV(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_HashKV_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).HashKV(ctx, req.(*HashKVRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shard_Defragment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DefragmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).Defragment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_Defragment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).Defragment(ctx, req.(*DefragmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shard_TransferLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).TransferLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_TransferLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).TransferLeader(ctx, req.(*TransferLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shard_ServiceDesc is the grpc.ServiceDesc for Shard service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -352,6 +464,18 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LeaseKeys",
 			Handler:    _Shard_LeaseKeys_Handler,
+		},
+		{
+			MethodName: "HashKV",
+			Handler:    _Shard_HashKV_Handler,
+		},
+		{
+			MethodName: "Defragment",
+			Handler:    _Shard_Defragment_Handler,
+		},
+		{
+			MethodName: "TransferLeader",
+			Handler:    _Shard_TransferLeader_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

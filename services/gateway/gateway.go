@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -32,6 +33,10 @@ import (
 type Config struct {
 	// ListenClientURLs are etcd-style URLs (http://host:port) to serve on.
 	ListenClientURLs []string
+	// AdvertiseClientURLs are what MemberList tells clients (etcd's flag of
+	// the same name); behind a Kubernetes Service, the Service's URL. The
+	// served URLs if empty.
+	AdvertiseClientURLs []string
 	// Replicas are internal API addresses of replicas to learn the shard map from.
 	Replicas []string
 	// Watchers are API addresses of watcher processes serving etcd's Watch.
@@ -78,6 +83,7 @@ type Gateway struct {
 	addrs   []string
 	gwConn  *grpc.ClientConn
 	wConns  []*grpc.ClientConn
+	kv      *etcdapi.KV
 	cancel  context.CancelFunc
 }
 
@@ -105,9 +111,12 @@ func Start(cfg Config) (*Gateway, error) {
 	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1),
 		grpc.ForceServerCodecV2(wirecodec.New()))
 	leases := etcdapi.NewLease(g.router, hdr)
-	pb.RegisterKVServer(g.grpcSrv, etcdapi.NewKV(g.router, leases, limits, hdr))
+	g.kv = etcdapi.NewKV(g.router, leases, limits, hdr)
+	pb.RegisterKVServer(g.grpcSrv, g.kv)
 	pb.RegisterLeaseServer(g.grpcSrv, leases)
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
+	cluster := &clusterRef{}
+	pb.RegisterClusterServer(g.grpcSrv, cluster)
 	for _, a := range cfg.Watchers {
 		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
@@ -137,12 +146,12 @@ func Start(cfg Config) (*Gateway, error) {
 		hs := &http.Server{ReadHeaderTimeout: 10 * time.Second}
 		g.https = append(g.https, hs)
 		go hs.Serve(httpL)
-		go func() {
-			if err := m.Serve(); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "use of closed network connection") {
-				g.log.Error("client listener stopped", "err", err)
-			}
-		}()
 	}
+	advertise := cfg.AdvertiseClientURLs
+	if len(advertise) == 0 {
+		advertise = g.ClientURLs()
+	}
+	cluster.ClusterServer = etcdapi.NewCluster(hdr, cfg.Name, advertise)
 	handler, err := g.httpHandler(ctx)
 	if err != nil {
 		g.Close()
@@ -150,6 +159,14 @@ func Start(cfg Config) (*Gateway, error) {
 	}
 	for _, hs := range g.https {
 		hs.Handler = handler
+	}
+	// Connections are accepted only now that every service is complete.
+	for _, m := range g.muxes {
+		go func() {
+			if err := m.Serve(); err != nil && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "use of closed network connection") {
+				g.log.Error("client listener stopped", "err", err)
+			}
+		}()
 	}
 	g.log.Info("gateway serving", "client-urls", g.ClientURLs())
 	return g, nil
@@ -171,7 +188,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		},
 	}))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler, gw.RegisterLeaseHandler,
+		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler, gw.RegisterLeaseHandler, gw.RegisterClusterHandler,
 	} {
 		if err := reg(ctx, gwmux, conn); err != nil {
 			return nil, err
@@ -185,6 +202,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/v3/", gwmux)
 	mux.Handle("/tessera/", admin)
+	mux.HandleFunc("/health", g.health)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := g.router.All(r.Context()); err != nil {
@@ -194,6 +212,21 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux, nil
+}
+
+// health answers etcd's /health: healthy when a linearizable read goes
+// through (etcd's check: a quorum read of the key "health").
+func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	_, err := g.kv.Range(ctx, &pb.RangeRequest{Key: []byte("health")})
+	w.Header().Set("Content-Type", "application/json")
+	body := map[string]string{"health": "true", "reason": ""}
+	if err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		body = map[string]string{"health": "false", "reason": "RANGE ERROR:" + err.Error()}
+	}
+	json.NewEncoder(w).Encode(body)
 }
 
 // ClientURLs are the URLs actually served (ports resolved).
@@ -233,3 +266,8 @@ func idOf(s string) uint64 {
 	h.Write([]byte(s))
 	return h.Sum64()
 }
+
+// clusterRef lets the Cluster service be registered with the server before
+// the listeners exist; it is completed, before any connection is accepted,
+// once the served URLs are known.
+type clusterRef struct{ pb.ClusterServer }

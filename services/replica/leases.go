@@ -43,6 +43,9 @@ func (s leaseStore) Leases(ctx context.Context) (map[int64]int64, error) {
 }
 
 func (s leaseStore) Grant(ctx context.Context, id, ttl int64) (int64, error) {
+	if s.r.noSpace.Load() {
+		return 0, rpctypes.ErrGRPCNoSpace // etcd's quota covers lease grants too
+	}
 	v, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_GrantLease{GrantLease: &raftcmdpb.GrantLease{Id: id, Ttl: ttl}}})
 	return int64(v), err
 }

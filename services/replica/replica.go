@@ -69,6 +69,9 @@ type Config struct {
 	ProposalTimeout time.Duration
 	// TSOWindow is how many revisions the oracle saves ahead.
 	TSOWindow int64
+	// QuotaBytes is the store's space quota (etcd's --quota-backend-bytes):
+	// past it the store raises NOSPACE and the cluster refuses puts.
+	QuotaBytes int64
 	// Store sizes the Badger DB.
 	Store mvcc.Options
 	// Logger is the component logger; nil means slog.Default().
@@ -78,7 +81,7 @@ type Config struct {
 // DefaultConfig returns a config with every optional field set.
 func DefaultConfig() Config {
 	return Config{RTTMillisecond: 50, ElectionRTT: 10, ProposalTimeout: 5 * time.Second,
-		TSOWindow: tso.DefaultWindow, Store: mvcc.DefaultOptions()}
+		TSOWindow: tso.DefaultWindow, QuotaBytes: DefaultQuotaBytes, Store: mvcc.DefaultOptions()}
 }
 
 // Validate checks the fields and their combinations.
@@ -92,6 +95,8 @@ func (c *Config) Validate() error {
 		return errors.New("replica: raft and API addresses required")
 	case c.RTTMillisecond == 0 || c.ElectionRTT < 5 || c.ProposalTimeout <= 0:
 		return errors.New("replica: RTT, election RTT (>= 5) and proposal timeout required")
+	case c.QuotaBytes <= 0:
+		return errors.New("replica: quota bytes must be positive")
 	}
 	found := false
 	for _, m := range c.Cluster {
@@ -121,6 +126,10 @@ type Replica struct {
 	shards map[uint64]*dataShard // guarded by mu
 
 	snapshotsRestored atomic.Uint64
+	// noSpace: a NOSPACE alarm is raised somewhere in the cluster.
+	noSpace atomic.Bool
+	stopc   chan struct{}
+	wg      sync.WaitGroup
 }
 
 // SnapshotsRestored counts data-shard snapshots this store installed since
@@ -161,7 +170,7 @@ func Start(cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	cfg.Cluster = members
-	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}}
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{})}
 	if err := r.start(); err != nil {
 		r.Close()
 		return nil, err
@@ -235,6 +244,8 @@ func (r *Replica) start() error {
 			r.log.Error("internal API stopped", "err", err)
 		}
 	}()
+	r.wg.Add(1)
+	go r.watchQuota()
 	r.log.Info("replica started", "raft", r.cfg.RaftAddress, "api", r.lis.Addr().String())
 	return nil
 }
@@ -267,6 +278,8 @@ func (r *Replica) Close() {
 	if r.grpcSrv != nil {
 		r.grpcSrv.Stop()
 	}
+	close(r.stopc)
+	r.wg.Wait()
 	if r.lessor != nil {
 		r.lessor.Stop()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -88,6 +89,9 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	if req.ReadOnly {
 		return s.readTxn(ctx, req)
 	}
+	if req.Puts && s.r.noSpace.Load() {
+		return nil, rpctypes.ErrGRPCNoSpace
+	}
 	term, err := s.r.requireLeader(req.ShardId)
 	if err != nil {
 		return nil, err
@@ -169,7 +173,7 @@ func (s *shardService) Status(ctx context.Context, req *shardpb.StatusRequest) (
 		leader = 0
 	}
 	return &shardpb.StatusResponse{LeaderStoreId: leader, RaftTerm: term, AppliedRevision: st.Revision,
-		CompactRevision: st.CompactRevision, AppliedIndex: st.AppliedIndex}, nil
+		CompactRevision: st.CompactRevision, AppliedIndex: st.AppliedIndex, DbSize: s.r.store.Size(), Quota: s.r.cfg.QuotaBytes}, nil
 }
 
 // metaService serves the shard map and, on the meta leader, revisions.

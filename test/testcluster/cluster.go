@@ -31,6 +31,7 @@ type Cluster struct {
 	gateway  *gateway.Gateway
 	watcher  *watcher.Watcher // nil while stopped
 	wcfg     watcher.Config
+	quota    int64
 	log      *slog.Logger
 }
 
@@ -41,6 +42,8 @@ type Options struct {
 	MaxRequestBytes int
 	// Cache bounds the watcher's history and streams (defaults if zero).
 	Cache watcher.CacheConfig
+	// QuotaBytes is each store's space quota (etcd's default if zero).
+	QuotaBytes int64
 }
 
 // FreePort returns a loopback address with a port that was free just now.
@@ -61,7 +64,7 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n),
+	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n), quota: o.QuotaBytes,
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for i := 0; i < n; i++ {
 		c.members = append(c.members, replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)})
@@ -100,6 +103,9 @@ func (c *Cluster) StartReplica(i int) {
 	cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, c.members
 	cfg.DataDir = filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
 	cfg.RTTMillisecond, cfg.ElectionRTT = 50, 10
+	if c.quota > 0 {
+		cfg.QuotaBytes = c.quota
+	}
 	cfg.Logger = c.log
 	r, err := replica.Start(cfg)
 	if err != nil {

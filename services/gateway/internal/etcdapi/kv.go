@@ -262,7 +262,7 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 	var out *shardpb.TxnResponse
 	err = s.router.Call(ctx, shard, !readOnly, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		out, err = c.Txn(ctx, &shardpb.TxnRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b,
-			ReadOnly: readOnly, Serializable: serializable})
+			ReadOnly: readOnly, Serializable: serializable, Puts: !readOnly && reqcheck.HasPuts(r)})
 		return err
 	})
 	if err != nil {

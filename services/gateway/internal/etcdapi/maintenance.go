@@ -2,11 +2,17 @@ package etcdapi
 
 import (
 	"context"
+	"fmt"
+	"hash/crc32"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
@@ -15,9 +21,11 @@ import (
 // it to decide which features (watch progress requests) it may use.
 const Version = "3.7.0"
 
-// Maintenance is etcd's Maintenance service. Status is served here; the
-// other calls (alarms, defragment, hashes, snapshot, move-leader) are not
-// built yet and answer Unimplemented.
+// Maintenance is etcd's Maintenance service. The members clients see are
+// gateways; each call reaches the replicas that hold the data: Status and
+// HashKV the data shards' leaders, Defragment every store, MoveLeader the
+// leaders of every shard, Alarm the meta shard. Snapshot and Downgrade are
+// not built yet and answer Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	router *router.Router
@@ -29,27 +37,222 @@ func NewMaintenance(r *router.Router, h Header) *Maintenance {
 	return &Maintenance{router: r, hdr: h}
 }
 
-// Status reports the version and the first data shard's Raft position.
-func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+func (m *Maintenance) shards(ctx context.Context) ([]*metapb.ShardDescriptor, error) {
 	shards, err := m.router.All(ctx)
 	if err != nil || len(shards) == 0 {
-		return nil, status.Error(codes.Unavailable, "etcdserver: no leader")
+		return nil, rpctypes.ErrGRPCNoLeader
 	}
-	var st *shardpb.StatusResponse
-	err = m.router.Call(ctx, shards[0], false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-		st, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: shards[0].Id})
+	return shards, nil
+}
+
+// Status reports the version and the data shards' Raft position and size.
+// With several data shards, indexes and terms are the first shard's and
+// sizes add up (each store is one Badger DB; shards share it).
+func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	shards, err := m.shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var first *shardpb.StatusResponse
+	var rev int64
+	for _, d := range shards {
+		var st *shardpb.StatusResponse
+		err := m.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+			st, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: d.Id})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = st
+		}
+		rev = max(rev, st.AppliedRevision)
+	}
+	resp := &pb.StatusResponse{
+		Header:           m.hdr.fill(&pb.ResponseHeader{Revision: rev}, first.RaftTerm),
+		Version:          Version,
+		DbSize:           first.DbSize,
+		DbSizeInUse:      first.DbSize, // Badger reports no free pages: all of it is in use
+		RaftIndex:        first.AppliedIndex,
+		RaftTerm:         first.RaftTerm,
+		RaftAppliedIndex: first.AppliedIndex,
+		StorageVersion:   "3.6.0",
+	}
+	resp.DbSizeQuota = first.Quota
+	alarms, err := m.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range alarms.Alarms {
+		resp.Errors = append(resp.Errors, fmt.Sprintf("memberID:%d alarm:%s ", a.MemberID, a.Alarm))
+	}
+	if first.LeaderStoreId != 0 {
+		// Clients see one member, this gateway; it has a leader when the
+		// data has one.
+		resp.Leader = m.hdr.MemberID
+	}
+	return resp, nil
+}
+
+// Alarm lists, raises or clears alarms (kept in the meta shard; an
+// alarm's member ID is the store that raised it).
+func (m *Maintenance) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	b, err := proto.Marshal(r)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	var out *metapb.AlarmResponse
+	err = m.router.CallMeta(ctx, r.Action != pb.AlarmRequest_GET, func(ctx context.Context, c metapb.MetaClient) (err error) {
+		out, err = c.Alarm(ctx, &metapb.AlarmRequest{Request: b})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &pb.StatusResponse{
-		Header:           m.hdr.fill(&pb.ResponseHeader{Revision: st.AppliedRevision}, st.RaftTerm),
-		Version:          Version,
-		Leader:           m.hdr.MemberID,
-		RaftIndex:        st.AppliedIndex,
-		RaftTerm:         st.RaftTerm,
-		RaftAppliedIndex: st.AppliedIndex,
-		StorageVersion:   "3.6.0",
-	}, nil
+	resp := &pb.AlarmResponse{}
+	if err := proto.Unmarshal(out.Response, resp); err != nil {
+		return nil, status.Errorf(codes.Internal, "tessera: bad alarm response: %v", err)
+	}
+	resp.Header = m.hdr.fill(resp.Header, 0)
+	return resp, nil
+}
+
+// HashKV hashes every data shard at a revision on its leader (Tessera's
+// own admin compares the replicas of a shard; see the shard API).
+func (m *Maintenance) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if r.Revision < 0 {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	shards, err := m.shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	resp := &pb.HashKVResponse{}
+	for _, d := range shards {
+		var out *shardpb.HashKVResponse
+		err := m.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+			out, err = c.HashKV(ctx, &shardpb.HashKVRequest{ShardId: d.Id, Revision: r.Revision})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(shards) == 1 {
+			resp.Hash = out.Hash
+		} else {
+			h.Write([]byte{byte(out.Hash >> 24), byte(out.Hash >> 16), byte(out.Hash >> 8), byte(out.Hash)})
+			resp.Hash = h.Sum32()
+		}
+		resp.CompactRevision = max(resp.CompactRevision, out.CompactRevision)
+		resp.HashRevision = max(resp.HashRevision, out.HashRevision)
+	}
+	resp.Header = m.hdr.fill(&pb.ResponseHeader{Revision: resp.HashRevision}, 0)
+	return resp, nil
+}
+
+// Hash is HashKV at the current revision (etcd's Hash, for testing only,
+// covers its whole backend; Tessera's keyspace is its data).
+func (m *Maintenance) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.HashResponse, error) {
+	kv, err := m.HashKV(ctx, &pb.HashKVRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.HashResponse{Header: kv.Header, Hash: kv.Hash}, nil
+}
+
+// Defragment compacts the files of every store.
+func (m *Maintenance) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	for _, addr := range m.router.StoreAddresses() {
+		err := m.router.CallStore(ctx, addr, func(ctx context.Context, c grpc.ClientConnInterface) error {
+			_, err := shardpb.NewShardClient(c).Defragment(ctx, &shardpb.DefragmentRequest{})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &pb.DefragmentResponse{Header: m.hdr.fill(nil, 0)}, nil
+}
+
+// MoveLeader moves the leadership of every shard, the meta shard included,
+// to a store. etcd's target is a member; Tessera's Raft members are the
+// replica stores, so the target is a store ID (see the shard map).
+func (m *Maintenance) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	shards, err := m.shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	meta := m.router.MetaShard()
+	if meta == nil || !hasStore(meta, r.TargetID) {
+		return nil, rpctypes.ErrGRPCBadLeaderTransferee
+	}
+	for _, d := range append([]*metapb.ShardDescriptor{meta}, shards...) {
+		if !hasStore(d, r.TargetID) {
+			continue
+		}
+		err := m.router.CallConn(ctx, d, false, func(ctx context.Context, c grpc.ClientConnInterface) error {
+			_, err := shardpb.NewShardClient(c).TransferLeader(ctx, &shardpb.TransferLeaderRequest{ShardId: d.Id, TargetStoreId: r.TargetID})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &pb.MoveLeaderResponse{Header: m.hdr.fill(nil, 0)}, nil
+}
+
+func hasStore(d *metapb.ShardDescriptor, store uint64) bool {
+	for _, id := range d.Replicas {
+		if id == store {
+			return true
+		}
+	}
+	return false
+}
+
+// Cluster is etcd's Cluster service. The members clients see are the
+// gateways (this one, at its advertised client URLs); the replica tier's
+// membership is Tessera's own (its stores), so member changes through the
+// etcd API are refused with a reason.
+type Cluster struct {
+	pb.UnsafeClusterServer
+	hdr        Header
+	name       string
+	clientURLs []string
+}
+
+var _ pb.ClusterServer = (*Cluster)(nil)
+
+// NewCluster returns the Cluster service of a gateway.
+func NewCluster(h Header, name string, clientURLs []string) *Cluster {
+	return &Cluster{hdr: h, name: name, clientURLs: clientURLs}
+}
+
+func (c *Cluster) members() []*pb.Member {
+	return []*pb.Member{{ID: c.hdr.MemberID, Name: c.name, ClientURLs: c.clientURLs}}
+}
+
+func (c *Cluster) MemberList(context.Context, *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	return &pb.MemberListResponse{Header: c.hdr.fill(nil, 0), Members: c.members()}, nil
+}
+
+var errMembership = status.Error(codes.FailedPrecondition,
+	"tessera: etcd members are Tessera gateways; add or remove replica stores with Tessera's admin API, and gateways by running more or fewer of them")
+
+func (c *Cluster) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return nil, errMembership
+}
+
+func (c *Cluster) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return nil, errMembership
+}
+
+func (c *Cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return nil, errMembership
+}
+
+func (c *Cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return nil, errMembership
 }

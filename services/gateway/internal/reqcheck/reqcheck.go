@@ -208,6 +208,18 @@ func Leases(r *pb.TxnRequest) []int64 {
 	return out
 }
 
+// HasPuts reports whether a put appears anywhere in the txn.
+func HasPuts(r *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, u := range ops {
+			if u.GetRequestPut() != nil || (u.GetRequestTxn() != nil && HasPuts(u.GetRequestTxn())) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Keys calls fn with every key range the txn touches (compares and ops, in
 // nested txns too); end is nil for a single key.
 func Keys(r *pb.TxnRequest, fn func(key, end []byte)) {

@@ -106,6 +106,26 @@ func (r *Router) CallMeta(ctx context.Context, mutating bool, fn func(context.Co
 	})
 }
 
+// MetaShard describes the meta shard (nil if the map cannot be fetched).
+func (r *Router) MetaShard() *metapb.ShardDescriptor {
+	if r.m.MetaShard() == nil {
+		_ = r.m.Refresh(context.Background(), time.Time{})
+	}
+	return r.m.MetaShard()
+}
+
+// StoreAddresses lists every store's API address.
+func (r *Router) StoreAddresses() []string { return r.m.StoreAddresses() }
+
+// CallStore runs fn against one store (for calls about the store itself).
+func (r *Router) CallStore(ctx context.Context, addr string, fn func(context.Context, grpc.ClientConnInterface) error) error {
+	c, err := r.m.Conn(addr)
+	if err != nil {
+		return err
+	}
+	return fn(ctx, c)
+}
+
 // CallConn is Call for any service a store serves.
 func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mutating bool, fn func(context.Context, grpc.ClientConnInterface) error) error {
 	var lastErr error

@@ -66,9 +66,33 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	case *raftcmdpb.MetaCommand_DropLease:
 		delete(s.state.Leases, op.DropLease.Id)
 		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_SetAlarm:
+		s.setAlarmLocked(op.SetAlarm)
+		return sm.Result{Value: 1}, nil
 	}
 	return sm.Result{}, nil
 }
+
+// setAlarmLocked raises or clears an alarm; raising one twice keeps one.
+func (s *StateMachine) setAlarmLocked(a *raftcmdpb.SetAlarm) {
+	kept := s.state.Alarms[:0]
+	found := false
+	for _, x := range s.state.Alarms {
+		same := x.Type == a.Type && (x.StoreId == a.StoreId || (!a.Active && a.StoreId == 0))
+		if same && !a.Active {
+			continue
+		}
+		found = found || same
+		kept = append(kept, x)
+	}
+	s.state.Alarms = kept
+	if a.Active && !found {
+		s.state.Alarms = append(s.state.Alarms, &metapb.Alarm{StoreId: a.StoreId, Type: a.Type})
+	}
+}
+
+// AlarmsQuery asks Lookup for the active alarms ([]*metapb.Alarm, a copy).
+type AlarmsQuery struct{}
 
 // grantLocked creates a lease and returns its ID, or 0 if the requested ID
 // is taken. A server-chosen ID is the next free one from a counter kept in
@@ -91,14 +115,21 @@ func (s *StateMachine) grantLocked(g *raftcmdpb.GrantLease) int64 {
 	return id
 }
 
-// Lookup returns a copy of the state.
+// Lookup returns a copy of the state, or of its alarms.
 func (s *StateMachine) Lookup(q any) (any, error) {
-	if _, ok := q.(StateQuery); !ok {
-		return nil, fmt.Errorf("metasm: unknown query %T", q)
-	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return proto.Clone(s.state), nil
+	switch q.(type) {
+	case StateQuery:
+		return proto.Clone(s.state), nil
+	case AlarmsQuery:
+		out := make([]*metapb.Alarm, len(s.state.Alarms))
+		for i, a := range s.state.Alarms {
+			out[i] = proto.Clone(a).(*metapb.Alarm)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("metasm: unknown query %T", q)
 }
 
 // SaveSnapshot writes the state.

@@ -1,0 +1,8 @@
+//go:build !unix
+
+package mvcc
+
+import "io/fs"
+
+// allocated is the file's length where block counts are not available.
+func allocated(info fs.FileInfo) int64 { return info.Size() }

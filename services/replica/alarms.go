@@ -1,0 +1,112 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/raftcmdpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
+)
+
+// DefaultQuotaBytes is etcd's default --quota-backend-bytes (2 GiB).
+const DefaultQuotaBytes = 2 << 30
+
+// quotaCheckInterval is how often a store compares its size to its quota
+// and refreshes its view of the alarms.
+const quotaCheckInterval = time.Second
+
+// watchQuota raises this store's NOSPACE alarm when the store outgrows its
+// quota, and keeps the replica's no-space flag (which refuses puts and lease
+// grants, as etcd's quota does) in step with the cluster's alarms.
+func (r *Replica) watchQuota() {
+	defer r.wg.Done()
+	t := time.NewTicker(quotaCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stopc:
+			return
+		case <-t.C:
+		}
+		alarms, err := r.alarms()
+		if err != nil {
+			continue // no meta state yet
+		}
+		noSpace, mine := false, false
+		for _, a := range alarms {
+			if a.Type == int32(pb.AlarmType_NOSPACE) {
+				noSpace = true
+				mine = mine || a.StoreId == r.cfg.StoreID
+			}
+		}
+		r.noSpace.Store(noSpace)
+		if !mine && r.store.Size() > r.cfg.QuotaBytes {
+			r.log.Warn("store is over its quota: raising NOSPACE", "size", r.store.Size(), "quota", r.cfg.QuotaBytes)
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
+			_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
+				StoreId: r.cfg.StoreID, Type: int32(pb.AlarmType_NOSPACE), Active: true}}})
+			cancel()
+			if err == nil {
+				r.noSpace.Store(true)
+			}
+		}
+	}
+}
+
+// alarms reads the active alarms from the local meta state.
+func (r *Replica) alarms() ([]*metapb.Alarm, error) {
+	v, err := r.nh.StaleRead(MetaShardID, metasm.AlarmsQuery{})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]*metapb.Alarm), nil
+}
+
+// Alarm serves etcd's Alarm: GET lists the alarms (after a ReadIndex),
+// ACTIVATE and DEACTIVATE raise and clear one through the meta shard's log.
+// An alarm's member ID is the ID of the store that raised it.
+func (m *metaService) Alarm(ctx context.Context, req *metapb.AlarmRequest) (*metapb.AlarmResponse, error) {
+	var ar pb.AlarmRequest
+	if err := proto.Unmarshal(req.Request, &ar); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	resp := &pb.AlarmResponse{Header: &pb.ResponseHeader{Revision: m.r.currentRevision()}}
+	switch ar.Action {
+	case pb.AlarmRequest_GET:
+		rctx, cancel := m.r.withTimeout(ctx)
+		v, err := m.r.nh.SyncRead(rctx, MetaShardID, metasm.AlarmsQuery{})
+		cancel()
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for _, a := range v.([]*metapb.Alarm) {
+			if ar.Alarm == pb.AlarmType_NONE || int32(ar.Alarm) == a.Type {
+				resp.Alarms = append(resp.Alarms, &pb.AlarmMember{MemberID: a.StoreId, Alarm: pb.AlarmType(a.Type)})
+			}
+		}
+	case pb.AlarmRequest_ACTIVATE, pb.AlarmRequest_DEACTIVATE:
+		if ar.Alarm == pb.AlarmType_NONE {
+			return nil, status.Error(codes.InvalidArgument, "tessera: alarm type required")
+		}
+		active := ar.Action == pb.AlarmRequest_ACTIVATE
+		if _, err := m.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
+			StoreId: ar.MemberID, Type: int32(ar.Alarm), Active: active}}}); err != nil {
+			return nil, toStatus(err)
+		}
+		resp.Alarms = []*pb.AlarmMember{{MemberID: ar.MemberID, Alarm: ar.Alarm}}
+	default:
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("tessera: unknown alarm action %v", ar.Action))
+	}
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	return &metapb.AlarmResponse{Response: b}, nil
+}
