@@ -226,3 +226,45 @@ func TestEtcdctlLease(t *testing.T) {
 		t.Errorf("key of a revoked lease: %q", out)
 	}
 }
+
+// TestEtcdctlMaintenance: member list, endpoint status/health/hashkv,
+// defrag and alarm list with the real etcdctl.
+func TestEtcdctlMaintenance(t *testing.T) {
+	d := newDevNode(t)
+	d.start(t)
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runCtl(t, d.endpoint(), "", args...)
+		if code != 0 {
+			t.Fatalf("etcdctl %v: exit %d: %s %s", args, code, out, errOut)
+		}
+		return out
+	}
+	ctl("put", "/em/k", "v")
+	if out := ctl("member", "list"); !strings.Contains(out, "started, dev, , "+d.endpoint()) {
+		t.Errorf("member list: %q", out)
+	}
+	if out := ctl("endpoint", "health"); !strings.Contains(out, d.endpoint()+" is healthy") {
+		t.Errorf("endpoint health: %q", out)
+	}
+	var status []struct {
+		Status struct {
+			Version string `json:"version"`
+			DbSize  int64  `json:"dbSize"`
+			Leader  uint64 `json:"leader"`
+		} `json:"Status"`
+	}
+	if err := json.Unmarshal([]byte(ctl("endpoint", "status", "-w", "json")), &status); err != nil || len(status) != 1 ||
+		status[0].Status.Version != "3.7.0" || status[0].Status.DbSize <= 0 || status[0].Status.Leader == 0 {
+		t.Errorf("endpoint status: %+v (%v)", status, err)
+	}
+	if out := ctl("endpoint", "hashkv"); !strings.HasPrefix(out, d.endpoint()+", ") {
+		t.Errorf("endpoint hashkv: %q", out)
+	}
+	if out := ctl("defrag"); !strings.Contains(out, "Finished defragmenting") {
+		t.Errorf("defrag: %q", out)
+	}
+	if out := ctl("alarm", "list"); out != "" {
+		t.Errorf("alarm list: %q", out)
+	}
+}
