@@ -149,6 +149,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	raftAddr := fs.String("raft-address", "", "Raft transport address host:port")
 	apiAddr := fs.String("api-address", "", "internal API address host:port")
 	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR,...")
+	httpAddr := fs.String("listen-address", "", "address for /livez, /readyz and /metrics (off if empty)")
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	fs.Parse(args)
@@ -158,7 +159,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	cfg := replica.DefaultConfig()
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
-	cfg.RTTMillisecond, cfg.QuotaBytes = *rtt, *quota
+	cfg.RTTMillisecond, cfg.QuotaBytes, cfg.HTTPAddress = *rtt, *quota, *httpAddr
 	cfg.Logger = log.With("tier", "replica")
 	r, err := replica.Start(cfg)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
@@ -84,7 +85,9 @@ type Gateway struct {
 	gwConn  *grpc.ClientConn
 	wConns  []*grpc.ClientConn
 	kv      *etcdapi.KV
-	cancel  context.CancelFunc
+
+	metricsHandler http.Handler
+	cancel         context.CancelFunc
 }
 
 // Start serves the client API.
@@ -108,8 +111,19 @@ func Start(cfg Config) (*Gateway, error) {
 	// the too-large error, not a transport error, answers moderate excess.
 	// The codec lets watch responses from the watcher tier pass through
 	// in wire form; every other message is ordinary protobuf.
+	// The process's meter provider first, so instruments bind to it.
+	metricsHandler, err := telemetry.Handler()
+	if err != nil {
+		return nil, err
+	}
+	g.metricsHandler = metricsHandler
+	metrics, err := newRequestMetrics()
+	if err != nil {
+		return nil, err
+	}
 	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1),
-		grpc.ForceServerCodecV2(wirecodec.New()))
+		grpc.ForceServerCodecV2(wirecodec.New()),
+		grpc.ChainUnaryInterceptor(metrics.unary), grpc.ChainStreamInterceptor(metrics.stream))
 	leases := etcdapi.NewLease(g.router, hdr)
 	g.kv = etcdapi.NewKV(g.router, leases, limits, hdr)
 	pb.RegisterKVServer(g.grpcSrv, g.kv)
@@ -203,6 +217,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	mux.Handle("/v3/", gwmux)
 	mux.Handle("/tessera/", admin)
 	mux.HandleFunc("/health", g.health)
+	mux.Handle("/metrics", g.metricsHandler)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := g.router.All(r.Context()); err != nil {

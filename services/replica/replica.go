@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/config"
 	dblogger "github.com/lni/dragonboat/v4/logger"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	"github.com/tessera-kv/tessera/pkg/mvcc"
@@ -58,6 +60,8 @@ type Config struct {
 	RaftAddress string
 	// APIAddress is host:port the internal gRPC API listens on.
 	APIAddress string
+	// HTTPAddress serves /livez, /readyz and /metrics; empty disables it.
+	HTTPAddress string
 	// Cluster is every store of the initial configuration, this one
 	// included. It is recorded in DataDir on first start; later starts use
 	// the recorded one.
@@ -121,6 +125,9 @@ type Replica struct {
 	lessor  *lessor.Lessor
 	grpcSrv *grpc.Server
 	lis     net.Listener
+	httpSrv *http.Server
+	// metricsReg is the metrics callback, unregistered at Close.
+	metricsReg metric.Registration
 
 	mu     sync.RWMutex
 	shards map[uint64]*dataShard // guarded by mu
@@ -244,6 +251,9 @@ func (r *Replica) start() error {
 			r.log.Error("internal API stopped", "err", err)
 		}
 	}()
+	if err := r.serveHTTP(); err != nil {
+		return err
+	}
 	r.wg.Add(1)
 	go r.watchQuota()
 	r.log.Info("replica started", "raft", r.cfg.RaftAddress, "api", r.lis.Addr().String())
@@ -275,6 +285,12 @@ func (r *Replica) StoreID() uint64 { return r.cfg.StoreID }
 // Close stops serving and releases the store. It is safe on a partly
 // started replica.
 func (r *Replica) Close() {
+	if r.httpSrv != nil {
+		r.httpSrv.Close()
+	}
+	if r.metricsReg != nil {
+		r.metricsReg.Unregister()
+	}
 	if r.grpcSrv != nil {
 		r.grpcSrv.Stop()
 	}

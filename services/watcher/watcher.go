@@ -15,9 +15,11 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	"github.com/tessera-kv/tessera/pkg/shardmap"
+	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/feed"
@@ -36,7 +38,7 @@ type Config struct {
 	Replicas []string
 	// APIAddress is where etcd's Watch service is served to gateways.
 	APIAddress string
-	// HTTPAddress serves /livez and /readyz; empty disables it.
+	// HTTPAddress serves /livez, /readyz and /metrics; empty disables it.
 	HTTPAddress string
 	// RefreshInterval is how often the shard map is re-read.
 	RefreshInterval time.Duration
@@ -58,6 +60,9 @@ type Watcher struct {
 	srv     *http.Server
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	// metricsReg is the metrics callback, unregistered at Close.
+	metricsReg metric.Registration
 
 	mu       sync.Mutex
 	followed map[uint64]bool // shards whose feed is followed; guarded by mu
@@ -81,10 +86,16 @@ func Start(cfg Config) (*Watcher, error) {
 	cfg.Cache.Logger = cfg.Logger
 	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas), followed: map[uint64]bool{}}
 	w.cache = watchcache.New(cfg.Cache, feed.Source{M: w.smap})
+	metricsHandler, err := telemetry.Handler()
+	if err != nil {
+		return nil, err
+	}
+	if err := w.registerMetrics(); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 
-	var err error
 	if w.apiLis, err = net.Listen("tcp", cfg.APIAddress); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
@@ -102,6 +113,7 @@ func Start(cfg Config) (*Watcher, error) {
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/livez", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
+		mux.Handle("/metrics", metricsHandler)
 		mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 			if len(w.smap.Shards()) == 0 {
 				http.Error(rw, "no shard map yet", http.StatusServiceUnavailable)
@@ -183,6 +195,9 @@ func (w *Watcher) Close() {
 		w.cancel()
 	}
 	w.wg.Wait()
+	if w.metricsReg != nil {
+		w.metricsReg.Unregister()
+	}
 	if w.cache != nil {
 		w.cache.Close()
 	}

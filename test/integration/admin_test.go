@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
@@ -43,5 +46,36 @@ func TestAdminShardMapREST(t *testing.T) {
 	if sm.MetaShardID != "1" || len(sm.Shards) != 1 || sm.Shards[0].ID != "2" || sm.Shards[0].Generation != "1" ||
 		len(sm.Stores) != 1 || sm.Stores[0].APIAddress == "" || out.Leaders["2"] != "1" {
 		t.Fatalf("unexpected shard map: %s", body)
+	}
+}
+
+// TestMetrics reads /metrics (Prometheus text from OpenTelemetry) on the
+// gateway's client port: every tier of the in-process cluster reports.
+func TestMetrics(t *testing.T) {
+	c := testcluster.New(t, 1)
+	cli := c.Client(t)
+	mustPut(t, cli, "/metrics/k", "v")
+	wch := cli.Watch(ctxT(t), "/metrics/", clientv3.WithPrefix())
+	mustPut(t, cli, "/metrics/k", "w")
+	<-wch
+	resp, err := http.Get(c.Endpoints()[0] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tessera_gateway_requests_total{code="OK",method="/etcdserverpb.KV/Put"`,
+		`tessera_gateway_request_duration_seconds_bucket{method="/etcdserverpb.KV/Put"`,
+		`tessera_watcher_watches{`,
+		`tessera_replica_store_bytes{`,
+		`tessera_replica_shard_revision{`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("%s", body)
 	}
 }
