@@ -28,6 +28,8 @@ Usage:
   tessera replica  --id N --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
   tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
+  tessera snapshot restore FILE --data-dir DIR    restore a backup (etcdctl snapshot save FILE) into a new cluster
+  tessera snapshot status FILE                    check a backup and describe it
 
 Run "tessera COMMAND --help" for the flags of a command.
 `
@@ -48,6 +50,8 @@ func main() {
 		err = runGateway(os.Args[2:], log)
 	case "watcher":
 		err = runWatcher(os.Args[2:], log)
+	case "snapshot":
+		err = runSnapshot(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -105,26 +105,119 @@ func changeRange(shardID uint64) [2][]byte {
 
 // Restore replaces the shard's contents with a snapshot written by WriteTo.
 func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
+	return sh.restore(in, stop, false)
+}
+
+// RestoreFresh is Restore for the first start of a cluster restored from a
+// backup: the shard keeps the snapshot's data and revisions, but its Raft
+// log starts empty, so its applied index starts at 0.
+func (sh *Shard) RestoreFresh(in io.Reader) error { return sh.restore(in, nil, true) }
+
+// record is one Badger version in a snapshot stream.
+type record struct {
+	key     []byte
+	version uint64
+	deleted bool
+	value   []byte
+}
+
+// readHeader checks the magic and returns the shard ID and state.
+func readHeader(r *bufio.Reader) (uint64, State, error) {
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
+		return 0, State{}, fmt.Errorf("mvcc: not a shard snapshot")
+	}
+	hdr := make([]byte, 8+32)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return 0, State{}, fmt.Errorf("mvcc: snapshot header: %w", err)
+	}
+	st, err := decodeState(hdr[8:])
+	return binary.BigEndian.Uint64(hdr[:8]), st, err
+}
+
+// readRecord reads the next record; ok is false at the terminator.
+func readRecord(r *bufio.Reader) (rec record, ok bool, err error) {
+	klen, err := binary.ReadUvarint(r)
+	if err != nil {
+		return rec, false, fmt.Errorf("mvcc: snapshot record: %w", err)
+	}
+	if klen == 0 {
+		return rec, false, nil
+	}
+	rec.key = make([]byte, klen)
+	if _, err := io.ReadFull(r, rec.key); err != nil {
+		return rec, false, err
+	}
+	if rec.version, err = binary.ReadUvarint(r); err != nil {
+		return rec, false, err
+	}
+	flag, err := r.ReadByte()
+	if err != nil {
+		return rec, false, err
+	}
+	if rec.deleted = flag == 1; rec.deleted {
+		return rec, true, nil
+	}
+	vlen, err := binary.ReadUvarint(r)
+	if err != nil {
+		return rec, false, err
+	}
+	rec.value = make([]byte, vlen)
+	_, err = io.ReadFull(r, rec.value)
+	return rec, err == nil, err
+}
+
+// SnapshotInfo describes a shard snapshot stream.
+type SnapshotInfo struct {
+	ShardID  uint64
+	State    State
+	Keys     int // live keys at the snapshot's revision
+	Versions int // versions of keys kept, tombstones included
+}
+
+// InspectSnapshot reads one shard snapshot stream from r (and no further:
+// r must be the only reader of the stream, at least 1 MiB buffered).
+func InspectSnapshot(r *bufio.Reader) (SnapshotInfo, error) {
+	var info SnapshotInfo
+	var err error
+	if info.ShardID, info.State, err = readHeader(r); err != nil {
+		return info, err
+	}
+	var last []byte
+	for {
+		rec, ok, err := readRecord(r)
+		if err != nil || !ok {
+			return info, err
+		}
+		if rec.key[0] != familyData {
+			continue
+		}
+		info.Versions++
+		if !bytes.Equal(rec.key, last) { // the newest version of a key comes first
+			last = rec.key
+			if !rec.deleted {
+				info.Keys++
+			}
+		}
+	}
+}
+
+func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	if len(sh.start) != 0 || len(sh.end) != 0 {
 		// Replacing part of the shared keyspace needs range deletion of all
 		// versions, which Badger lacks; it arrives with shard splits.
 		return fmt.Errorf("mvcc: restore of a partial-range shard %d is not supported", sh.id)
 	}
 	r := bufio.NewReaderSize(in, 1<<20)
-	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
-		return fmt.Errorf("mvcc: not a shard snapshot")
-	}
-	hdr := make([]byte, 8+32)
-	if _, err := io.ReadFull(r, hdr); err != nil {
-		return fmt.Errorf("mvcc: snapshot header: %w", err)
-	}
-	if id := binary.BigEndian.Uint64(hdr[:8]); id != sh.id {
-		return fmt.Errorf("mvcc: snapshot of shard %d offered to shard %d", id, sh.id)
-	}
-	st, err := decodeState(hdr[8:])
+	id, st, err := readHeader(r)
 	if err != nil {
 		return err
+	}
+	if id != sh.id {
+		return fmt.Errorf("mvcc: snapshot of shard %d offered to shard %d", id, sh.id)
+	}
+	if fresh {
+		st.AppliedIndex = 0
 	}
 	db := sh.store.db
 	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id)); err != nil {
@@ -140,40 +233,19 @@ func (sh *Shard) Restore(in io.Reader, stop <-chan struct{}) error {
 			default:
 			}
 		}
-		klen, err := binary.ReadUvarint(r)
+		rec, ok, err := readRecord(r)
 		if err != nil {
-			return fmt.Errorf("mvcc: snapshot record: %w", err)
+			return err
 		}
-		if klen == 0 {
+		if !ok {
 			break
 		}
-		key := make([]byte, klen)
-		if _, err := io.ReadFull(r, key); err != nil {
-			return err
+		if rec.deleted {
+			err = wb.DeleteAt(rec.key, rec.version)
+		} else {
+			err = wb.SetEntryAt(badger.NewEntry(rec.key, rec.value), rec.version)
 		}
-		ver, err := binary.ReadUvarint(r)
 		if err != nil {
-			return err
-		}
-		flag, err := r.ReadByte()
-		if err != nil {
-			return err
-		}
-		if flag == 1 {
-			if err := wb.DeleteAt(key, ver); err != nil {
-				return err
-			}
-			continue
-		}
-		vlen, err := binary.ReadUvarint(r)
-		if err != nil {
-			return err
-		}
-		val := make([]byte, vlen)
-		if _, err := io.ReadFull(r, val); err != nil {
-			return err
-		}
-		if err := wb.SetEntryAt(badger.NewEntry(key, val), ver); err != nil {
 			return err
 		}
 	}

@@ -1349,6 +1349,88 @@ func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
 	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{22}
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{23}
+}
+
+// BackupResponse is a piece of a backup stream (see services/replica/backup.go
+// for the format).
+type BackupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BackupResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -1441,7 +1523,10 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x15TransferLeaderRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12&\n" +
 	"\x0ftarget_store_id\x18\x02 \x01(\x04R\rtargetStoreId\"\x18\n" +
-	"\x16TransferLeaderResponse2\xc1\x06\n" +
+	"\x16TransferLeaderResponse\"\x0f\n" +
+	"\rBackupRequest\"$\n" +
+	"\x0eBackupResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\x90\a\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
@@ -1453,7 +1538,8 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x06HashKV\x12\x1f.tessera.shard.v1.HashKVRequest\x1a .tessera.shard.v1.HashKVResponse\x12W\n" +
 	"\n" +
 	"Defragment\x12#.tessera.shard.v1.DefragmentRequest\x1a$.tessera.shard.v1.DefragmentResponse\x12c\n" +
-	"\x0eTransferLeader\x12'.tessera.shard.v1.TransferLeaderRequest\x1a(.tessera.shard.v1.TransferLeaderResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
+	"\x0eTransferLeader\x12'.tessera.shard.v1.TransferLeaderRequest\x1a(.tessera.shard.v1.TransferLeaderResponse\x12M\n" +
+	"\x06Backup\x12\x1f.tessera.shard.v1.BackupRequest\x1a .tessera.shard.v1.BackupResponse0\x01B-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
 
 var (
 	file_tessera_shard_v1_shard_proto_rawDescOnce sync.Once
@@ -1467,7 +1553,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1492,10 +1578,12 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*DefragmentResponse)(nil),     // 20: tessera.shard.v1.DefragmentResponse
 	(*TransferLeaderRequest)(nil),  // 21: tessera.shard.v1.TransferLeaderRequest
 	(*TransferLeaderResponse)(nil), // 22: tessera.shard.v1.TransferLeaderResponse
-	(*metapb.ShardDescriptor)(nil), // 23: tessera.meta.v1.ShardDescriptor
+	(*BackupRequest)(nil),          // 23: tessera.shard.v1.BackupRequest
+	(*BackupResponse)(nil),         // 24: tessera.shard.v1.BackupResponse
+	(*metapb.ShardDescriptor)(nil), // 25: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	23, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	25, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 1: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
 	0,  // 2: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
 	2,  // 3: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
@@ -1507,18 +1595,20 @@ var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
 	17, // 9: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
 	19, // 10: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
 	21, // 11: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
-	1,  // 12: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 13: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 14: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 15: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 16: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 17: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 18: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	18, // 19: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
-	20, // 20: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
-	22, // 21: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
-	12, // [12:22] is the sub-list for method output_type
-	2,  // [2:12] is the sub-list for method input_type
+	23, // 12: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
+	1,  // 13: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	3,  // 14: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 15: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 16: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 17: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 18: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 19: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 20: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 21: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 22: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	24, // 23: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
+	13, // [13:24] is the sub-list for method output_type
+	2,  // [2:13] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1535,7 +1625,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

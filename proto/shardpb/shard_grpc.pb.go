@@ -31,6 +31,7 @@ const (
 	Shard_HashKV_FullMethodName         = "/tessera.shard.v1.Shard/HashKV"
 	Shard_Defragment_FullMethodName     = "/tessera.shard.v1.Shard/Defragment"
 	Shard_TransferLeader_FullMethodName = "/tessera.shard.v1.Shard/TransferLeader"
+	Shard_Backup_FullMethodName         = "/tessera.shard.v1.Shard/Backup"
 )
 
 // ShardClient is the client API for Shard service.
@@ -57,6 +58,9 @@ type ShardClient interface {
 	// TransferLeader asks the shard's leader (this store) to hand leadership
 	// to another replica.
 	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
+	// Backup streams a consistent copy of the meta state and every data shard
+	// held by this store (etcd's Snapshot; etcdctl snapshot save writes it).
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
 
 type shardClient struct {
@@ -176,6 +180,25 @@ func (c *shardClient) TransferLeader(ctx context.Context, in *TransferLeaderRequ
 	return out, nil
 }
 
+func (c *shardClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Shard_ServiceDesc.Streams[1], Shard_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
 // ShardServer is the server API for Shard service.
 // All implementations must embed UnimplementedShardServer
 // for forward compatibility.
@@ -200,6 +223,9 @@ type ShardServer interface {
 	// TransferLeader asks the shard's leader (this store) to hand leadership
 	// to another replica.
 	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
+	// Backup streams a consistent copy of the meta state and every data shard
+	// held by this store (etcd's Snapshot; etcdctl snapshot save writes it).
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedShardServer()
 }
 
@@ -239,6 +265,9 @@ func (UnimplementedShardServer) Defragment(context.Context, *DefragmentRequest) 
 }
 func (UnimplementedShardServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeader not implemented")
+}
+func (UnimplementedShardServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedShardServer) mustEmbedUnimplementedShardServer() {}
 func (UnimplementedShardServer) testEmbeddedByValue()               {}
@@ -434,6 +463,17 @@ func _Shard_TransferLeader_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shard_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShardServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
 // Shard_ServiceDesc is the grpc.ServiceDesc for Shard service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -482,6 +522,11 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Changes",
 			Handler:       _Shard_Changes_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Backup",
+			Handler:       _Shard_Backup_Handler,
 			ServerStreams: true,
 		},
 	},

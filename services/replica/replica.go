@@ -209,7 +209,10 @@ func (r *Replica) start() error {
 	minTTL := int64(math.Ceil((election * 3 / 2).Seconds()))
 	r.lessor = lessor.New(lessor.Config{MinTTL: minTTL, Logger: r.log}, leaseStore{r: r, metaLog: &metaLog{r: r}})
 
-	boot := bootstrapState(r.cfg.Cluster)
+	boot, err := startState(r.cfg.DataDir, r.cfg.Cluster)
+	if err != nil {
+		return err
+	}
 	initial := map[uint64]dragonboat.Target{}
 	for _, m := range r.cfg.Cluster {
 		initial[m.ID] = m.RaftAddress

@@ -2,8 +2,10 @@ package etcdapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -24,8 +26,8 @@ const Version = "3.7.0"
 // Maintenance is etcd's Maintenance service. The members clients see are
 // gateways; each call reaches the replicas that hold the data: Status and
 // HashKV the data shards' leaders, Defragment every store, MoveLeader the
-// leaders of every shard, Alarm the meta shard. Snapshot and Downgrade are
-// not built yet and answer Unimplemented.
+// leaders of every shard, Alarm the meta shard, Snapshot one store that
+// holds every shard. Downgrade answers Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	router *router.Router
@@ -93,6 +95,38 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		resp.Leader = m.hdr.MemberID
 	}
 	return resp, nil
+}
+
+// Snapshot streams a backup of the cluster (Tessera's format: the meta
+// state and every data shard; `tessera snapshot restore` reads it) from the
+// store leading the first data shard. etcdctl snapshot save writes it to a
+// file as it does etcd's.
+func (m *Maintenance) Snapshot(_ *pb.SnapshotRequest, stream pb.Maintenance_SnapshotServer) error {
+	ctx := stream.Context()
+	shards, err := m.shards(ctx)
+	if err != nil {
+		return err
+	}
+	hdr := m.hdr.fill(nil, 0)
+	// Mutating: once bytes went to the client, a broken stream is not resent.
+	return m.router.Call(ctx, shards[0], true, func(ctx context.Context, c shardpb.ShardClient) error {
+		up, err := c.Backup(ctx, &shardpb.BackupRequest{})
+		if err != nil {
+			return err
+		}
+		for {
+			chunk, err := up.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := stream.Send(&pb.SnapshotResponse{Header: hdr, Blob: chunk.Data, Version: Version}); err != nil {
+				return err
+			}
+		}
+	})
 }
 
 // Alarm lists, raises or clears alarms (kept in the meta shard; an
