@@ -30,13 +30,9 @@ const (
 // A follower's applied state is a prefix of the committed log, so any
 // replica serves a correct feed; watchers prefer followers.
 func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard_ChangesServer) error {
-	ds, err := s.lookup(req.ShardId)
+	sh, err := s.openShard(req.ShardId)
 	if err != nil {
 		return err
-	}
-	sh := ds.shard()
-	if sh == nil {
-		return status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", req.ShardId)
 	}
 	match := eventFilter(req.Key, req.RangeEnd)
 	next := req.StartRevision

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/lni/dragonboat/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -77,7 +78,9 @@ func (s leaseStore) DeleteKeys(ctx context.Context, id int64) (int64, error) {
 	return rev, nil
 }
 
-// proposeMeta proposes a meta command and returns its result value.
+// proposeMeta proposes a meta command and returns its result value. While
+// the meta shard has no leader (just after start, during an election) the
+// proposal is not taken at all, so it is tried again until the timeout.
 func (r *Replica) proposeMeta(ctx context.Context, cmd *raftcmdpb.MetaCommand) (uint64, error) {
 	b, err := proto.Marshal(cmd)
 	if err != nil {
@@ -85,11 +88,18 @@ func (r *Replica) proposeMeta(ctx context.Context, cmd *raftcmdpb.MetaCommand) (
 	}
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
-	res, err := r.nh.SyncPropose(ctx, r.nh.GetNoOPSession(MetaShardID), b)
-	if err != nil {
-		return 0, err
+	for {
+		res, err := r.nh.SyncPropose(ctx, r.nh.GetNoOPSession(MetaShardID), b)
+		if err == nil {
+			return res.Value, nil
+		}
+		if !errors.Is(err, dragonboat.ErrShardNotReady) && !errors.Is(err, dragonboat.ErrSystemBusy) {
+			return 0, err
+		}
+		if serr := sleepCtx(ctx, electionBackoff(r.cfg)/4); serr != nil {
+			return 0, err
+		}
 	}
-	return res.Value, nil
 }
 
 // callShardLeader calls fn on the store leading shardID, following

@@ -11,13 +11,9 @@ import (
 
 // HashKV hashes this replica's copy of the shard from its applied state.
 func (s *shardService) HashKV(_ context.Context, req *shardpb.HashKVRequest) (*shardpb.HashKVResponse, error) {
-	ds, err := s.lookup(req.ShardId)
+	sh, err := s.openShard(req.ShardId)
 	if err != nil {
 		return nil, err
-	}
-	sh := ds.shard()
-	if sh == nil {
-		return nil, status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", req.ShardId)
 	}
 	h, compacted, rev, err := sh.HashKV(req.Revision)
 	if err != nil {

@@ -37,6 +37,19 @@ func (s *shardService) lookup(id uint64) (*dataShard, error) {
 	return ds, nil
 }
 
+// openShard returns the shard's MVCC view once its state machine is open.
+func (s *shardService) openShard(id uint64) (*mvcc.Shard, error) {
+	ds, err := s.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	sh := ds.shard()
+	if sh == nil {
+		return nil, status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", id)
+	}
+	return sh, nil
+}
+
 // Range answers a linearizable read with a Raft ReadIndex read (at the
 // shard's applied revision) and a serializable one from local state.
 func (s *shardService) Range(ctx context.Context, req *shardpb.RangeRequest) (*shardpb.RangeResponse, error) {
@@ -150,13 +163,9 @@ func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest)
 
 // Status reports this replica's view of a shard.
 func (s *shardService) Status(ctx context.Context, req *shardpb.StatusRequest) (*shardpb.StatusResponse, error) {
-	ds, err := s.lookup(req.ShardId)
+	sh, err := s.openShard(req.ShardId)
 	if err != nil {
 		return nil, err
-	}
-	sh := ds.shard()
-	if sh == nil {
-		return nil, status.Errorf(codes.Unavailable, "tessera: shard %d not open yet", req.ShardId)
 	}
 	st := sh.State()
 	if req.Linearizable {

@@ -174,7 +174,9 @@ func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// WaitReady waits until a linearizable read succeeds through the gateway.
+// WaitReady waits until a linearizable read succeeds through the gateway
+// and the meta shard has a leader (leases, alarms and the revision oracle
+// need it).
 func (c *Cluster) WaitReady() {
 	c.t.Helper()
 	cli := c.Client(c.t)
@@ -183,6 +185,9 @@ func (c *Cluster) WaitReady() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_, err := cli.Get(ctx, "tessera-ready-probe")
 		cancel()
+		if err == nil && c.LeaderIndex(replica.MetaShardID) < 0 {
+			err = fmt.Errorf("the meta shard has no leader")
+		}
 		if err == nil {
 			return
 		}
