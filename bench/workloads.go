@@ -25,6 +25,8 @@ const (
 	wlRangeLin = "range-lin-64"
 	wlRangeSer = "range-ser-64"
 	wlTxnCAS   = "txn-cas-64"
+	// put-64 while thousands of short leases (one key each) expire.
+	wlPutLeases = "put-64-leases"
 )
 
 var allWorkloads = []string{wlPut1, wlPut64, wlRangeLin, wlRangeSer, wlTxnCAS}
@@ -48,6 +50,7 @@ type params struct {
 	conns      int // clientv3 clients (gRPC connections) they share
 	profileDir string
 	blockRate  int // if > 0 (and profileDir set), also write block profiles
+	leases     int // leases the put-64-leases workload grants
 	watchRate  int // puts per second in the watch workloads
 }
 
@@ -125,6 +128,13 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	res := &result{workload: name, target: t.name}
 	var factory workerFactory
 	switch name {
+	case wlPutLeases:
+		n, err := grantLeases(ctx, clis, p.leases, val)
+		if err != nil {
+			return nil, fmt.Errorf("leases: %w", err)
+		}
+		defer func() { res.note = fmt.Sprintf("%d leases of %ds, one key each, expiring", n, leaseTTL) }()
+		fallthrough
 	case wlPut1, wlPut64:
 		factory = func(_ context.Context, w int, _ *clientv3.Client) (opFunc, error) {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
@@ -392,4 +402,45 @@ func preload(ctx context.Context, clis []*clientv3.Client, val string) error {
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// leaseTTL is the TTL of the put-64-leases workload's leases: short enough
+// that they expire while the workload measures.
+const leaseTTL = 3
+
+// grantLeases grants n leases of leaseTTL seconds, 64 at a time, and puts
+// one key on each; they are never kept alive.
+func grantLeases(ctx context.Context, clis []*clientv3.Client, n int, val string) (int, error) {
+	var (
+		wg       sync.WaitGroup
+		granted  atomic.Int64
+		mu       sync.Mutex
+		firstErr error
+	)
+	sem := make(chan struct{}, 64)
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			cli := clis[i%len(clis)]
+			octx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			g, err := cli.Grant(octx, leaseTTL)
+			if err == nil {
+				_, err = cli.Put(octx, fmt.Sprintf("bench/leased/%06d", i), val, clientv3.WithLease(g.ID))
+			}
+			if err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+				return
+			}
+			granted.Add(1)
+		}()
+	}
+	wg.Wait()
+	return int(granted.Load()), firstErr
 }

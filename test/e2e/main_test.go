@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tessera-kv/tessera/test/testcluster"
 	"go.uber.org/zap"
 )
 
@@ -66,15 +67,7 @@ func run(m *testing.M) int {
 }
 
 // freePort returns a loopback address whose port was free just now.
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freePort(t testing.TB) string { return testcluster.FreePort(t) }
 
 // proc is a process started by a test. Every proc is stopped at cleanup;
 // its combined output goes to a log file that is printed if the test fails.

@@ -119,13 +119,23 @@ func startTessera(t *testing.T) string {
 	return ep
 }
 
+var handedOut = map[string]bool{} // ports returned by freePort; tests run one at a time
+
+// freePort returns a loopback port free just now that it never returned
+// before (a closed listener's port may be offered again at once).
 func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut[addr] {
+			handedOut[addr] = true
+			return addr, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 func waitReady(ep string) error {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,15 +47,34 @@ type Options struct {
 	QuotaBytes int64
 }
 
-// FreePort returns a loopback address with a port that was free just now.
+var handedOut struct {
+	sync.Mutex
+	ports map[string]bool
+}
+
+// FreePort returns a loopback address with a port that was free just now
+// and that no earlier call of this process returned (the kernel may offer
+// a port again once its listener closed, and a test that takes several
+// ports before it binds them must not get one twice).
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[string]bool{}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut.ports[addr] {
+			handedOut.ports[addr] = true
+			return addr
+		}
+	}
 }
 
 // New starts n stores and a gateway; everything stops at test cleanup.
