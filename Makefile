@@ -12,13 +12,16 @@ build:
 	mkdir -p bin
 	$(GO) build -o bin/tessera ./cmd/tessera
 
-# test/k8s (Kubernetes' storage conformance tests) is a module outside the
-# workspace, so that Kubernetes' dependency versions stay out of the services.
+# test/k8s (Kubernetes' storage conformance tests) and test/kubeapiserver (a
+# real kube-apiserver on Tessera) are modules outside the workspace, so that
+# Kubernetes' dependency versions stay out of the services.
 K8S_TEST = cd test/k8s && GOWORK=off $(GO)
+APISERVER_TEST = cd test/kubeapiserver && GOWORK=off $(GO)
 
 test:
 	$(GO) test -count=1 -timeout 20m $(MODULES)
 	$(K8S_TEST) test -count=1 -timeout 15m ./...
+	$(APISERVER_TEST) test -count=1 -timeout 20m ./...
 
 test-short:
 	$(GO) test -count=1 -short -timeout 10m $(MODULES)
@@ -37,6 +40,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(MODULES)
 	$(K8S_TEST) vet ./...
+	$(APISERVER_TEST) vet ./...
 
 bench:
 	cd bench && $(GO) run . $(BENCHFLAGS)
