@@ -162,3 +162,38 @@ func TestStats(t *testing.T) {
 	ctx, s := newStore(t)
 	storagetesting.RunTestStats(ctx, t, s, s.codec, s.transformer, false)
 }
+
+// checkCalls is Kubernetes' check that paginated lists read what they must
+// and call the server as few times as kube-apiserver's growing page sizes
+// allow (etcd3's maxLimit is 10000).
+func (s *store) checkCalls() storagetesting.CallsValidation {
+	const maxLimit = 10000
+	return func(t *testing.T, pageSize, estimatedProcessedObjects uint64) {
+		if reads := s.transformer.get().(*storagetesting.PrefixTransformer).GetReadsAndReset(); reads != estimatedProcessedObjects {
+			t.Errorf("unexpected reads: %d, expected: %d", reads, estimatedProcessedObjects)
+		}
+		estimatedGetCalls := uint64(1)
+		if pageSize != 0 {
+			currLimit := pageSize
+			for sum := uint64(1); sum < estimatedProcessedObjects; {
+				currLimit = min(currLimit*2, maxLimit)
+				sum += currLimit
+				estimatedGetCalls++
+			}
+		}
+		rec := s.client.KV.(*storagetesting.KVRecorder)
+		if reads := rec.GetReadsAndReset() + rec.GetStreamReadsAndReset(); reads != estimatedGetCalls {
+			t.Fatalf("unexpected reads: %d, want: %d", reads, estimatedGetCalls)
+		}
+	}
+}
+
+func TestListContinuation(t *testing.T) {
+	ctx, s := newStore(t)
+	storagetesting.RunTestListContinuation(ctx, t, s, s.checkCalls())
+}
+
+func TestListContinuationWithFilter(t *testing.T) {
+	ctx, s := newStore(t)
+	storagetesting.RunTestListContinuationWithFilter(ctx, t, s, s.checkCalls())
+}
