@@ -219,7 +219,10 @@ func (m *Maintenance) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (
 		return nil, err
 	}
 	meta := m.router.MetaShard()
-	if meta == nil || !hasStore(meta, r.TargetID) {
+	if meta == nil {
+		return nil, rpctypes.ErrGRPCNoLeader // the shard map cannot be read
+	}
+	if !hasStore(meta, r.TargetID) {
 		return nil, rpctypes.ErrGRPCBadLeaderTransferee
 	}
 	for _, d := range append([]*metapb.ShardDescriptor{meta}, shards...) {
