@@ -7,42 +7,49 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
-// RevokeLease deletes every key of the shard attached to lease, as the
-// entry at Raft index index with revision rev; it returns how many keys it
-// deleted. Watches see one DELETE event per key, all at rev.
-func (sh *Shard) RevokeLease(index uint64, rev, lease int64) (int64, error) {
+// RevokeLease deletes every key of the shard attached to the leases, as
+// the entry at Raft index index with revision rev; it returns how many keys
+// it deleted. Watches see one DELETE event per key, all at rev.
+func (sh *Shard) RevokeLease(index uint64, rev int64, leases []int64) (int64, error) {
 	w, err := sh.newWriter(rev)
 	if err != nil {
 		return 0, err
 	}
-	keys, err := sh.leaseKeys(w.txn, lease)
-	if err != nil {
-		w.txn.Discard()
-		return 0, err
-	}
-	for _, k := range keys {
-		kv, err := sh.get(w.txn, k)
-		if err != nil {
+	for _, lease := range leases {
+		if err := w.revoke(lease); err != nil {
 			w.txn.Discard()
 			return 0, err
 		}
-		if kv == nil || kv.Lease != lease {
-			continue // the index never lags the data; nothing to do
-		}
-		if err := w.txn.Delete(dataKey(k)); err != nil {
-			w.txn.Discard()
-			return 0, err
-		}
-		if err := w.txn.Delete(leaseKey(lease, k)); err != nil {
-			w.txn.Discard()
-			return 0, err
-		}
-		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: rev}, PrevKv: kv})
 	}
 	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
 		return 0, err
 	}
 	return int64(len(w.events)), nil
+}
+
+// revoke deletes the keys of one lease in the writer's transaction.
+func (w *writer) revoke(lease int64) error {
+	keys, err := w.sh.leaseKeys(w.txn, lease)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		kv, err := w.sh.get(w.txn, k)
+		if err != nil {
+			return err
+		}
+		if kv == nil || kv.Lease != lease {
+			continue // the index never lags the data; nothing to do
+		}
+		if err := w.txn.Delete(dataKey(k)); err != nil {
+			return err
+		}
+		if err := w.txn.Delete(leaseKey(lease, k)); err != nil {
+			return err
+		}
+		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: w.rev}, PrevKv: kv})
+	}
+	return nil
 }
 
 // LeaseKeys lists the shard's keys attached to lease, at the applied revision.

@@ -49,7 +49,7 @@ func TestLeaseIndexAndRevoke(t *testing.T) {
 		t.Fatalf("restored lease 5 keys %q", got)
 	}
 
-	n, err := sh.RevokeLease(nextIndex(sh), 9, 5)
+	n, err := sh.RevokeLease(nextIndex(sh), 9, []int64{5})
 	if err != nil || n != 2 {
 		t.Fatalf("revoke: %d keys, err %v", n, err)
 	}
@@ -63,7 +63,7 @@ func TestLeaseIndexAndRevoke(t *testing.T) {
 	if err != nil || len(recs) != 1 || len(recs[0].Events) != 2 {
 		t.Fatalf("revoke's change record: %v %v", recs, err)
 	}
-	if n, err := sh.RevokeLease(nextIndex(sh), 10, 5); err != nil || n != 0 {
+	if n, err := sh.RevokeLease(nextIndex(sh), 10, []int64{5, 6}); err != nil || n != 0 {
 		t.Fatalf("second revoke: %d, %v", n, err)
 	}
 }

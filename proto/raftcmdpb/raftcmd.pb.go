@@ -215,11 +215,11 @@ func (*DataCommand_Tick) isDataCommand_Op() {}
 
 func (*DataCommand_RevokeLease) isDataCommand_Op() {}
 
-// RevokeLease deletes every key of the shard attached to the lease, at the
-// entry's revision (one revision per shard, as the design says).
+// RevokeLease deletes every key of the shard attached to the leases, at the
+// entry's revision: one revision per shard for a batch of expired leases.
 type RevokeLease struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseId       int64                  `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	LeaseIds      []int64                `protobuf:"varint,1,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,11 +254,11 @@ func (*RevokeLease) Descriptor() ([]byte, []int) {
 	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *RevokeLease) GetLeaseId() int64 {
+func (x *RevokeLease) GetLeaseIds() []int64 {
 	if x != nil {
-		return x.LeaseId
+		return x.LeaseIds
 	}
-	return 0
+	return nil
 }
 
 // Compact drops history below revision.
@@ -661,10 +661,10 @@ func (x *GrantLease) GetTtl() int64 {
 	return 0
 }
 
-// DropLease forgets a lease once its keys were deleted from every shard.
+// DropLease forgets leases once their keys were deleted from every shard.
 type DropLease struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ids           []int64                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,11 +699,11 @@ func (*DropLease) Descriptor() ([]byte, []int) {
 	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *DropLease) GetId() int64 {
+func (x *DropLease) GetIds() []int64 {
 	if x != nil {
-		return x.Id
+		return x.Ids
 	}
-	return 0
+	return nil
 }
 
 // ExtendTSO persists a new high-water mark of the revision oracle: no
@@ -824,9 +824,9 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\acompact\x18\x03 \x01(\v2\x1b.tessera.raftcmd.v1.CompactH\x00R\acompact\x12.\n" +
 	"\x04tick\x18\x04 \x01(\v2\x18.tessera.raftcmd.v1.TickH\x00R\x04tick\x12D\n" +
 	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLeaseB\x04\n" +
-	"\x02op\"(\n" +
-	"\vRevokeLease\x12\x19\n" +
-	"\blease_id\x18\x01 \x01(\x03R\aleaseId\"%\n" +
+	"\x02op\"*\n" +
+	"\vRevokeLease\x12\x1b\n" +
+	"\tlease_ids\x18\x01 \x03(\x03R\bleaseIds\"%\n" +
 	"\aCompact\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\x06\n" +
 	"\x04Tick\"\xb9\x02\n" +
@@ -861,9 +861,9 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\n" +
 	"GrantLease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
-	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x1b\n" +
-	"\tDropLease\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x03R\x02id\"!\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x1d\n" +
+	"\tDropLease\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\"!\n" +
 	"\tExtendTSO\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x03R\x05limit\"n\n" +
 	"\rRegisterStore\x12\x19\n" +

@@ -858,7 +858,7 @@ func (x *ChangesResponse) GetCompacted() bool {
 type RevokeLeaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
-	LeaseId       int64                  `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	LeaseIds      []int64                `protobuf:"varint,2,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -900,11 +900,11 @@ func (x *RevokeLeaseRequest) GetShardId() uint64 {
 	return 0
 }
 
-func (x *RevokeLeaseRequest) GetLeaseId() int64 {
+func (x *RevokeLeaseRequest) GetLeaseIds() []int64 {
 	if x != nil {
-		return x.LeaseId
+		return x.LeaseIds
 	}
-	return 0
+	return nil
 }
 
 type RevokeLeaseResponse struct {
@@ -1495,10 +1495,10 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x18.tessera.shard.v1.ChangeR\achanges\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
-	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"J\n" +
+	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"L\n" +
 	"\x12RevokeLeaseRequest\x12\x19\n" +
-	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"K\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
+	"\tlease_ids\x18\x02 \x03(\x03R\bleaseIds\"K\n" +
 	"\x13RevokeLeaseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\x03R\adeleted\"H\n" +

@@ -46,7 +46,7 @@ type ShardClient interface {
 	// with periodic progress (closed_revision). Any replica serves it from its
 	// own applied state; followers keep the load off the leader.
 	Changes(ctx context.Context, in *ChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChangesResponse], error)
-	// RevokeLease deletes the shard's keys attached to a lease (leader only).
+	// RevokeLease deletes the shard's keys attached to leases (leader only).
 	RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error)
 	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
 	LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error)
@@ -211,7 +211,7 @@ type ShardServer interface {
 	// with periodic progress (closed_revision). Any replica serves it from its
 	// own applied state; followers keep the load off the leader.
 	Changes(*ChangesRequest, grpc.ServerStreamingServer[ChangesResponse]) error
-	// RevokeLease deletes the shard's keys attached to a lease (leader only).
+	// RevokeLease deletes the shard's keys attached to leases (leader only).
 	RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error)
 	// LeaseKeys lists the shard's keys attached to a lease (linearizable).
 	LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error)

@@ -51,14 +51,14 @@ func (s leaseStore) Grant(ctx context.Context, id, ttl int64) (int64, error) {
 	return int64(v), err
 }
 
-func (s leaseStore) Drop(ctx context.Context, id int64) error {
-	_, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_DropLease{DropLease: &raftcmdpb.DropLease{Id: id}}})
+func (s leaseStore) Drop(ctx context.Context, ids []int64) error {
+	_, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_DropLease{DropLease: &raftcmdpb.DropLease{Ids: ids}}})
 	return err
 }
 
-// DeleteKeys revokes the lease on every data shard, through each shard's
+// DeleteKeys revokes the leases on every data shard, through each shard's
 // leader (one revision per shard).
-func (s leaseStore) DeleteKeys(ctx context.Context, id int64) (int64, error) {
+func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64) (int64, error) {
 	st, err := s.r.metaState()
 	if err != nil {
 		return 0, err
@@ -67,11 +67,11 @@ func (s leaseStore) DeleteKeys(ctx context.Context, id int64) (int64, error) {
 	for _, d := range st.ShardMap.Shards {
 		var resp *shardpb.RevokeLeaseResponse
 		err := s.r.callShardLeader(ctx, d.Id, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			resp, err = c.RevokeLease(ctx, &shardpb.RevokeLeaseRequest{ShardId: d.Id, LeaseId: id})
+			resp, err = c.RevokeLease(ctx, &shardpb.RevokeLeaseRequest{ShardId: d.Id, LeaseIds: ids})
 			return err
 		})
 		if err != nil {
-			return 0, fmt.Errorf("replica: revoke lease %d on shard %d: %w", id, d.Id, err)
+			return 0, fmt.Errorf("replica: revoke %d lease(s) on shard %d: %w", len(ids), d.Id, err)
 		}
 		rev = max(rev, resp.Revision)
 	}
@@ -125,7 +125,7 @@ func (r *Replica) callShardLeader(ctx context.Context, shardID uint64, fn func(c
 	return lastErr
 }
 
-// RevokeLease deletes the shard's keys of a lease through the shard's log.
+// RevokeLease deletes the shard's keys of leases through the shard's log.
 func (s *shardService) RevokeLease(ctx context.Context, req *shardpb.RevokeLeaseRequest) (*shardpb.RevokeLeaseResponse, error) {
 	ds, err := s.lookup(req.ShardId)
 	if err != nil {
@@ -134,7 +134,7 @@ func (s *shardService) RevokeLease(ctx context.Context, req *shardpb.RevokeLease
 	if _, err := s.r.requireLeader(req.ShardId); err != nil {
 		return nil, err
 	}
-	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_RevokeLease{RevokeLease: &raftcmdpb.RevokeLease{LeaseId: req.LeaseId}}})
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_RevokeLease{RevokeLease: &raftcmdpb.RevokeLease{LeaseIds: req.LeaseIds}}})
 	if err != nil {
 		return nil, s.submitErr(req.ShardId, err)
 	}

@@ -114,7 +114,7 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		err = s.shard.Tick(e.Index, cmd.Revision)
 	case *raftcmdpb.DataCommand_RevokeLease:
 		var n int64
-		n, err = s.shard.RevokeLease(e.Index, cmd.Revision, op.RevokeLease.LeaseId)
+		n, err = s.shard.RevokeLease(e.Index, cmd.Revision, op.RevokeLease.LeaseIds)
 		if err == nil {
 			resp = &pb.TxnResponse{Succeeded: true, Responses: []*pb.ResponseOp{{Response: &pb.ResponseOp_ResponseDeleteRange{
 				ResponseDeleteRange: &pb.DeleteRangeResponse{Deleted: n}}}}}

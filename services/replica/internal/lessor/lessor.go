@@ -38,6 +38,10 @@ var (
 // MaxTTL is etcd's largest lease TTL in seconds.
 const MaxTTL = 9000000000
 
+// maxRevokeBatch bounds the expired leases revoked by one entry per shard
+// (their keys' deletions share that entry's Badger transaction).
+const maxRevokeBatch = 256
+
 // Store is the replicated side the lessor works through.
 type Store interface {
 	// Leadership reports the meta shard's term and whether this process leads it.
@@ -47,11 +51,11 @@ type Store interface {
 	// Grant replicates a grant; id 0 lets the state machine choose. It
 	// returns the lease's ID, or 0 if the ID was taken.
 	Grant(ctx context.Context, id, ttl int64) (int64, error)
-	// DeleteKeys deletes the lease's keys on every shard and returns the
+	// DeleteKeys deletes the leases' keys on every shard and returns the
 	// highest revision it wrote at.
-	DeleteKeys(ctx context.Context, id int64) (int64, error)
-	// Drop replicates the lease's removal.
-	Drop(ctx context.Context, id int64) error
+	DeleteKeys(ctx context.Context, ids []int64) (int64, error)
+	// Drop replicates the leases' removal.
+	Drop(ctx context.Context, ids []int64) error
 }
 
 // Config tunes a lessor.
@@ -186,30 +190,34 @@ func (l *Lessor) Revoke(ctx context.Context, id int64) (int64, error) {
 	if !ok {
 		return 0, ErrNotFound
 	}
-	return l.revoke(ctx, id)
+	return l.revoke(ctx, []int64{id})
 }
 
-func (l *Lessor) revoke(ctx context.Context, id int64) (int64, error) {
-	rev, err := l.store.DeleteKeys(ctx, id)
+// revoke deletes the leases' keys on every shard (one entry per shard for
+// the whole batch), then the leases.
+func (l *Lessor) revoke(ctx context.Context, ids []int64) (int64, error) {
+	rev, err := l.store.DeleteKeys(ctx, ids)
 	if err != nil {
 		return 0, err
 	}
-	if err := l.store.Drop(ctx, id); err != nil {
+	if err := l.store.Drop(ctx, ids); err != nil {
 		return 0, err
 	}
 	l.mu.Lock()
-	delete(l.mu.ttls, id)
-	delete(l.mu.deadlines, id)
-	delete(l.mu.revoking, id)
+	for _, id := range ids {
+		delete(l.mu.ttls, id)
+		delete(l.mu.deadlines, id)
+		delete(l.mu.revoking, id)
+	}
 	l.mu.Unlock()
-	l.scheduleSweep(id)
+	l.scheduleSweep(ids)
 	return rev, nil
 }
 
-// scheduleSweep deletes the lease's keys once more after SweepDelay,
-// unless the ID was granted again meanwhile: a put that passed the lease
-// check just before the revoke may apply just after it.
-func (l *Lessor) scheduleSweep(id int64) {
+// scheduleSweep deletes the leases' keys once more after SweepDelay,
+// except those granted again meanwhile: a put that passed the lease check
+// just before the revoke may apply just after it.
+func (l *Lessor) scheduleSweep(revoked []int64) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
@@ -225,14 +233,19 @@ func (l *Lessor) scheduleSweep(id int64) {
 		if l.ready(ctx) != nil {
 			return // the next leader has no record of it; see package doc
 		}
+		var ids []int64
 		l.mu.Lock()
-		_, regranted := l.mu.ttls[id]
+		for _, id := range revoked {
+			if _, regranted := l.mu.ttls[id]; !regranted {
+				ids = append(ids, id)
+			}
+		}
 		l.mu.Unlock()
-		if regranted {
+		if len(ids) == 0 {
 			return
 		}
-		if _, err := l.store.DeleteKeys(ctx, id); err != nil {
-			l.cfg.Logger.Warn("lease sweep failed", "lease", id, "err", err)
+		if _, err := l.store.DeleteKeys(ctx, ids); err != nil {
+			l.cfg.Logger.Warn("lease sweep failed", "leases", len(ids), "err", err)
 		}
 	}()
 }
@@ -295,11 +308,16 @@ func (l *Lessor) run() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if l.ready(ctx) == nil {
-			for _, id := range l.expired() {
-				if _, err := l.revoke(ctx, id); err != nil {
-					l.cfg.Logger.Warn("lease expiry: revoke failed; retrying", "lease", id, "err", err)
+			expired := l.expired()
+			for len(expired) > 0 {
+				batch := expired[:min(len(expired), maxRevokeBatch)]
+				expired = expired[len(batch):]
+				if _, err := l.revoke(ctx, batch); err != nil {
+					l.cfg.Logger.Warn("lease expiry: revoke failed; retrying", "leases", len(batch), "err", err)
 					l.mu.Lock()
-					delete(l.mu.revoking, id)
+					for _, id := range batch {
+						delete(l.mu.revoking, id)
+					}
 					l.mu.Unlock()
 				}
 			}

@@ -16,6 +16,7 @@ type fakeStore struct {
 	leases  map[int64]int64
 	next    int64
 	deleted map[int64]int // DeleteKeys calls per lease
+	batches []int         // leases per DeleteKeys call
 }
 
 func newFakeStore() *fakeStore {
@@ -51,17 +52,22 @@ func (f *fakeStore) Grant(_ context.Context, id, ttl int64) (int64, error) {
 	return id, nil
 }
 
-func (f *fakeStore) DeleteKeys(_ context.Context, id int64) (int64, error) {
+func (f *fakeStore) DeleteKeys(_ context.Context, ids []int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.deleted[id]++
+	for _, id := range ids {
+		f.deleted[id]++
+	}
+	f.batches = append(f.batches, len(ids))
 	return 7, nil
 }
 
-func (f *fakeStore) Drop(_ context.Context, id int64) error {
+func (f *fakeStore) Drop(_ context.Context, ids []int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.leases, id)
+	for _, id := range ids {
+		delete(f.leases, id)
+	}
 	return nil
 }
 
@@ -165,5 +171,35 @@ func TestLeaderChangeRestoresFullTTL(t *testing.T) {
 	f.mu.Unlock()
 	if _, left, err := l.TimeToLive(ctx, id); err != nil || left != 10 {
 		t.Fatalf("after a new term: %d s left, err %v; want 10", left, err)
+	}
+}
+
+// Leases that expire together are revoked together, in bounded batches.
+func TestExpiryRevokesInBatches(t *testing.T) {
+	f := newFakeStore()
+	l, clk := newLessor(t, f)
+	ctx := context.Background()
+	const n = maxRevokeBatch + 10
+	for i := 0; i < n; i++ {
+		if _, _, err := l.Grant(ctx, 0, 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.advance(6 * time.Second)
+	waitFor(t, "every lease revoked", func() bool {
+		ids, _ := l.Leases(ctx)
+		return len(ids) == 0
+	})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	total := 0
+	for _, b := range f.batches[:2] {
+		if b > maxRevokeBatch {
+			t.Fatalf("a batch of %d leases", b)
+		}
+		total += b
+	}
+	if total != n {
+		t.Fatalf("first two batches %v revoked %d leases, want all %d", f.batches, total, n)
 	}
 }

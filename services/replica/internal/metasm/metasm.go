@@ -64,7 +64,9 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	case *raftcmdpb.MetaCommand_GrantLease:
 		return sm.Result{Value: uint64(s.grantLocked(op.GrantLease))}, nil
 	case *raftcmdpb.MetaCommand_DropLease:
-		delete(s.state.Leases, op.DropLease.Id)
+		for _, id := range op.DropLease.Ids {
+			delete(s.state.Leases, id)
+		}
 		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_SetAlarm:
 		s.setAlarmLocked(op.SetAlarm)
