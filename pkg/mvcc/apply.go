@@ -469,24 +469,6 @@ func encodeEvents(evs []*mvccpb.Event) []byte {
 	return out
 }
 
-// DecodeEvents parses a change-log record.
-func DecodeEvents(b []byte) ([]*mvccpb.Event, error) {
-	var evs []*mvccpb.Event
-	for len(b) > 0 {
-		n, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < n {
-			return nil, fmt.Errorf("mvcc: corrupt change record")
-		}
-		ev := &mvccpb.Event{}
-		if err := proto.Unmarshal(b[k:k+int(n)], ev); err != nil {
-			return nil, err
-		}
-		evs = append(evs, ev)
-		b = b[k+int(n):]
-	}
-	return evs, nil
-}
-
 // ReadTxn evaluates a txn whose branches only read, at the current revision,
 // without a Raft entry (etcd serves read-only txns the same way).
 func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {

@@ -183,9 +183,6 @@ func (w *Watcher) APIAddr() string { return w.apiLis.Addr().String() }
 // Released is the revision up to which the watcher has every shard's events.
 func (w *Watcher) Released() int64 { return w.cache.Released() }
 
-// ShardMap is the last shard map read, or nil.
-func (w *Watcher) ShardMap() []*metapb.ShardDescriptor { return w.smap.Shards() }
-
 // Close stops the watcher; open watch streams end.
 func (w *Watcher) Close() {
 	if w.grpcSrv != nil {

@@ -24,7 +24,6 @@ package watchcache
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -512,8 +511,6 @@ func (c *Cache) syncLoop() {
 		}
 	}
 }
-
-var errCanceled = errors.New("watchcache: watch canceled")
 
 // Stats is a snapshot of the cache's size.
 type Stats struct {
