@@ -3,6 +3,7 @@ package mvcc
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -11,43 +12,75 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// writer is one applied entry: a Badger transaction that reads the shard as
-// of its previous revision (plus its own writes) and commits at rev.
+// writer is one entry being applied: it evaluates against the shard as of
+// its previous entry plus its own pending writes, then flushes the writes
+// at rev (see pending.go for the two phases and why they are safe).
 type writer struct {
-	sh     *Shard
-	txn    *badger.Txn
+	sh   *Shard
+	view snapshotView // read-only, at prev.LastEntry
+	rd   reader       // view with pending laid over it
+	pending
 	prev   State
 	rev    int64
+	index  uint64
 	events []*mvccpb.Event
 }
 
-func (sh *Shard) newWriter(rev int64) (*writer, error) {
+// newWriter starts the entry at Raft index index with revision rev. An entry
+// whose revision is not above the last one is rejected (ErrStaleRevision),
+// but its index is still recorded as applied.
+func (sh *Shard) newWriter(index uint64, rev int64) (*writer, error) {
 	st := sh.State()
 	if rev <= st.LastEntry {
+		if err := sh.RecordRejected(index); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %d <= %d", ErrStaleRevision, rev, st.LastEntry)
 	}
-	return &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), true), prev: st, rev: rev}, nil
+	w := &writer{sh: sh, prev: st, rev: rev, index: index}
+	w.view = snapshotView{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}
+	w.rd = overlay{view: w.view, p: &w.pending}
+	return w, nil
+}
+
+// reset drops everything the entry evaluated: a request error applies
+// nothing but the state.
+func (w *writer) reset() {
+	w.pending = pending{}
+	w.rd = overlay{view: w.view, p: &w.pending}
+	w.events = nil
+}
+
+func (w *writer) discard() { w.view.txn.Discard() }
+
+// evaluate runs fn, the evaluation phase of an entry. It has no side
+// effects outside the writer, so a panic in it (a request shape nobody
+// foresaw) is turned into ErrInvalidEntry on every replica alike instead of
+// stopping the replica.
+func (w *writer) evaluate(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrInvalidEntry, r)
+		}
+	}()
+	return fn()
 }
 
 // commit persists the entry's changes, its change-log record and the new
-// state in one Badger transaction at the entry's revision.
-func (w *writer) commit(index uint64, compact int64) (State, error) {
-	defer w.txn.Discard()
+// state at the entry's revision.
+func (w *writer) commit(compact int64) (State, error) {
+	defer w.discard()
 	// Only an entry that changed a key moves etcd's revision.
-	st := State{AppliedIndex: index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev}
+	st := State{AppliedIndex: w.index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev}
 	if len(w.events) > 0 {
 		st.Revision = w.rev
-	}
-	if len(w.events) > 0 {
-		if err := w.txn.Set(changeKey(w.sh.id, w.rev), encodeEvents(w.events)); err != nil {
-			return State{}, err
+		for i, part := range encodeEventParts(w.events, changePartBytes) {
+			w.appendUnique(mutation{key: changePartKey(w.sh.id, w.rev, i), value: part})
 		}
 	}
-	if err := w.txn.Set(stateKey(w.sh.id), st.encode()); err != nil {
-		return State{}, err
-	}
-	if err := w.txn.CommitAt(uint64(w.rev), nil); err != nil {
-		return State{}, fmt.Errorf("mvcc: shard %d commit at %d: %w", w.sh.id, w.rev, err)
+	w.appendUnique(mutation{key: stateKey(w.sh.id), value: st.encode()})
+	if err := w.sh.store.flush(w.rev, w.muts); err != nil {
+		return State{}, fmt.Errorf("mvcc: shard %d entry %d: %w", w.sh.id, w.index, err)
 	}
 	w.sh.setState(st)
 	return st, nil
@@ -55,53 +88,90 @@ func (w *writer) commit(index uint64, compact int64) (State, error) {
 
 // ApplyTxn applies one etcd transaction at revision rev as the entry at Raft
 // index index. A request error (ErrKeyNotFound, ErrCompacted, ErrFutureRev
-// from a range inside the txn) is returned after the entry is recorded as
-// applied with no change, exactly as every replica will do.
+// from a range inside the txn, ErrKeyTooLarge, ErrInvalidEntry) is returned
+// after the entry is recorded as applied with no change, exactly as every
+// replica will do. Any other error is a storage failure.
 func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnResponse, error) {
-	w, err := sh.newWriter(rev)
+	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return nil, err
 	}
-	path, err := w.comparePath(req)
-	if err != nil {
-		w.txn.Discard()
-		return nil, err
-	}
-	reqErr := w.check(req, path)
 	var resp *pb.TxnResponse
-	if reqErr == nil {
+	reqErr := w.evaluate(func() error {
+		if err := checkKeys(req); err != nil {
+			return err
+		}
+		path, err := w.comparePath(req)
+		if err != nil {
+			return err
+		}
+		if err := w.check(req, path); err != nil {
+			return err
+		}
 		resp, _, err = w.execTxn(req, path)
 		if err != nil {
-			w.txn.Discard()
-			return nil, err
+			return err
 		}
 		resp.Header = w.header()
-	} else {
-		// Nothing of the request is applied; only the state advances.
-		w.txn.Discard()
-		w.txn = sh.store.db.NewTransactionAt(uint64(w.prev.LastEntry), true)
-		w.events = nil
+		return nil
+	})
+	if reqErr != nil {
+		if !isRequestError(reqErr) {
+			w.discard()
+			return nil, reqErr
+		}
+		resp = nil
+		w.reset() // nothing of the request is applied; only the state advances
 	}
-	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
+	if _, err := w.commit(w.prev.CompactRevision); err != nil {
 		return nil, err
 	}
 	return resp, reqErr
 }
 
-// Tick records an entry that changes no data (it advances the revision).
+// isRequestError tells the errors a request causes (the same on every
+// replica, answered as results) from storage failures.
+func isRequestError(err error) bool {
+	for _, e := range []error{ErrKeyNotFound, ErrCompacted, ErrFutureRev, ErrKeyTooLarge, ErrInvalidEntry} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkKeys refuses keys the store cannot hold, anywhere in the txn (the
+// gateway refuses them first; this keeps apply total for any entry).
+func checkKeys(req *pb.TxnRequest) error {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch {
+			case op.GetRequestPut() != nil && len(op.GetRequestPut().Key) > MaxKeyBytes:
+				return fmt.Errorf("%w: %d bytes (max %d)", ErrKeyTooLarge, len(op.GetRequestPut().Key), MaxKeyBytes)
+			case op.GetRequestTxn() != nil:
+				if err := checkKeys(op.GetRequestTxn()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Tick records an entry that changes no data.
 func (sh *Shard) Tick(index uint64, rev int64) error {
-	w, err := sh.newWriter(rev)
+	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return err
 	}
-	_, err = w.commit(index, w.prev.CompactRevision)
+	_, err = w.commit(w.prev.CompactRevision)
 	return err
 }
 
 // Compact drops history below revision compact, as the entry at index with
 // revision rev. Reads below compact fail with ErrCompacted afterwards.
 func (sh *Shard) Compact(index uint64, rev, compact int64) error {
-	w, err := sh.newWriter(rev)
+	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return err
 	}
@@ -113,7 +183,7 @@ func (sh *Shard) Compact(index uint64, rev, compact int64) error {
 		reqErr = ErrFutureRev
 	default:
 		if err := w.dropChanges(compact); err != nil {
-			w.txn.Discard()
+			w.discard()
 			return err
 		}
 	}
@@ -121,43 +191,26 @@ func (sh *Shard) Compact(index uint64, rev, compact int64) error {
 	if reqErr == nil {
 		newCompact = compact
 	}
-	if _, err := w.commit(index, newCompact); err != nil {
+	if _, err := w.commit(newCompact); err != nil {
 		return err
 	}
 	sh.store.setCompacted(sh.id, newCompact)
 	return reqErr
 }
 
-// dropChanges deletes change-log records below compact. A huge backlog is
-// deleted in several commits at the same revision: each key is deleted once,
-// and a crash in between leaves the state unchanged so the entry is replayed.
+// dropChanges deletes the change-log records below compact (every part).
 func (w *writer) dropChanges(compact int64) error {
 	prefix := changePrefix(w.sh.id)
-	for {
-		var keys [][]byte
-		it := w.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		for it.Seek(prefix); it.Valid() && len(keys) < 10000; it.Next() {
-			k := it.Item().KeyCopy(nil)
-			if int64(binary.BigEndian.Uint64(k[9:])) >= compact {
-				break
-			}
-			keys = append(keys, k)
+	it := w.view.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	for it.Seek(prefix); it.Valid(); it.Next() {
+		k := it.Item().KeyCopy(nil)
+		if int64(binary.BigEndian.Uint64(k[9:17])) >= compact {
+			break
 		}
-		it.Close()
-		for _, k := range keys {
-			if err := w.txn.Delete(k); err != nil {
-				return err
-			}
-		}
-		if len(keys) < 10000 {
-			return nil
-		}
-		if err := w.txn.CommitAt(uint64(w.rev), nil); err != nil {
-			return err
-		}
-		// Read at the entry's own revision so the next pass sees this one's deletions.
-		w.txn = w.sh.store.db.NewTransactionAt(uint64(w.rev), true)
+		w.appendUnique(mutation{key: k, del: true})
 	}
+	return nil
 }
 
 // comparePath evaluates the compares of req and of every nested txn on the
@@ -193,7 +246,7 @@ func (w *writer) comparePath(req *pb.TxnRequest) ([]bool, error) {
 
 func (w *writer) compare(c *pb.Compare) (bool, error) {
 	var kvs []*mvccpb.KeyValue
-	err := w.sh.kvIter(w.txn, c.Key, RangeEnd(c.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+	err := w.rd.scan(c.Key, RangeEnd(c.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
 		kvs = append(kvs, kv)
 		return true, nil
 	})
@@ -279,7 +332,7 @@ func (w *writer) checkOps(req *pb.TxnRequest, path []bool) (int, error) {
 		case op.GetRequestPut() != nil:
 			p := op.GetRequestPut()
 			if p.IgnoreValue || p.IgnoreLease {
-				kv, err := w.sh.get(w.txn, p.Key)
+				kv, err := w.rd.get(p.Key)
 				if err != nil {
 					return 0, err
 				}
@@ -353,13 +406,14 @@ func (w *writer) header() *pb.ResponseHeader {
 }
 
 func (w *writer) rangeOp(r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	txn := w.txn
+	rd := w.rd
 	if r.Revision > 0 {
 		// A historical read does not see this txn's writes.
-		txn = w.sh.store.db.NewTransactionAt(uint64(r.Revision), false)
+		txn := w.sh.store.db.NewTransactionAt(uint64(r.Revision), false)
 		defer txn.Discard()
+		rd = snapshotView{sh: w.sh, txn: txn}
 	}
-	resp, err := w.sh.rangeIn(txn, r)
+	resp, err := rangeIn(rd, r)
 	if err != nil {
 		return nil, err
 	}
@@ -368,7 +422,7 @@ func (w *writer) rangeOp(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 }
 
 func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
-	prev, err := w.sh.get(w.txn, p.Key)
+	prev, err := w.rd.get(p.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -383,12 +437,8 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 			kv.Lease = prev.Lease
 		}
 	}
-	if err := w.txn.Set(dataKey(p.Key), encodeKV(kv)); err != nil {
-		return nil, fmt.Errorf("mvcc: put %q: %w", p.Key, err)
-	}
-	if err := w.reindexLease(p.Key, prev, kv.Lease); err != nil {
-		return nil, err
-	}
+	w.putKV(kv)
+	w.reindexLease(p.Key, prev, kv.Lease)
 	// The change log keeps the previous version beside the event, so watches
 	// with prev_kv are served without reading history.
 	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv, PrevKv: prev})
@@ -401,7 +451,7 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 
 func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	var kvs []*mvccpb.KeyValue
-	err := w.sh.kvIter(w.txn, d.Key, RangeEnd(d.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+	err := w.rd.scan(d.Key, RangeEnd(d.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
 		kvs = append(kvs, kv)
 		return true, nil
 	})
@@ -409,12 +459,8 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 		return nil, err
 	}
 	for _, kv := range kvs {
-		if err := w.txn.Delete(dataKey(kv.Key)); err != nil {
-			return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
-		}
-		if err := w.reindexLease(kv.Key, kv, 0); err != nil {
-			return nil, err
-		}
+		w.deleteKey(kv.Key)
+		w.reindexLease(kv.Key, kv, 0)
 		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}, PrevKv: kv})
 	}
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs)), Header: w.header()}
@@ -426,23 +472,20 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 
 // reindexLease moves key in the lease index from prev's lease to lease
 // (0: none).
-func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64) error {
+func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64) {
 	var old int64
 	if prev != nil {
 		old = prev.Lease
 	}
 	if old == lease {
-		return nil
+		return
 	}
 	if old != 0 {
-		if err := w.txn.Delete(leaseKey(old, key)); err != nil {
-			return err
-		}
+		w.del(leaseKey(old, key))
 	}
 	if lease != 0 {
-		return w.txn.Set(leaseKey(lease, key), nil)
+		w.set(leaseKey(lease, key), nil)
 	}
-	return nil
 }
 
 // encodeKV stores a KeyValue without its key (the Badger key holds it).
@@ -455,34 +498,50 @@ func encodeKV(kv *mvccpb.KeyValue) []byte {
 	return b
 }
 
-// encodeEvents writes a revision's events as length-prefixed mvccpb.Events.
-func encodeEvents(evs []*mvccpb.Event) []byte {
+// changePartBytes bounds one part of a change-log record: a revision with
+// many events (a delete of a million keys) is stored in several parts.
+const changePartBytes = 4 << 20
+
+// encodeEventParts writes a revision's events as length-prefixed
+// mvccpb.Events, cut into parts of about maxPart bytes (an event is never
+// cut).
+func encodeEventParts(evs []*mvccpb.Event, maxPart int) [][]byte {
+	var parts [][]byte
 	var out []byte
 	for _, ev := range evs {
 		b, err := proto.Marshal(ev)
 		if err != nil {
 			panic(fmt.Sprintf("mvcc: marshal Event: %v", err))
 		}
+		if len(out) > 0 && len(out)+len(b)+binary.MaxVarintLen64 > maxPart {
+			parts = append(parts, out)
+			out = nil
+		}
 		out = binary.AppendUvarint(out, uint64(len(b)))
 		out = append(out, b...)
 	}
-	return out
+	return append(parts, out)
 }
 
 // ReadTxn evaluates a txn whose branches only read, at the current revision,
 // without a Raft entry (etcd serves read-only txns the same way).
 func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	st := sh.State()
-	w := &writer{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false), prev: st, rev: st.Revision}
-	defer w.txn.Discard()
-	path, err := w.comparePath(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := w.check(req, path); err != nil {
-		return nil, err
-	}
-	resp, _, err := w.execTxn(req, path)
+	w := &writer{sh: sh, view: snapshotView{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}, prev: st, rev: st.Revision}
+	w.rd = w.view
+	defer w.discard()
+	var resp *pb.TxnResponse
+	err := w.evaluate(func() error {
+		path, err := w.comparePath(req)
+		if err != nil {
+			return err
+		}
+		if err := w.check(req, path); err != nil {
+			return err
+		}
+		resp, _, err = w.execTxn(req, path)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

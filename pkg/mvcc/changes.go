@@ -41,22 +41,26 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, i
 	next := st.Revision + 1
 	for it.Seek(changeKey(sh.id, from)); it.Valid(); it.Next() {
 		item := it.Item()
-		rev := int64(binary.BigEndian.Uint64(item.Key()[9:]))
-		if size >= maxBytes {
+		rev := int64(binary.BigEndian.Uint64(item.Key()[9:17]))
+		// A record in several parts is returned whole.
+		more := len(out) > 0 && out[len(out)-1].Revision == rev
+		if size >= maxBytes && !more {
 			next = rev
 			break
 		}
-		rec := ChangeRecord{Revision: rev}
 		err := item.Value(func(v []byte) error {
 			evs, err := splitEvents(v)
-			rec.Events = evs
+			if more {
+				out[len(out)-1].Events = append(out[len(out)-1].Events, evs...)
+			} else {
+				out = append(out, ChangeRecord{Revision: rev, Events: evs})
+			}
 			return err
 		})
 		if err != nil {
 			return nil, st, 0, fmt.Errorf("mvcc: shard %d change record %d: %w", sh.id, rev, err)
 		}
 		size += int(item.ValueSize())
-		out = append(out, rec)
 	}
 	return out, st, next, nil
 }

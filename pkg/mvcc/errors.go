@@ -10,6 +10,15 @@ var (
 	ErrFutureRev = errors.New("mvcc: required revision is a future revision")
 	// ErrKeyNotFound: ignore_value or ignore_lease on a key that does not exist.
 	ErrKeyNotFound = errors.New("mvcc: key not found")
+	// ErrKeyTooLarge: a put's key is longer than MaxKeyBytes.
+	ErrKeyTooLarge = errors.New("mvcc: key is too large")
+	// ErrInvalidEntry: an entry that cannot be evaluated (its evaluation
+	// failed the same way on every replica); nothing of it was applied.
+	ErrInvalidEntry = errors.New("mvcc: invalid entry")
 	// ErrStaleRevision: an entry's revision is not above the shard's revision.
 	ErrStaleRevision = errors.New("mvcc: entry revision not above applied revision")
 )
+
+// MaxKeyBytes is the longest user key the store holds: Badger refuses keys
+// over 65,000 bytes, and the lease index prefixes a key with 9 bytes.
+const MaxKeyBytes = 65000 - 9

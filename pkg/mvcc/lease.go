@@ -11,17 +11,17 @@ import (
 // the entry at Raft index index with revision rev; it returns how many keys
 // it deleted. Watches see one DELETE event per key, all at rev.
 func (sh *Shard) RevokeLease(index uint64, rev int64, leases []int64) (int64, error) {
-	w, err := sh.newWriter(rev)
+	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return 0, err
 	}
 	for _, lease := range leases {
 		if err := w.revoke(lease); err != nil {
-			w.txn.Discard()
+			w.discard()
 			return 0, err
 		}
 	}
-	if _, err := w.commit(index, w.prev.CompactRevision); err != nil {
+	if _, err := w.commit(w.prev.CompactRevision); err != nil {
 		return 0, err
 	}
 	return int64(len(w.events)), nil
@@ -29,24 +29,20 @@ func (sh *Shard) RevokeLease(index uint64, rev int64, leases []int64) (int64, er
 
 // revoke deletes the keys of one lease in the writer's transaction.
 func (w *writer) revoke(lease int64) error {
-	keys, err := w.sh.leaseKeys(w.txn, lease)
+	keys, err := w.sh.leaseKeys(w.view.txn, lease)
 	if err != nil {
 		return err
 	}
 	for _, k := range keys {
-		kv, err := w.sh.get(w.txn, k)
+		kv, err := w.rd.get(k)
 		if err != nil {
 			return err
 		}
 		if kv == nil || kv.Lease != lease {
 			continue // the index never lags the data; nothing to do
 		}
-		if err := w.txn.Delete(dataKey(k)); err != nil {
-			return err
-		}
-		if err := w.txn.Delete(leaseKey(lease, k)); err != nil {
-			return err
-		}
+		w.deleteKey(k)
+		w.del(leaseKey(lease, k))
 		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: w.rev}, PrevKv: kv})
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"math"
 	"sort"
 
-	"github.com/dgraph-io/badger/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -18,7 +17,7 @@ func (sh *Shard) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 		return nil, err
 	}
 	defer txn.Discard()
-	resp, err := sh.rangeIn(txn, req)
+	resp, err := rangeIn(snapshotView{sh, txn}, req)
 	if err != nil {
 		return nil, err
 	}
@@ -42,8 +41,8 @@ func RangeEnd(end []byte) []byte {
 // rangeIn evaluates req in txn with etcd's rules: count is the number of
 // keys in the range before revision filters and limit; limit applies after
 // filters and sorting; more says the limit cut the result.
-func (sh *Shard) rangeIn(txn *badger.Txn, req *pb.RangeRequest) (*pb.RangeResponse, error) {
-	fetch := req.Limit
+func rangeIn(rd reader, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	fetch := max(req.Limit, 0) // a negative limit is no limit, as in etcd
 	if !defaultOrdering(req.SortTarget, req.SortOrder) || hasRevisionFilters(req) {
 		fetch = 0
 	}
@@ -52,7 +51,7 @@ func (sh *Shard) rangeIn(txn *badger.Txn, req *pb.RangeRequest) (*pb.RangeRespon
 	}
 	var kvs []*mvccpb.KeyValue
 	var count int64
-	err := sh.kvIter(txn, req.Key, RangeEnd(req.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
+	err := rd.scan(req.Key, RangeEnd(req.RangeEnd), func(kv *mvccpb.KeyValue) (bool, error) {
 		count++
 		if !req.CountOnly && (fetch == 0 || int64(len(kvs)) < fetch) {
 			kvs = append(kvs, kv)

@@ -91,18 +91,54 @@ func (s *Store) OpenShard(id uint64, start, end []byte) (*Shard, error) {
 func (sh *Shard) loadState() (State, error) {
 	txn := sh.store.db.NewTransactionAt(math.MaxUint64, false)
 	defer txn.Discard()
+	st := State{Revision: InitialRevision, LastEntry: InitialRevision}
 	item, err := txn.Get(stateKey(sh.id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return State{Revision: InitialRevision, LastEntry: InitialRevision}, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
 		return State{}, fmt.Errorf("mvcc: load shard %d state: %w", sh.id, err)
+	default:
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return State{}, err
+		}
+		if st, err = decodeState(v); err != nil {
+			return State{}, err
+		}
 	}
-	v, err := item.ValueCopy(nil)
-	if err != nil {
-		return State{}, err
+	// A rejected entry after the last accepted one still counts as applied.
+	item, err = txn.Get(indexKey(sh.id))
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
+		return State{}, fmt.Errorf("mvcc: load shard %d index: %w", sh.id, err)
+	default:
+		st.AppliedIndex = max(st.AppliedIndex, item.Version())
 	}
-	return decodeState(v)
+	return st, nil
+}
+
+// RecordRejected records index as applied for an entry that changed
+// nothing (a stale revision), so that the applied index Open reports never
+// falls behind an index dragonboat took a snapshot at. The record is its
+// own key versioned by the Raft index: the state record's version belongs
+// to the last accepted entry's revision and is not written twice.
+func (sh *Shard) RecordRejected(index uint64) error {
+	st := sh.State()
+	if index <= st.AppliedIndex {
+		return nil // replayed
+	}
+	txn := sh.store.db.NewTransactionAt(index, true)
+	defer txn.Discard()
+	if err := txn.Set(indexKey(sh.id), nil); err != nil {
+		return err
+	}
+	if err := txn.CommitAt(index, nil); err != nil {
+		return fmt.Errorf("mvcc: shard %d record index %d: %w", sh.id, index, err)
+	}
+	st.AppliedIndex = index
+	sh.setState(st)
+	return nil
 }
 
 // ID is the shard's ID.
@@ -136,16 +172,10 @@ func (sh *Shard) contains(k []byte) bool {
 	return bytes.Compare(k, sh.start) >= 0 && (len(sh.end) == 0 || bytes.Compare(k, sh.end) < 0)
 }
 
-// clip intersects the request range [key, end) with the shard's range and
-// returns Badger keys. A nil end in the request means the single key; an
-// empty non-nil end means "to the end of the keyspace".
-func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
-	if end == nil {
-		if !sh.contains(key) {
-			return nil, nil, false
-		}
-		return dataKey(key), append(dataKey(key), 0), true
-	}
+// clipUser intersects the request range [key, end) (end non-nil; empty is
+// "to the end of the keyspace") with the shard's range, in user keys; an
+// empty hi is the end of the keyspace.
+func (sh *Shard) clipUser(key, end []byte) (lo, hi []byte, ok bool) {
 	if bytes.Compare(key, sh.start) < 0 {
 		key = sh.start
 	}
@@ -153,6 +183,22 @@ func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
 		end = sh.end
 	}
 	if len(end) > 0 && bytes.Compare(key, end) >= 0 {
+		return nil, nil, false
+	}
+	return key, end, true
+}
+
+// clip is clipUser in Badger keys. A nil end in the request means the
+// single key.
+func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
+	if end == nil {
+		if !sh.contains(key) {
+			return nil, nil, false
+		}
+		return dataKey(key), append(dataKey(key), 0), true
+	}
+	key, end, ok = sh.clipUser(key, end)
+	if !ok {
 		return nil, nil, false
 	}
 	lo = dataKey(key)
@@ -164,9 +210,26 @@ func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
 	return lo, hi, true
 }
 
-// kvIter walks the live keys of [key, end) as seen by txn, in key order,
-// calling fn until it returns false. Values are decoded only if withValue.
-func (sh *Shard) kvIter(txn *badger.Txn, key, end []byte, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
+// reader is a view of the shard's live keys: a Badger read view, or one
+// with an entry's pending writes laid over it.
+type reader interface {
+	// get returns the live KeyValue of one key, or nil.
+	get(key []byte) (*mvccpb.KeyValue, error)
+	// scan walks the live keys of [key, end) (end as RangeEnd returns it) in
+	// key order, calling fn until it returns false.
+	scan(key, end []byte, fn func(kv *mvccpb.KeyValue) (bool, error)) error
+}
+
+// snapshotView reads the shard through a Badger transaction.
+type snapshotView struct {
+	sh  *Shard
+	txn *badger.Txn
+}
+
+var _ reader = snapshotView{}
+
+func (v snapshotView) scan(key, end []byte, fn func(kv *mvccpb.KeyValue) (bool, error)) error {
+	sh := v.sh
 	if end == nil {
 		// A point lookup: an iterator would step over every older version
 		// of the key, which makes hot keys (Kubernetes objects updated in
@@ -174,7 +237,7 @@ func (sh *Shard) kvIter(txn *badger.Txn, key, end []byte, fn func(kv *mvccpb.Key
 		if !sh.contains(key) {
 			return nil
 		}
-		kv, err := sh.get(txn, key)
+		kv, err := v.get(key)
 		if err != nil || kv == nil {
 			return err
 		}
@@ -187,7 +250,7 @@ func (sh *Shard) kvIter(txn *badger.Txn, key, end []byte, fn func(kv *mvccpb.Key
 	}
 	opts := badger.DefaultIteratorOptions
 	opts.PrefetchValues = false
-	it := txn.NewIterator(opts)
+	it := v.txn.NewIterator(opts)
 	defer it.Close()
 	for it.Seek(lo); it.Valid(); it.Next() {
 		item := it.Item()
@@ -208,9 +271,8 @@ func (sh *Shard) kvIter(txn *badger.Txn, key, end []byte, fn func(kv *mvccpb.Key
 	return nil
 }
 
-// get returns the live KeyValue of one key, or nil.
-func (sh *Shard) get(txn *badger.Txn, key []byte) (*mvccpb.KeyValue, error) {
-	item, err := txn.Get(dataKey(key))
+func (v snapshotView) get(key []byte) (*mvccpb.KeyValue, error) {
+	item, err := v.txn.Get(dataKey(key))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
 	}

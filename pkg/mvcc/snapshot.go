@@ -220,7 +220,7 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 		st.AppliedIndex = 0
 	}
 	db := sh.store.db
-	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id)); err != nil {
+	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id), indexKey(sh.id)); err != nil {
 		return fmt.Errorf("mvcc: clear shard %d: %w", sh.id, err)
 	}
 	wb := db.NewManagedWriteBatch()

@@ -9,11 +9,14 @@
 //
 //	'k' user-key                  -> KeyValue envelope (key omitted), tombstone on delete
 //	'c' shard-id(8) revision(8)   -> the events of that revision (change log)
+//	'c' shard-id(8) revision(8) part(4) -> more events of that revision (part >= 1)
 //	's' shard-id(8)               -> shard state (applied index, revision, compaction)
 //	'l' lease-id(8) user-key      -> empty: the lease index (keys attached to a lease)
+//	'i' shard-id(8)               -> applied index of a rejected entry, at version = that index
 //
-// Every key of every family is written at most once per timestamp: each
-// applied Raft entry commits one Badger transaction at its own revision.
+// Every key of the 'k', 'c', 's' and 'l' families is written at most once
+// per timestamp: each applied Raft entry writes at its own revision (in
+// one or more Badger transactions, see pending.go).
 package mvcc
 
 import (
@@ -33,6 +36,7 @@ const (
 	familyChange = 'c'
 	familyState  = 's'
 	familyLease  = 'l'
+	familyIndex  = 'i'
 )
 
 // Options sizes the Badger DB. The zero value is not valid; use DefaultOptions.
@@ -46,6 +50,16 @@ type Options struct {
 	BlockCacheSize int64
 	// Logger receives Badger's own log lines; nil silences them.
 	Logger *slog.Logger
+	// Knobs are testing hooks; the zero value is production behaviour.
+	Knobs Knobs
+}
+
+// Knobs are hooks for tests.
+type Knobs struct {
+	// ChunkCommitted runs after each Badger transaction but the last of an
+	// entry that needs several; an error stops the entry there, as a crash
+	// would.
+	ChunkCommitted func(chunk int) error
 }
 
 // DefaultOptions returns options sized for a small process: Badger's own
@@ -57,8 +71,9 @@ func DefaultOptions() Options {
 
 // Store is one replica process's Badger DB.
 type Store struct {
-	db  *badger.DB
-	dir string
+	db    *badger.DB
+	dir   string
+	knobs Knobs
 
 	mu struct {
 		sync.Mutex
@@ -83,7 +98,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mvcc: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir}
+	s := &Store{db: db, dir: dir, knobs: o.Knobs}
 	s.mu.compacted = map[uint64]int64{}
 	if err := s.loadCompacted(); err != nil {
 		db.Close()
@@ -181,6 +196,21 @@ func leaseKey(lease int64, userKey []byte) []byte {
 	k[0] = familyLease
 	binary.BigEndian.PutUint64(k[1:], uint64(lease))
 	copy(k[9:], userKey)
+	return k
+}
+
+// changePartKey is the key of part n of a revision's change-log record.
+func changePartKey(shardID uint64, rev int64, n int) []byte {
+	k := changeKey(shardID, rev)
+	if n == 0 {
+		return k
+	}
+	return binary.BigEndian.AppendUint32(k, uint32(n))
+}
+
+func indexKey(shardID uint64) []byte {
+	k := stateKey(shardID)
+	k[0] = familyIndex
 	return k
 }
 

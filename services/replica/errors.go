@@ -56,6 +56,8 @@ func resultErr(res *raftcmdpb.DataResult) error {
 		return rpctypes.ErrGRPCFutureRev
 	case raftcmdpb.DataResult_CODE_KEY_NOT_FOUND:
 		return rpctypes.ErrGRPCKeyNotFound
+	case raftcmdpb.DataResult_CODE_TOO_LARGE:
+		return status.Errorf(codes.InvalidArgument, "etcdserver: key is too large (max %d bytes)", mvcc.MaxKeyBytes)
 	}
 	return status.Errorf(codes.InvalidArgument, "tessera: entry rejected: %s %s", res.Code, res.Message)
 }

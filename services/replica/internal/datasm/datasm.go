@@ -3,15 +3,29 @@
 //
 // Contract (dragonboat IOnDiskStateMachine): Update runs on one goroutine;
 // Lookup and SaveSnapshot run concurrently with it. Apply is deterministic:
-// the entry carries its revision, nothing reads a clock. Each accepted entry
-// commits its data, its change-log record and the shard state (with the Raft
-// index) in one Badger transaction, so Open returns exactly what is applied.
+// the entry carries its revision, nothing reads a clock.
+//
+// Apply is total. Every committed entry applies, whatever bytes it holds:
+// an entry that cannot be applied (undecodable, an unknown command, a stale
+// revision, a key the store cannot hold, a request error, a shape whose
+// evaluation fails) gets an error result, the same on every replica, and
+// changes nothing but the applied index. Entries of any size apply: mvcc
+// splits an entry's writes over several Badger transactions, invisible to
+// readers until the state records the entry, and idempotent on replay. Only
+// a storage failure (a disk error) is returned to dragonboat, which stops
+// the replica; it is logged first with what to do.
+//
+// Each accepted entry's data, change-log record and shard state (with the
+// Raft index) become visible together, so Open returns exactly what is
+// applied; a rejected entry's index is recorded too, so Open never reports
+// less than an index dragonboat took a snapshot at.
 package datasm
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -40,6 +54,7 @@ type StateMachine struct {
 	start, end []byte
 	shard      *mvcc.Shard
 	hooks      Hooks
+	log        *slog.Logger
 }
 
 // Hooks let the replica observe the state machine.
@@ -48,6 +63,8 @@ type Hooks struct {
 	Opened func(*mvcc.Shard)
 	// Restored is called after the shard was replaced by a snapshot.
 	Restored func()
+	// Logger receives storage failures; nil is slog.Default().
+	Logger *slog.Logger
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -56,7 +73,12 @@ var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
 // [start, end).
 func Factory(store *mvcc.Store, start, end []byte, hooks Hooks) sm.CreateOnDiskStateMachineFunc {
 	return func(shardID, _ uint64) sm.IOnDiskStateMachine {
-		return &StateMachine{store: store, shardID: shardID, start: start, end: end, hooks: hooks}
+		log := hooks.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		return &StateMachine{store: store, shardID: shardID, start: start, end: end, hooks: hooks,
+			log: log.With("shard", shardID)}
 	}
 }
 
@@ -78,6 +100,9 @@ func (s *StateMachine) Update(ents []sm.Entry) ([]sm.Entry, error) {
 	for i := range ents {
 		res, err := s.apply(ents[i])
 		if err != nil {
+			s.log.Error("storage failure applying a committed entry: the replica stops; check the disk "+
+				"(space, I/O errors) and restart it, and it replays the entry from its Raft log",
+				"index", ents[i].Index, "err", err)
 			return nil, fmt.Errorf("datasm: shard %d index %d: %w", s.shardID, ents[i].Index, err)
 		}
 		data, err := proto.Marshal(res)
@@ -95,7 +120,7 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 	var cmd raftcmdpb.DataCommand
 	if err := proto.Unmarshal(e.Cmd, &cmd); err != nil {
 		// Undecodable entries are rejected the same way on every replica.
-		return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_INVALID, Message: err.Error(), Revision: s.shard.State().Revision}, nil
+		return s.invalid(e.Index, err.Error())
 	}
 	var (
 		resp *pb.TxnResponse
@@ -105,7 +130,7 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 	case *raftcmdpb.DataCommand_Txn:
 		var req pb.TxnRequest
 		if uerr := proto.Unmarshal(op.Txn, &req); uerr != nil {
-			return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_INVALID, Message: uerr.Error(), Revision: s.shard.State().Revision}, nil
+			return s.invalid(e.Index, uerr.Error())
 		}
 		resp, err = s.shard.ApplyTxn(e.Index, cmd.Revision, &req)
 	case *raftcmdpb.DataCommand_Compact:
@@ -120,7 +145,7 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 				ResponseDeleteRange: &pb.DeleteRangeResponse{Deleted: n}}}}}
 		}
 	default:
-		return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_INVALID, Message: "empty command", Revision: s.shard.State().Revision}, nil
+		return s.invalid(e.Index, "empty or unknown command")
 	}
 	res := &raftcmdpb.DataResult{Revision: s.shard.State().Revision}
 	switch {
@@ -140,10 +165,24 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		res.Code = raftcmdpb.DataResult_CODE_FUTURE_REVISION
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		res.Code = raftcmdpb.DataResult_CODE_KEY_NOT_FOUND
+	case errors.Is(err, mvcc.ErrKeyTooLarge):
+		res.Code, res.Message = raftcmdpb.DataResult_CODE_TOO_LARGE, err.Error()
+	case errors.Is(err, mvcc.ErrInvalidEntry):
+		s.log.Warn("entry rejected: its evaluation failed", "index", e.Index, "err", err)
+		res.Code, res.Message = raftcmdpb.DataResult_CODE_INVALID, err.Error()
 	default:
 		return nil, err
 	}
 	return res, nil
+}
+
+// invalid rejects an entry that is not a command this version knows: it
+// changes nothing, but its index counts as applied.
+func (s *StateMachine) invalid(index uint64, msg string) (*raftcmdpb.DataResult, error) {
+	if err := s.shard.RecordRejected(index); err != nil {
+		return nil, err
+	}
+	return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_INVALID, Message: msg, Revision: s.shard.State().Revision}, nil
 }
 
 // Lookup serves reads: RangeQuery or StateQuery.

@@ -1,0 +1,226 @@
+package mvcc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// An entry is applied in two phases, so that no entry depends on what one
+// Badger transaction can hold (about 15 % of a memtable):
+//
+//  1. Evaluate. Every read goes to a read-only view at the shard's previous
+//     entry with the entry's own writes laid over it (pending); every write
+//     is recorded as a mutation. Nothing touches Badger.
+//  2. Flush. The mutations are committed at the entry's revision in as many
+//     Badger transactions as they need, the shard state in the last one.
+//
+// Readers never see half an entry: they read at revisions up to the state's
+// revision, and the state moves only after the last commit. A crash between
+// two commits leaves versions at the entry's revision that nobody reads;
+// Raft replays the entry, whose evaluation reads only below that revision,
+// so it writes the same keys with the same values again (idempotent).
+
+// mutation is one Badger write of an entry.
+type mutation struct {
+	key   []byte
+	value []byte
+	del   bool
+}
+
+// pending holds an entry's writes during evaluation: the Badger mutations in
+// order (each Badger key once: a later write of the same key replaces the
+// earlier one in place, so no key is written twice at one version), and the
+// values of the user keys put, for reads that must see them.
+type pending struct {
+	muts   []mutation
+	byKey  map[string]int // Badger key -> position in muts
+	puts   map[string]*mvccpb.KeyValue
+	sorted []*mvccpb.KeyValue // puts in key order; nil when stale
+}
+
+func (p *pending) record(m mutation) {
+	if p.byKey == nil {
+		p.byKey = map[string]int{}
+	}
+	if i, ok := p.byKey[string(m.key)]; ok {
+		p.muts[i] = m
+		return
+	}
+	p.byKey[string(m.key)] = len(p.muts)
+	p.muts = append(p.muts, m)
+}
+
+// appendUnique records a mutation of a key nothing else in the entry
+// writes (the change log, the state), without indexing it.
+func (p *pending) appendUnique(m mutation) { p.muts = append(p.muts, m) }
+
+// putKV records a put of a user key.
+func (p *pending) putKV(kv *mvccpb.KeyValue) {
+	if p.puts == nil {
+		p.puts = map[string]*mvccpb.KeyValue{}
+	}
+	p.puts[string(kv.Key)] = kv
+	p.sorted = nil
+	p.record(mutation{key: dataKey(kv.Key), value: encodeKV(kv)})
+}
+
+// deleteKey records a delete of a user key.
+func (p *pending) deleteKey(key []byte) {
+	if _, ok := p.puts[string(key)]; ok {
+		delete(p.puts, string(key))
+		p.sorted = nil
+	}
+	p.record(mutation{key: dataKey(key), del: true})
+}
+
+// deleted reports whether the entry deleted a user key.
+func (p *pending) deleted(key []byte) bool {
+	i, ok := p.byKey[string(dataKey(key))]
+	return ok && p.muts[i].del
+}
+
+func (p *pending) set(key, value []byte) { p.record(mutation{key: key, value: value}) }
+func (p *pending) del(key []byte)        { p.record(mutation{key: key, del: true}) }
+
+// putsIn returns the pending puts in [lo, hi) of user keys (hi empty: to the
+// end), in key order.
+func (p *pending) putsIn(lo, hi []byte) []*mvccpb.KeyValue {
+	if len(p.puts) == 0 {
+		return nil
+	}
+	if p.sorted == nil {
+		p.sorted = make([]*mvccpb.KeyValue, 0, len(p.puts))
+		for _, kv := range p.puts {
+			p.sorted = append(p.sorted, kv)
+		}
+		sort.Slice(p.sorted, func(i, j int) bool { return bytes.Compare(p.sorted[i].Key, p.sorted[j].Key) < 0 })
+	}
+	i := sort.Search(len(p.sorted), func(i int) bool { return bytes.Compare(p.sorted[i].Key, lo) >= 0 })
+	j := len(p.sorted)
+	if len(hi) > 0 {
+		j = sort.Search(len(p.sorted), func(i int) bool { return bytes.Compare(p.sorted[i].Key, hi) >= 0 })
+	}
+	if i >= j {
+		return nil
+	}
+	return p.sorted[i:j]
+}
+
+// overlay reads the shard as a view with pending writes laid over it.
+type overlay struct {
+	view snapshotView
+	p    *pending
+}
+
+var _ reader = overlay{}
+
+func (o overlay) get(key []byte) (*mvccpb.KeyValue, error) {
+	if kv, ok := o.p.puts[string(key)]; ok {
+		return cloneKV(kv), nil
+	}
+	if o.p.deleted(key) {
+		return nil, nil
+	}
+	return o.view.get(key)
+}
+
+func (o overlay) scan(key, end []byte, fn func(*mvccpb.KeyValue) (bool, error)) error {
+	if end == nil {
+		if !o.view.sh.contains(key) {
+			return nil
+		}
+		kv, err := o.get(key)
+		if err != nil || kv == nil {
+			return err
+		}
+		_, err = fn(kv)
+		return err
+	}
+	lo, hi, ok := o.view.sh.clipUser(key, end)
+	if !ok {
+		return nil
+	}
+	puts := o.p.putsIn(lo, hi)
+	stopped := false
+	err := o.view.scan(key, end, func(kv *mvccpb.KeyValue) (bool, error) {
+		for len(puts) > 0 && bytes.Compare(puts[0].Key, kv.Key) <= 0 {
+			same := bytes.Equal(puts[0].Key, kv.Key)
+			more, err := fn(cloneKV(puts[0]))
+			puts = puts[1:]
+			if err != nil || !more {
+				stopped = true
+				return false, err
+			}
+			if same {
+				return true, nil // the pending put replaces the stored version
+			}
+		}
+		if o.p.deleted(kv.Key) {
+			return true, nil
+		}
+		more, err := fn(kv)
+		if !more {
+			stopped = true
+		}
+		return more, err
+	})
+	if err != nil || stopped {
+		return err
+	}
+	for _, kv := range puts {
+		if more, err := fn(cloneKV(kv)); err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
+// cloneKV copies a KeyValue so a caller may change it (keys_only clears the
+// value) without touching the entry's pending state.
+func cloneKV(kv *mvccpb.KeyValue) *mvccpb.KeyValue {
+	return &mvccpb.KeyValue{Key: kv.Key, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+		Version: kv.Version, Value: kv.Value, Lease: kv.Lease}
+}
+
+// flush commits muts at rev in as many Badger transactions as they need.
+// The last mutation (the shard state) is in the last transaction, so the
+// entry counts as applied only once everything before it is written.
+func (s *Store) flush(rev int64, muts []mutation) error {
+	txn := s.db.NewTransactionAt(uint64(rev), true)
+	defer func() { txn.Discard() }()
+	write := func(m mutation) error {
+		if m.del {
+			return txn.Delete(m.key)
+		}
+		return txn.Set(m.key, m.value)
+	}
+	chunks := 0
+	for _, m := range muts {
+		err := write(m)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			if err := txn.CommitAt(uint64(rev), nil); err != nil {
+				return fmt.Errorf("mvcc: commit at %d: %w", rev, err)
+			}
+			chunks++
+			if k := s.knobs.ChunkCommitted; k != nil {
+				if err := k(chunks); err != nil {
+					return err
+				}
+			}
+			txn = s.db.NewTransactionAt(uint64(rev), true)
+			err = write(m)
+		}
+		if err != nil {
+			return fmt.Errorf("mvcc: write %q at %d: %w", m.key, rev, err)
+		}
+	}
+	if err := txn.CommitAt(uint64(rev), nil); err != nil {
+		return fmt.Errorf("mvcc: commit at %d: %w", rev, err)
+	}
+	return nil
+}
