@@ -89,10 +89,13 @@ func runDev(args []string, log *slog.Logger) error {
 	apiAddr := fs.String("api-address", "127.0.0.1:2381", "address of the replica's internal API")
 	watcherAddr := fs.String("watcher-address", "127.0.0.1:2382", "address of the watcher's API")
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
-	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
-	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
+	lim := gateway.DefaultLimits()
+	lim.RegisterFlags(fs)
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	fs.Parse(args)
+	if err := lim.Validate(); err != nil {
+		return err
+	}
 
 	cfg := replica.DefaultConfig()
 	cfg.StoreID = 1
@@ -110,14 +113,14 @@ func runDev(args []string, log *slog.Logger) error {
 	}
 	defer r.Close()
 	cc := watcher.DefaultCacheConfig()
-	cc.ProgressInterval, cc.MaxResponseBytes = *progress, *maxReq // etcd fragments at its max request size
+	cc.ProgressInterval, cc.MaxResponseBytes = *progress, lim.MaxRequestBytes // etcd fragments at its max request size
 	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
-		ClusterName: "tessera-dev", Name: "dev", MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
+		ClusterName: "tessera-dev", Name: "dev", Limits: lim, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}
@@ -182,12 +185,15 @@ func runGateway(args []string, log *slog.Logger) error {
 	watchers := fs.String("watchers", "", "comma-separated API addresses of watchers")
 	name := fs.String("name", "gateway", "member name")
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
-	maxReq := fs.Int("max-request-bytes", 1536*1024, "maximum client request size in bytes")
-	maxOps := fs.Int("max-txn-ops", 128, "maximum operations per transaction level")
+	lim := gateway.DefaultLimits()
+	lim.RegisterFlags(fs)
 	fs.Parse(args)
+	if err := lim.Validate(); err != nil {
+		return err
+	}
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
-		ClusterName: *clusterName, Name: *name, MaxRequestBytes: *maxReq, MaxTxnOps: *maxOps, Logger: log.With("tier", "gateway")})
+		ClusterName: *clusterName, Name: *name, Limits: lim, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,10 @@
 package mvcc
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/tessera-kv/tessera/pkg/limits"
+)
 
 // Errors of the MVCC layer. The replica maps them to etcd's rpctypes errors.
 var (
@@ -19,6 +23,5 @@ var (
 	ErrStaleRevision = errors.New("mvcc: entry revision not above applied revision")
 )
 
-// MaxKeyBytes is the longest user key the store holds: Badger refuses keys
-// over 65,000 bytes, and the lease index prefixes a key with 9 bytes.
-const MaxKeyBytes = 65000 - 9
+// MaxKeyBytes is the longest user key the store holds (see limits).
+const MaxKeyBytes = limits.MaxKeyBytes

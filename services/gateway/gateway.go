@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -21,12 +22,15 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tessera-kv/tessera/pkg/limits"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
+	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
 
@@ -46,9 +50,8 @@ type Config struct {
 	ClusterName string
 	// Name seeds this gateway's member ID.
 	Name string
-	// MaxRequestBytes and MaxTxnOps bound requests (etcd's defaults if 0).
-	MaxRequestBytes int
-	MaxTxnOps       int
+	// Limits bound client requests; the zero value means DefaultLimits().
+	Limits Limits
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -60,6 +63,11 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Replicas) == 0 {
 		return errors.New("gateway: at least one replica address required")
+	}
+	if c.Limits != (Limits{}) {
+		if err := c.Limits.Validate(); err != nil {
+			return err
+		}
 	}
 	for _, u := range c.ListenClientURLs {
 		p, err := url.Parse(u)
@@ -98,13 +106,12 @@ func Start(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	limits := etcdapi.DefaultLimits()
-	if cfg.MaxRequestBytes > 0 {
-		limits.MaxRequestBytes = cfg.MaxRequestBytes
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits()
 	}
-	if cfg.MaxTxnOps > 0 {
-		limits.MaxTxnOps = cfg.MaxTxnOps
-	}
+	lim := cfg.Limits
+	apiLimits := etcdapi.Limits{MaxRequestBytes: lim.MaxRequestBytes,
+		Check: reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Logger)}
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
@@ -121,11 +128,17 @@ func Start(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(limits.MaxRequestBytes+512*1024), grpc.MaxSendMsgSize(1<<31-1),
+	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
+		// etcd's keepalive rules, so clients that ping every 30 s (as
+		// kube-apiserver does) are never told too_many_pings. Unlike etcd,
+		// pings on a connection with no stream are allowed too.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.KeepAliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: orInfinity(lim.KeepAliveInterval), Timeout: lim.KeepAliveTimeout}),
 		grpc.ForceServerCodecV2(wirecodec.New()),
 		grpc.ChainUnaryInterceptor(metrics.unary), grpc.ChainStreamInterceptor(metrics.stream))
 	leases := etcdapi.NewLease(g.router, hdr)
-	g.kv = etcdapi.NewKV(g.router, leases, limits, hdr)
+	g.kv = etcdapi.NewKV(g.router, leases, apiLimits, hdr)
 	pb.RegisterKVServer(g.grpcSrv, g.kv)
 	pb.RegisterLeaseServer(g.grpcSrv, leases)
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
@@ -157,7 +170,8 @@ func Start(cfg Config) (*Gateway, error) {
 		httpL := m.Match(cmux.Any())
 		g.muxes = append(g.muxes, m)
 		go g.grpcSrv.Serve(grpcL)
-		hs := &http.Server{ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: httpReadTimeout,
+			WriteTimeout: httpWriteTimeout, IdleTimeout: httpIdleTimeout}
 		g.https = append(g.https, hs)
 		go hs.Serve(httpL)
 	}
@@ -214,7 +228,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v3/", gwmux)
+	mux.Handle("/v3/", restLimits(gwmux, g.cfg.Limits.MaxRequestBytes+limits.GRPCOverheadBytes))
 	mux.Handle("/tessera/", admin)
 	mux.HandleFunc("/health", g.health)
 	mux.Handle("/metrics", g.metricsHandler)
@@ -274,6 +288,38 @@ func (g *Gateway) Close() {
 		c.Close()
 	}
 	g.router.Close()
+}
+
+// The REST server's timeouts: a slow or stalled client cannot hold a
+// connection forever. Streams (/v3/watch, /v3/lease/keepalive) lift the
+// deadlines for themselves.
+const (
+	httpReadTimeout  = time.Minute
+	httpWriteTimeout = 5 * time.Minute
+	httpIdleTimeout  = 5 * time.Minute
+)
+
+// restLimits bounds REST request bodies as gRPC bounds messages, and lets
+// streaming calls run past the server's write timeout.
+func restLimits(next http.Handler, maxBody int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, int64(maxBody))
+		switch r.URL.Path {
+		case "/v3/watch", "/v3/lease/keepalive":
+			rc := http.NewResponseController(w)
+			rc.SetReadDeadline(time.Time{}) // else the server cancels the stream when it passes
+			rc.SetWriteDeadline(time.Time{})
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// orInfinity turns 0 (disabled) into gRPC's "never".
+func orInfinity(d time.Duration) time.Duration {
+	if d == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return d
 }
 
 func idOf(s string) uint64 {

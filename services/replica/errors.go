@@ -28,10 +28,15 @@ func toStatus(err error) error {
 		return rpctypes.ErrGRPCFutureRev
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		return rpctypes.ErrGRPCKeyNotFound
-	case errors.Is(err, sequencer.ErrTimeout), errors.Is(err, dragonboat.ErrTimeout):
+	case errors.Is(err, sequencer.ErrTimeout), errors.Is(err, dragonboat.ErrTimeout),
+		errors.Is(err, sequencer.ErrIndeterminate), errors.Is(err, dragonboat.ErrAborted):
 		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, dragonboat.ErrPayloadTooBig):
+		return rpctypes.ErrGRPCRequestTooLarge
+	case errors.Is(err, sequencer.ErrBusy), errors.Is(err, dragonboat.ErrSystemBusy):
+		return rpctypes.ErrGRPCRequestTooManyRequests
 	case errors.Is(err, sequencer.ErrUnavailable), errors.Is(err, dragonboat.ErrShardNotReady),
-		errors.Is(err, dragonboat.ErrSystemBusy), errors.Is(err, sequencer.ErrStopped),
+		errors.Is(err, sequencer.ErrStopped),
 		errors.Is(err, dragonboat.ErrShardClosed), errors.Is(err, dragonboat.ErrClosed):
 		return rpctypes.ErrGRPCNoLeader
 	case errors.Is(err, context.DeadlineExceeded):

@@ -225,6 +225,31 @@ func TestEtcdctlLease(t *testing.T) {
 	if out := ctl("get", "/el/k"); out != "" {
 		t.Errorf("key of a revoked lease: %q", out)
 	}
+	if out := ctl("lease", "timetolive", id); !strings.Contains(out, "already expired") {
+		t.Errorf("timetolive of a revoked lease: %q", out)
+	}
+}
+
+// TestEtcdctlHostileKey is the report that opened the hardening work: a
+// 65,001-byte key used to stop tessera dev for good (the entry replayed on
+// every restart). It is refused with a clear error, and the store keeps
+// serving, also after a restart.
+func TestEtcdctlHostileKey(t *testing.T) {
+	d := newDevNode(t)
+	d.start(t)
+	long := strings.Repeat("k", 65001)
+	_, errOut, code := runCtl(t, d.endpoint(), "", "put", long, "v")
+	if code == 0 || !strings.Contains(errOut, "etcdserver: key is too large") {
+		t.Fatalf("put of a 65001-byte key: exit %d: %s", code, errOut)
+	}
+	if _, errOut, code := runCtl(t, d.endpoint(), "", "put", "/after", "v"); code != 0 {
+		t.Fatalf("put after the refused key: %s", errOut)
+	}
+	d.p.Stop()
+	d.start(t)
+	if out, errOut, code := runCtl(t, d.endpoint(), "", "get", "/after", "--print-value-only"); code != 0 || strings.TrimSpace(out) != "v" {
+		t.Fatalf("get after restart: %q %s", out, errOut)
+	}
 }
 
 // TestEtcdctlMaintenance: member list, endpoint status/health/hashkv,

@@ -38,9 +38,8 @@ type Cluster struct {
 
 // Options tune a cluster.
 type Options struct {
-	// MaxTxnOps and MaxRequestBytes pass through to the gateway.
-	MaxTxnOps       int
-	MaxRequestBytes int
+	// Limits pass through to the gateway (its defaults if zero).
+	Limits gateway.Limits
 	// Cache bounds the watcher's history and streams (defaults if zero).
 	Cache watcher.CacheConfig
 	// QuotaBytes is each store's space quota (etcd's default if zero).
@@ -100,7 +99,7 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 	c.wcfg = watcher.Config{Replicas: apis, APIAddress: FreePort(t), Cache: o.Cache, RefreshInterval: time.Second, Logger: c.log}
 	c.StartWatcher()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
-		ClusterName: "test", Name: "gw0", MaxTxnOps: o.MaxTxnOps, MaxRequestBytes: o.MaxRequestBytes, Logger: c.log})
+		ClusterName: "test", Name: "gw0", Limits: o.Limits, Logger: c.log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@
 package etcdapi
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
@@ -19,16 +20,13 @@ import (
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
 
-// Limits are the request bounds, with etcd's defaults.
+// Limits are the request bounds.
 type Limits struct {
 	// MaxRequestBytes bounds a write request (etcd --max-request-bytes).
 	MaxRequestBytes int
-	// MaxTxnOps bounds the ops of one txn level (etcd --max-txn-ops).
-	MaxTxnOps int
+	// Check bounds txn ops and key sizes.
+	Check reqcheck.Limits
 }
-
-// DefaultLimits are etcd's defaults.
-func DefaultLimits() Limits { return Limits{MaxRequestBytes: 1536 * 1024, MaxTxnOps: 128} }
 
 // Header fills the identity fields of response headers.
 type Header struct {
@@ -71,9 +69,15 @@ func routeEnd(end []byte) []byte {
 	return end
 }
 
-// oneShard resolves the single shard that owns [key, end).
+// oneShard resolves the single shard that owns [key, end). A range_end at
+// or below key is an empty range (etcd answers it with no keys): it goes to
+// the shard of key, which finds nothing in it.
 func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescriptor, error) {
-	shards, err := s.router.Shards(ctx, key, routeEnd(end))
+	end = routeEnd(end)
+	if len(end) > 0 && bytes.Compare(end, key) <= 0 {
+		end = nil
+	}
+	shards, err := s.router.Shards(ctx, key, end)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
@@ -147,7 +151,7 @@ func (s *KV) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) err
 
 // Put is a one-op txn.
 func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	if err := reqcheck.Put(r); err != nil {
+	if err := reqcheck.Put(r, s.limits.Check); err != nil {
 		return nil, err
 	}
 	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}}
@@ -177,7 +181,7 @@ func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.Del
 
 // Txn runs a transaction whose keys all live in one shard.
 func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
-	if err := reqcheck.Txn(r, s.limits.MaxTxnOps); err != nil {
+	if err := reqcheck.Txn(r, s.limits.Check); err != nil {
 		return nil, err
 	}
 	var first []byte

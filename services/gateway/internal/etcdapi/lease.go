@@ -117,7 +117,12 @@ func (s *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReques
 		return nil, err
 	}
 	resp := &pb.LeaseTimeToLiveResponse{}
-	if err := s.call(ctx, false, &metapb.LeaseRequest{Op: &metapb.LeaseRequest_TimeToLive{TimeToLive: b}}, resp); err != nil {
+	err = s.call(ctx, false, &metapb.LeaseRequest{Op: &metapb.LeaseRequest_TimeToLive{TimeToLive: b}}, resp)
+	if errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+		// etcd answers an unknown or revoked lease with TTL -1, no error.
+		return &pb.LeaseTimeToLiveResponse{Header: s.hdr.fill(nil, 0), ID: r.ID, TTL: -1}, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	if r.Keys {

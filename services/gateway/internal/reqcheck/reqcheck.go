@@ -4,11 +4,28 @@
 package reqcheck
 
 import (
-	"bytes"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
+
+// Limits are the bounds requests are checked against.
+type Limits struct {
+	// MaxTxnOps bounds the ops of one txn level (etcd's --max-txn-ops).
+	MaxTxnOps int
+	// MaxKeyBytes bounds the key of a put (Tessera's --max-key-bytes: etcd
+	// has no such bound, the store has one).
+	MaxKeyBytes int
+}
+
+// ErrKeyTooLarge is the answer to a put whose key is over the limit.
+func ErrKeyTooLarge(max int) error {
+	return status.Error(codes.InvalidArgument, fmt.Sprintf("etcdserver: key is too large (max %d bytes)", max))
+}
 
 // Range checks a RangeRequest.
 func Range(r *pb.RangeRequest) error {
@@ -25,10 +42,12 @@ func Range(r *pb.RangeRequest) error {
 }
 
 // Put checks a PutRequest.
-func Put(r *pb.PutRequest) error {
+func Put(r *pb.PutRequest, l Limits) error {
 	switch {
 	case len(r.Key) == 0:
 		return rpctypes.ErrGRPCEmptyKey
+	case l.MaxKeyBytes > 0 && len(r.Key) > l.MaxKeyBytes:
+		return ErrKeyTooLarge(l.MaxKeyBytes)
 	case r.IgnoreValue && len(r.Value) != 0:
 		return rpctypes.ErrGRPCValueProvided
 	case r.IgnoreLease && r.Lease != 0:
@@ -48,8 +67,8 @@ func DeleteRange(r *pb.DeleteRangeRequest) error {
 // Txn checks a TxnRequest: op count (the largest of compares, success and
 // failure, per level, against maxOps), every op, then that no branch writes
 // a key twice or puts a key it also deletes.
-func Txn(r *pb.TxnRequest, maxOps int) error {
-	if err := txnOps(r, maxOps); err != nil {
+func Txn(r *pb.TxnRequest, l Limits) error {
+	if err := txnOps(r, l.MaxTxnOps, l); err != nil {
 		return err
 	}
 	if _, _, err := intervals(r.Success); err != nil {
@@ -59,7 +78,7 @@ func Txn(r *pb.TxnRequest, maxOps int) error {
 	return err
 }
 
-func txnOps(r *pb.TxnRequest, maxOps int) error {
+func txnOps(r *pb.TxnRequest, maxOps int, l Limits) error {
 	opc := max(len(r.Compare), len(r.Success), len(r.Failure))
 	if opc > maxOps {
 		return rpctypes.ErrGRPCTooManyOps
@@ -71,7 +90,7 @@ func txnOps(r *pb.TxnRequest, maxOps int) error {
 	}
 	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
 		for _, u := range ops {
-			if err := op(u, maxOps-opc); err != nil {
+			if err := op(u, maxOps-opc, l); err != nil {
 				return err
 			}
 		}
@@ -79,56 +98,31 @@ func txnOps(r *pb.TxnRequest, maxOps int) error {
 	return nil
 }
 
-func op(u *pb.RequestOp, maxOps int) error {
+func op(u *pb.RequestOp, maxOps int, l Limits) error {
 	switch v := u.Request.(type) {
 	case *pb.RequestOp_RequestRange:
 		return Range(v.RequestRange)
 	case *pb.RequestOp_RequestPut:
-		return Put(v.RequestPut)
+		return Put(v.RequestPut, l)
 	case *pb.RequestOp_RequestDeleteRange:
 		return DeleteRange(v.RequestDeleteRange)
 	case *pb.RequestOp_RequestTxn:
-		return txnOps(v.RequestTxn, maxOps)
+		return txnOps(v.RequestTxn, maxOps, l)
 	}
 	// etcd answers an empty op this way.
 	return rpctypes.ErrGRPCKeyNotFound
 }
 
-// span is a deleted key range [lo, hi); hi nil means the single key lo and
-// an empty hi means to the end of the keyspace.
-type span struct{ lo, hi []byte }
-
-func (s span) has(k []byte) bool {
-	switch {
-	case s.hi == nil:
-		return bytes.Equal(k, s.lo)
-	case len(s.hi) == 0 || (len(s.hi) == 1 && s.hi[0] == 0):
-		return bytes.Compare(k, s.lo) >= 0
-	}
-	return bytes.Compare(k, s.lo) >= 0 && bytes.Compare(k, s.hi) < 0
-}
-
-func anyHas(spans []span, k []byte) bool {
-	for _, s := range spans {
-		if s.has(k) {
-			return true
-		}
-	}
-	return false
-}
-
 // intervals collects a branch's puts and deletes, recursing into nested
-// txns: a key may be put in both branches of a nested txn (only one runs),
-// but not twice on one path nor inside a range deleted on that path.
-func intervals(reqs []*pb.RequestOp) (map[string]struct{}, []span, error) {
-	var dels []span
+// txns, with etcd's rules: a key may be put in both branches of a nested txn
+// (only one runs), but not twice on one path nor inside a range deleted on
+// that path (a nested txn's puts are checked against the deletes of this
+// level and of the nested txns before it; this level's puts against all).
+func intervals(reqs []*pb.RequestOp) (map[string]struct{}, *spanSet, error) {
+	dels := &spanSet{}
 	for _, r := range reqs {
 		if d := r.GetRequestDeleteRange(); d != nil {
-			s := span{lo: d.Key}
-			if len(d.RangeEnd) != 0 {
-				s.hi = d.RangeEnd
-			}
-			dels = append(dels, s)
+			dels.add(spanOf(d.Key, d.RangeEnd))
 		}
 	}
 	puts := map[string]struct{}{}
@@ -146,7 +140,7 @@ func intervals(reqs []*pb.RequestOp) (map[string]struct{}, []span, error) {
 			return nil, nil, err
 		}
 		for k := range putsThen {
-			if _, dup := puts[k]; dup || anyHas(dels, []byte(k)) {
+			if _, dup := puts[k]; dup || dels.has([]byte(k)) {
 				return nil, nil, rpctypes.ErrGRPCDuplicateKey
 			}
 			puts[k] = struct{}{}
@@ -157,13 +151,17 @@ func intervals(reqs []*pb.RequestOp) (map[string]struct{}, []span, error) {
 					return nil, nil, rpctypes.ErrGRPCDuplicateKey
 				}
 			}
-			if anyHas(dels, []byte(k)) {
+			if dels.has([]byte(k)) {
 				return nil, nil, rpctypes.ErrGRPCDuplicateKey
 			}
 			puts[k] = struct{}{}
 		}
-		dels = append(dels, delsThen...)
-		dels = append(dels, delsElse...)
+		for _, d := range delsThen.all {
+			dels.add(d)
+		}
+		for _, d := range delsElse.all {
+			dels.add(d)
+		}
 	}
 	for _, r := range reqs {
 		p := r.GetRequestPut()
@@ -171,7 +169,7 @@ func intervals(reqs []*pb.RequestOp) (map[string]struct{}, []span, error) {
 			continue
 		}
 		k := string(p.Key)
-		if _, dup := puts[k]; dup || anyHas(dels, p.Key) {
+		if _, dup := puts[k]; dup || dels.has(p.Key) {
 			return nil, nil, rpctypes.ErrGRPCDuplicateKey
 		}
 		puts[k] = struct{}{}

@@ -56,12 +56,16 @@ func TestTxn(t *testing.T) {
 		{name: "empty compare key", req: &pb.TxnRequest{Compare: []*pb.Compare{{}}}, want: rpctypes.ErrGRPCEmptyKey},
 		{name: "empty op", req: &pb.TxnRequest{Success: ops(&pb.RequestOp{})}, want: rpctypes.ErrGRPCKeyNotFound},
 		{name: "empty put key", req: &pb.TxnRequest{Success: ops(put(""))}, want: rpctypes.ErrGRPCEmptyKey},
+		{name: "put key at the limit", req: &pb.TxnRequest{Success: ops(put("0123456789"))}},
+		{name: "nested put key over the limit", req: &pb.TxnRequest{Failure: ops(txn(nil, ops(put("0123456789x"))))}, want: ErrKeyTooLarge(10)},
+		{name: "delete in a later nested txn does not cover an earlier one's put", req: &pb.TxnRequest{Success: ops(txn(ops(put("b")), nil), txn(ops(del("a", "c")), nil))}},
+		{name: "outer put in a nested delete", req: &pb.TxnRequest{Success: ops(txn(ops(del("a", "c")), nil), put("b"))}, want: rpctypes.ErrGRPCDuplicateKey},
 		{name: "bad sort in nested range", req: &pb.TxnRequest{Failure: ops(txn(ops(&pb.RequestOp{Request: &pb.RequestOp_RequestRange{
 			RequestRange: &pb.RangeRequest{Key: []byte("k"), SortOrder: 7}}}), nil))}, want: rpctypes.ErrGRPCInvalidSortOption},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Txn(tt.req, 128)
+			err := Txn(tt.req, Limits{MaxTxnOps: 128, MaxKeyBytes: 10})
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
@@ -78,9 +82,10 @@ func TestSingleRequests(t *testing.T) {
 		{"range empty key", Range(&pb.RangeRequest{}), rpctypes.ErrGRPCEmptyKey},
 		{"range bad sort target", Range(&pb.RangeRequest{Key: []byte("k"), SortTarget: 9}), rpctypes.ErrGRPCInvalidSortOption},
 		{"range ok", Range(&pb.RangeRequest{Key: []byte("k"), SortOrder: pb.RangeRequest_DESCEND}), nil},
-		{"put value with ignore_value", Put(&pb.PutRequest{Key: []byte("k"), Value: []byte("v"), IgnoreValue: true}), rpctypes.ErrGRPCValueProvided},
-		{"put lease with ignore_lease", Put(&pb.PutRequest{Key: []byte("k"), Lease: 5, IgnoreLease: true}), rpctypes.ErrGRPCLeaseProvided},
-		{"put ok", Put(&pb.PutRequest{Key: []byte("k"), Value: []byte("v")}), nil},
+		{"put value with ignore_value", Put(&pb.PutRequest{Key: []byte("k"), Value: []byte("v"), IgnoreValue: true}, Limits{}), rpctypes.ErrGRPCValueProvided},
+		{"put lease with ignore_lease", Put(&pb.PutRequest{Key: []byte("k"), Lease: 5, IgnoreLease: true}, Limits{}), rpctypes.ErrGRPCLeaseProvided},
+		{"put ok", Put(&pb.PutRequest{Key: []byte("k"), Value: []byte("v")}, Limits{}), nil},
+		{"put key over the limit", Put(&pb.PutRequest{Key: []byte("kkk")}, Limits{MaxKeyBytes: 2}), ErrKeyTooLarge(2)},
 		{"delete empty key", DeleteRange(&pb.DeleteRangeRequest{}), rpctypes.ErrGRPCEmptyKey},
 	}
 	for _, tt := range tests {

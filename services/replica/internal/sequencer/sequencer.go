@@ -32,8 +32,16 @@ type RevisionSource interface {
 var (
 	// ErrTimeout: the entry may or may not be applied.
 	ErrTimeout = errors.New("sequencer: proposal timed out")
-	// ErrStopped: the sequencer or the shard is shutting down.
+	// ErrStopped: the sequencer or the shard is shutting down before the
+	// entry was proposed; nothing was applied.
 	ErrStopped = errors.New("sequencer: stopped")
+	// ErrIndeterminate: the entry was proposed but its outcome is unknown
+	// (the sequencer stopped, or dragonboat aborted the request); it may
+	// still apply, so the client must be told as for a timeout.
+	ErrIndeterminate = errors.New("sequencer: proposal outcome unknown")
+	// ErrBusy: dragonboat refused the proposal because the shard is
+	// overloaded; nothing was applied.
+	ErrBusy = errors.New("sequencer: shard busy")
 	// ErrUnavailable: the shard could not take the entry (no leader, busy);
 	// nothing was applied.
 	ErrUnavailable = errors.New("sequencer: shard unavailable")
@@ -154,7 +162,10 @@ func (s *Sequencer) run() {
 			}
 			rs, err := s.nh.Propose(session, b, s.timeout)
 			if err != nil {
-				if dragonboat.IsTempError(err) {
+				switch {
+				case errors.Is(err, dragonboat.ErrSystemBusy):
+					err = fmt.Errorf("%w: %v", ErrBusy, err)
+				case dragonboat.IsTempError(err):
 					err = fmt.Errorf("%w: %v", ErrUnavailable, err)
 				}
 				r.done <- reply{err: err}
@@ -172,7 +183,7 @@ func (s *Sequencer) await(r *request, rs *dragonboat.RequestState) {
 	select {
 	case res = <-rs.ResultC():
 	case <-s.stopc:
-		r.done <- reply{err: ErrStopped}
+		r.done <- reply{err: ErrIndeterminate}
 		return
 	}
 	rs.Release()
@@ -194,7 +205,8 @@ func (s *Sequencer) await(r *request, rs *dragonboat.RequestState) {
 	case res.Timeout():
 		r.done <- reply{err: ErrTimeout}
 	default:
-		r.done <- reply{err: ErrStopped}
+		// Aborted or terminated after the proposal: it may still apply.
+		r.done <- reply{err: ErrIndeterminate}
 	}
 }
 
