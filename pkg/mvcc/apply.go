@@ -177,6 +177,9 @@ func (sh *Shard) Compact(index uint64, rev, compact int64) error {
 	}
 	var reqErr error
 	switch {
+	case compact == 0 && w.prev.CompactRevision == 0:
+		// etcd accepts a compaction at 0 on a store never compacted (it
+		// changes nothing); unlike etcd, a second one is accepted too.
 	case compact <= w.prev.CompactRevision:
 		reqErr = ErrCompacted
 	case compact > w.prev.Revision:

@@ -97,16 +97,18 @@ func TestCompactErrors(t *testing.T) {
 		wantErr     error
 		wantCompact int64
 	}{
-		{"compact 0 is not above the initial compaction", 7, 0, ErrCompacted, 0},
-		{"first compaction", 8, 4, nil, 4},
-		{"same revision again", 9, 4, ErrCompacted, 4},
-		{"below the compaction", 10, 2, ErrCompacted, 4},
-		{"future revision", 11, 11, ErrFutureRev, 4},
-		{"far future revision", 12, 100, ErrFutureRev, 4},
-		{"forward", 13, 5, nil, 5},
+		{"compact 0 on a store never compacted: a no-op, as etcd", 7, 0, nil, 0},
+		{"negative", 8, -1, ErrCompacted, 0},
+		{"first compaction", 9, 4, nil, 4},
+		{"same revision again", 10, 4, ErrCompacted, 4},
+		{"below the compaction", 11, 2, ErrCompacted, 4},
+		{"0 after a compaction", 12, 0, ErrCompacted, 4},
+		{"future revision", 13, 13, ErrFutureRev, 4},
+		{"far future revision", 14, 100, ErrFutureRev, 4},
+		{"forward", 15, 5, nil, 5},
 		// Compactions change no key: etcd's current revision stays 6.
-		{"up to the current revision", 14, 6, nil, 6},
-		{"the entry's own revision is in the future", 15, 15, ErrFutureRev, 6},
+		{"up to the current revision", 16, 6, nil, 6},
+		{"the entry's own revision is in the future", 17, 17, ErrFutureRev, 6},
 	}
 	for i, s := range steps {
 		index := uint64(6 + i)

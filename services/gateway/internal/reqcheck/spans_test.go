@@ -24,7 +24,7 @@ func TestSpanSetMatchesLinearScan(t *testing.T) {
 			case 0:
 				s = spanOf(lo, nil)
 			case 1:
-				s = spanOf(lo, []byte{0})
+				s = span{lo: lo, open: true}
 			default:
 				s = spanOf(lo, key())
 			}
