@@ -6,7 +6,7 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build test test-short generate generate-check lint bench dev
+.PHONY: build test test-short test-compat fuzz generate generate-check lint bench dev
 
 build:
 	mkdir -p bin
@@ -25,6 +25,29 @@ test:
 
 test-short:
 	$(GO) test -count=1 -short -timeout 10m $(MODULES)
+
+# The differential test against embedded etcd, verbose so the log shows the
+# random seed (rerun one with COMPAT_SEED=N).
+COMPAT_SEED ?= 0
+test-compat:
+	$(GO) test -count=1 -v -timeout 10m -run 'TestDifferential|TestEdgeCases' ./test/etcdcompat/ -etcdcompat.seed=$(COMPAT_SEED)
+
+# Every fuzz target for FUZZTIME each (its seed corpus also runs in make test).
+FUZZTIME ?= 20s
+FUZZ_TARGETS := \
+	./pkg/mvcc:FuzzApplyTxn \
+	./pkg/mvcc:FuzzChangeRecord \
+	./pkg/mvcc:FuzzStoredValues \
+	./pkg/mvcc:FuzzSnapshotStream \
+	./services/replica/internal/datasm:FuzzUpdate \
+	./services/replica:FuzzInspectBackup \
+	./services/gateway/internal/reqcheck:FuzzValidateThenApply \
+	./test/integration:FuzzRESTBody
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "== fuzz $$name ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 generate:
 	GOWORK=off $$(GOWORK=off $(GO) -C tools tool -n buf) generate

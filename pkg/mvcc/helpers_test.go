@@ -13,7 +13,7 @@ import (
 )
 
 // openStore opens a store in dir and closes it when the test ends.
-func openStore(t *testing.T, dir string) *Store {
+func openStore(t testing.TB, dir string) *Store {
 	t.Helper()
 	s, err := Open(dir, testOptions())
 	if err != nil {
@@ -32,7 +32,7 @@ func testOptions() Options {
 }
 
 // newShard opens a fresh store with one whole-keyspace shard (id 1).
-func newShard(t *testing.T) (*Store, *Shard, string) {
+func newShard(t testing.TB) (*Store, *Shard, string) {
 	t.Helper()
 	dir := t.TempDir()
 	s := openStore(t, dir)
@@ -47,7 +47,7 @@ func newShard(t *testing.T) (*Store, *Shard, string) {
 func nextIndex(sh *Shard) uint64 { return sh.State().AppliedIndex + 1 }
 
 // mustTxn applies a txn at rev and fails the test on any error.
-func mustTxn(t *testing.T, sh *Shard, rev int64, req *pb.TxnRequest) *pb.TxnResponse {
+func mustTxn(t testing.TB, sh *Shard, rev int64, req *pb.TxnRequest) *pb.TxnResponse {
 	t.Helper()
 	resp, err := sh.ApplyTxn(nextIndex(sh), rev, req)
 	if err != nil {
@@ -60,7 +60,7 @@ func mustTxn(t *testing.T, sh *Shard, rev int64, req *pb.TxnRequest) *pb.TxnResp
 }
 
 // mustPut puts key=val at rev as a one-op txn.
-func mustPut(t *testing.T, sh *Shard, rev int64, key, val string) *pb.PutResponse {
+func mustPut(t testing.TB, sh *Shard, rev int64, key, val string) *pb.PutResponse {
 	t.Helper()
 	resp := mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{opPut(key, val)}})
 	return resp.Responses[0].GetResponsePut()

@@ -144,8 +144,7 @@ func readRecord(r *bufio.Reader) (rec record, ok bool, err error) {
 	if klen == 0 {
 		return rec, false, nil
 	}
-	rec.key = make([]byte, klen)
-	if _, err := io.ReadFull(r, rec.key); err != nil {
+	if rec.key, err = ReadClaimed(r, klen, maxSnapshotKey); err != nil {
 		return rec, false, err
 	}
 	if rec.version, err = binary.ReadUvarint(r); err != nil {
@@ -162,9 +161,34 @@ func readRecord(r *bufio.Reader) (rec record, ok bool, err error) {
 	if err != nil {
 		return rec, false, err
 	}
-	rec.value = make([]byte, vlen)
-	_, err = io.ReadFull(r, rec.value)
+	rec.value, err = ReadClaimed(r, vlen, maxSnapshotValue)
 	return rec, err == nil, err
+}
+
+// Bounds of one snapshot record: Badger's key limit, and its value log
+// file size (no value is larger).
+const (
+	maxSnapshotKey   = 65000
+	maxSnapshotValue = 1 << 30
+)
+
+// ReadClaimed reads n bytes whose count came from untrusted input (a file
+// header, a length prefix): n above max is an error, and memory grows with
+// the bytes actually read, never with what the header claims.
+func ReadClaimed(r io.Reader, n, max uint64) ([]byte, error) {
+	if n > max {
+		return nil, fmt.Errorf("mvcc: length %d over the limit %d", n, max)
+	}
+	if n <= 64<<10 {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err == nil && uint64(len(b)) != n {
+		err = io.ErrUnexpectedEOF
+	}
+	return b, err
 }
 
 // SnapshotInfo describes a shard snapshot stream.

@@ -46,7 +46,8 @@ type Options struct {
 	MemTableSize int64
 	// NumMemtables is how many memtables may be held before writes stall.
 	NumMemtables int
-	// BlockCacheSize is the block cache in bytes (0 disables it).
+	// BlockCacheSize is the block cache in bytes; Badger needs one (its
+	// tables are compressed), so it must be positive.
 	BlockCacheSize int64
 	// Logger receives Badger's own log lines; nil silences them.
 	Logger *slog.Logger
@@ -85,6 +86,9 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, o Options) (*Store, error) {
+	if o.MemTableSize <= 0 || o.NumMemtables <= 0 || o.BlockCacheSize <= 0 {
+		return nil, fmt.Errorf("mvcc: open %s: memtable size, memtable count and block cache size must be positive", dir)
+	}
 	opts := badger.DefaultOptions(dir).
 		WithMemTableSize(o.MemTableSize).
 		WithNumMemtables(o.NumMemtables).

@@ -240,11 +240,8 @@ func readMessage(r *bufio.Reader, m proto.Message) error {
 	if err != nil {
 		return err
 	}
-	if n > 64<<20 {
-		return fmt.Errorf("message of %d bytes", n)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	b, err := mvcc.ReadClaimed(r, n, 64<<20)
+	if err != nil {
 		return err
 	}
 	return proto.Unmarshal(b, m)

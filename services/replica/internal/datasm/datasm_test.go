@@ -13,7 +13,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 )
 
-func testStore(t *testing.T, dir string) *mvcc.Store {
+func testStore(t testing.TB, dir string) *mvcc.Store {
 	t.Helper()
 	o := mvcc.DefaultOptions()
 	o.MemTableSize, o.BlockCacheSize = 8<<20, 8<<20
@@ -24,7 +24,7 @@ func testStore(t *testing.T, dir string) *mvcc.Store {
 	return s
 }
 
-func open(t *testing.T, s *mvcc.Store) (*StateMachine, uint64) {
+func open(t testing.TB, s *mvcc.Store) (*StateMachine, uint64) {
 	t.Helper()
 	m := Factory(s, nil, nil, Hooks{})(2, 1).(*StateMachine)
 	idx, err := m.Open(nil)
