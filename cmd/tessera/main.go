@@ -91,6 +91,7 @@ func runDev(args []string, log *slog.Logger) error {
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
+	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
@@ -114,6 +115,7 @@ func runDev(args []string, log *slog.Logger) error {
 	defer r.Close()
 	cc := watcher.DefaultCacheConfig()
 	cc.ProgressInterval, cc.MaxResponseBytes = *progress, lim.MaxRequestBytes // etcd fragments at its max request size
+	cc.MaxWatchesPerStream = *maxWatches
 	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
@@ -211,9 +213,11 @@ func runWatcher(args []string, log *slog.Logger) error {
 	historyBytes := fs.Int("history-bytes", 256<<20, "bytes of events kept in memory for watches that resume")
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "size at which responses of watches that ask for fragments are cut (etcd's max request bytes)")
+	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	fs.Parse(args)
 	cc := watcher.DefaultCacheConfig()
 	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval, cc.MaxResponseBytes = *historyRevs, *historyBytes, *progress, *maxReq
+	cc.MaxWatchesPerStream = *maxWatches
 	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err

@@ -22,7 +22,6 @@
 package watchcache
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -30,6 +29,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // Config bounds the cache. Zero fields take the defaults of DefaultConfig.
@@ -47,6 +48,9 @@ type Config struct {
 	// ProgressInterval is the period of progress notifications for watches
 	// created with progress_notify (etcd's default is 10 minutes).
 	ProgressInterval time.Duration
+	// MaxWatchesPerStream bounds the watches one stream may hold; a create
+	// past it is refused (created and cancelled, with the reason).
+	MaxWatchesPerStream int
 	// MaxResponseBytes is where responses of watches that asked for
 	// fragments are cut (etcd cuts at its max request bytes).
 	MaxResponseBytes int
@@ -58,7 +62,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{HistoryRevisions: 100000, HistoryBytes: 256 << 20, QueueLimit: 1024,
 		SyncInterval: 100 * time.Millisecond, ProgressInterval: 10 * time.Minute,
-		MaxResponseBytes: 1536 * 1024}
+		MaxWatchesPerStream: 100000, MaxResponseBytes: 1536 * 1024}
 }
 
 func (c *Config) setDefaults() {
@@ -71,6 +75,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.QueueLimit <= 0 {
 		c.QueueLimit = d.QueueLimit
+	}
+	if c.MaxWatchesPerStream <= 0 {
+		c.MaxWatchesPerStream = d.MaxWatchesPerStream
 	}
 	if c.SyncInterval <= 0 {
 		c.SyncInterval = d.SyncInterval
@@ -141,7 +148,7 @@ type Cache struct {
 		hist      []entry
 		histBytes int
 		compacted int64
-		groups    map[string]*group
+		groups    keyspan.Index[*group] // synced watches by range
 		unsynced  map[*watch]struct{}
 		streams   map[*Stream]struct{}
 	}
@@ -152,7 +159,6 @@ func New(cfg Config, src Source) *Cache {
 	cfg.setDefaults()
 	c := &Cache{cfg: cfg, src: src, log: cfg.Logger, stopc: make(chan struct{}), poke: make(chan struct{}, 1)}
 	c.mu.shards = map[uint64]*shardFeed{}
-	c.mu.groups = map[string]*group{}
 	c.mu.unsynced = map[*watch]struct{}{}
 	c.mu.streams = map[*Stream]struct{}{}
 	c.wg.Add(1)
@@ -218,10 +224,14 @@ func (c *Cache) Subscribed(shardID uint64, closed int64) {
 		}
 		// Watches placed before this baseline may start below it: they
 		// re-place themselves (from the replicas if need be).
-		for _, g := range c.mu.groups {
+		var synced []*watch
+		c.mu.groups.Each(func(_ keyspan.Span, g *group) {
 			for w := range g.watches {
-				c.unsyncLocked(w, max(w.next, c.mu.released+1))
+				synced = append(synced, w)
 			}
+		})
+		for _, w := range synced {
+			c.unsyncLocked(w, max(w.next, c.mu.released+1))
 		}
 	}
 	c.releaseLocked()
@@ -323,18 +333,24 @@ func (c *Cache) trimLocked() {
 // deliverLocked sends a released batch to the synced watches. prev is the
 // released revision before the batch.
 func (c *Cache) deliverLocked(batch []entry, prev int64) {
-	for _, g := range c.mu.groups {
-		var matched []*mvccpb.Event
-		for _, e := range batch {
-			for _, ev := range e.Events {
-				if g.contains(ev.Kv.Key) {
-					matched = append(matched, ev)
+	// Each event finds its groups through the range index, so the cost
+	// of an event does not grow with the number of groups that do not
+	// want it (a stream with 100 000 watches slows nobody else).
+	matches := map[*group][]*mvccpb.Event{}
+	var order []*group
+	for _, e := range batch {
+		for _, ev := range e.Events {
+			c.mu.groups.Stab(ev.Kv.Key, func(_ keyspan.Span, g *group) bool {
+				if _, seen := matches[g]; !seen {
+					order = append(order, g)
 				}
-			}
+				matches[g] = append(matches[g], ev)
+				return true
+			})
 		}
-		if len(matched) == 0 {
-			continue
-		}
+	}
+	for _, g := range order {
+		matched := matches[g]
 		// Made once per group: the events without prev_kv, and both
 		// forms in wire form for the watches that take them unchanged.
 		var stripped []*mvccpb.Event
@@ -406,40 +422,17 @@ func withoutPrevKV(evs []*mvccpb.Event) []*mvccpb.Event {
 
 // group is the synced watches of one range.
 type group struct {
-	key, end []byte // end as in mvcc.RangeEnd: nil single key, empty: to the end
-	watches  map[*watch]struct{}
-}
-
-func (g *group) contains(k []byte) bool {
-	switch {
-	case g.end == nil:
-		return bytes.Equal(k, g.key)
-	case len(g.end) == 0:
-		return bytes.Compare(k, g.key) >= 0
-	}
-	return bytes.Compare(k, g.key) >= 0 && bytes.Compare(k, g.end) < 0
-}
-
-func groupKey(key, end []byte) string {
-	b := make([]byte, 0, len(key)+len(end)+10)
-	b = append(b, byte(len(key)>>24), byte(len(key)>>16), byte(len(key)>>8), byte(len(key)))
-	b = append(b, key...)
-	if end == nil {
-		b = append(b, 0)
-	} else {
-		b = append(b, 1)
-		b = append(b, end...)
-	}
-	return string(b)
+	span    keyspan.Span
+	watches map[*watch]struct{}
 }
 
 func (c *Cache) syncLocked(w *watch) {
 	delete(c.mu.unsynced, w)
-	k := groupKey(w.key, w.end)
-	g := c.mu.groups[k]
-	if g == nil {
-		g = &group{key: w.key, end: w.end, watches: map[*watch]struct{}{}}
-		c.mu.groups[k] = g
+	s := keyspan.Span{Key: w.key, End: w.end}
+	g, ok := c.mu.groups.Get(s)
+	if !ok {
+		g = &group{span: s, watches: map[*watch]struct{}{}}
+		c.mu.groups.Insert(s, g)
 	}
 	g.watches[w] = struct{}{}
 	w.state = stateSynced
@@ -459,11 +452,11 @@ func (c *Cache) unsyncLocked(w *watch, next int64) {
 // removeLocked takes the watch out of the synced and unsynced sets.
 func (c *Cache) removeLocked(w *watch) {
 	delete(c.mu.unsynced, w)
-	k := groupKey(w.key, w.end)
-	if g := c.mu.groups[k]; g != nil {
+	s := keyspan.Span{Key: w.key, End: w.end}
+	if g, ok := c.mu.groups.Get(s); ok {
 		delete(g.watches, w)
 		if len(g.watches) == 0 {
-			delete(c.mu.groups, k)
+			c.mu.groups.Delete(s)
 		}
 	}
 	w.state = stateIdle
@@ -523,7 +516,7 @@ type Stats struct {
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Stats{Streams: len(c.mu.streams), Groups: len(c.mu.groups), Unsynced: len(c.mu.unsynced),
+	st := Stats{Streams: len(c.mu.streams), Groups: c.mu.groups.Len(), Unsynced: len(c.mu.unsynced),
 		Released: c.mu.released, HistoryRevisions: len(c.mu.hist), HistoryBytes: c.mu.histBytes}
 	for s := range c.mu.streams {
 		st.Watches += len(s.watches)

@@ -12,6 +12,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // logSource is a Source over an in-memory log of revisions (what the
@@ -45,14 +47,14 @@ func (s *logSource) History(ctx context.Context, key, end []byte, from, to int64
 	}
 	revs := append([]Revision(nil), s.revs...)
 	s.mu.Unlock()
-	g := group{key: key, end: end}
+	span := keyspan.Span{Key: key, End: end}
 	for _, r := range revs {
 		if r.Rev < from || r.Rev > to {
 			continue
 		}
 		var evs []*mvccpb.Event
 		for _, ev := range r.Events {
-			if g.contains(ev.Kv.Key) {
+			if span.Contains(ev.Kv.Key) {
 				evs = append(evs, ev)
 			}
 		}
@@ -168,7 +170,7 @@ func TestIdenticalWatchesShareAGroup(t *testing.T) {
 	}
 	h.create(s, &pb.WatchCreateRequest{Key: []byte("/b")})
 	h.c.mu.Lock()
-	groups := len(h.c.mu.groups)
+	groups := h.c.mu.groups.Len()
 	h.c.mu.Unlock()
 	if groups != 2 {
 		t.Fatalf("%d groups for 2 distinct ranges", groups)
@@ -399,5 +401,33 @@ func TestFramesMergeEventsOfOneWatch(t *testing.T) {
 	frames, err = Frames(rs[1:3], 10)
 	if err != nil || len(frames) != 2 {
 		t.Fatalf("with a 10-byte limit: %d frames, err %v", len(frames), err)
+	}
+}
+
+// A stream holds at most MaxWatchesPerStream watches; a create past the
+// bound is refused, the watches it has keep working, and cancelling one
+// makes room again.
+func TestWatchesPerStreamBound(t *testing.T) {
+	h := newHarness(t, Config{MaxWatchesPerStream: 3})
+	s := h.stream()
+	for i := 0; i < 4; i++ {
+		h.create(s, &pb.WatchCreateRequest{Key: fmt.Appendf(nil, "k%d", i)})
+	}
+	rs := drain(t, s, func(rs []*pb.WatchResponse) bool { return len(rs) >= 4 })
+	for i, r := range rs[:3] {
+		if !r.Created || r.Canceled {
+			t.Fatalf("create %d: %+v", i, r)
+		}
+	}
+	if r := rs[3]; !r.Created || !r.Canceled || r.CancelReason != fmt.Sprintf(reasonTooManyWatches, 3) {
+		t.Fatalf("create past the bound: %+v", r)
+	}
+	if err := s.Cancel(context.Background(), rs[0].WatchId); err != nil {
+		t.Fatal(err)
+	}
+	h.create(s, &pb.WatchCreateRequest{Key: []byte("k9")})
+	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(rs) >= 2 })
+	if r := rs[len(rs)-1]; !r.Created || r.Canceled {
+		t.Fatalf("create after a cancel: %+v", r)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 )
 
@@ -17,6 +18,8 @@ import (
 const (
 	reasonEmptyRange  = "mvcc: watcher range is empty"
 	reasonDuplicateID = "mvcc: duplicate watch ID provided on the WatchStream"
+	// etcd has no such bound; its wording is ours.
+	reasonTooManyWatches = "tessera: too many watches on one stream (limit %d); cancel some or open another stream"
 )
 
 // invalidWatchID is etcd's watch ID for responses that belong to no watch.
@@ -177,13 +180,7 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	if len(key) == 0 {
 		key = []byte{0} // the smallest key, as in etcd
 	}
-	var end []byte
-	switch {
-	case len(req.RangeEnd) == 1 && req.RangeEnd[0] == 0:
-		end = []byte{}
-	case len(req.RangeEnd) > 0:
-		end = req.RangeEnd
-	}
+	end := keyspan.FromRequest(key, req.RangeEnd).End
 	refuse := func(reason string) error {
 		r := s.response(invalidWatchID, c.Released())
 		r.Created, r.Canceled, r.CancelReason = true, true, reason
@@ -216,6 +213,11 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	w.ctx, w.cancel = context.WithCancel(s.ctx)
 
 	c.mu.Lock()
+	if len(s.watches) >= c.cfg.MaxWatchesPerStream {
+		c.mu.Unlock()
+		w.cancel()
+		return refuse(fmt.Sprintf(reasonTooManyWatches, c.cfg.MaxWatchesPerStream))
+	}
 	if req.WatchId != 0 { // 0 is clientv3.AutoWatchID
 		if _, dup := s.watches[req.WatchId]; dup {
 			c.mu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"sort"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // syncUnsynced moves unsynced watches forward: from the history when it
@@ -47,7 +49,7 @@ func (c *Cache) catchUpLocked(w *watch) {
 		size int
 		upto = rel
 	)
-	g := group{key: w.key, end: w.end}
+	span := keyspan.Span{Key: w.key, End: w.end}
 	for ; i < len(hist); i++ {
 		e := hist[i]
 		if size >= c.cfg.MaxResponseBytes && len(evs) > 0 {
@@ -55,7 +57,7 @@ func (c *Cache) catchUpLocked(w *watch) {
 			break
 		}
 		for _, ev := range e.Events {
-			if g.contains(ev.Kv.Key) {
+			if span.Contains(ev.Kv.Key) {
 				evs = append(evs, ev)
 				size += e.size / len(e.Events)
 			}
