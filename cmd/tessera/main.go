@@ -93,6 +93,7 @@ func runDev(args []string, log *slog.Logger) error {
 	lim.RegisterFlags(fs)
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
+	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
 		return err
@@ -104,7 +105,7 @@ func runDev(args []string, log *slog.Logger) error {
 	cfg.RaftAddress = *raftAddr
 	cfg.APIAddress = *apiAddr
 	cfg.Cluster = []replica.Member{{ID: 1, RaftAddress: *raftAddr, APIAddress: *apiAddr}}
-	cfg.QuotaBytes = *quota
+	cfg.QuotaBytes, cfg.FreeSpaceReserveBytes = *quota, *reserve
 	// One voter: elections need not wait for peers.
 	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
 	cfg.Logger = log.With("tier", "replica")
@@ -161,6 +162,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	httpAddr := fs.String("listen-address", "", "address for /livez, /readyz and /metrics (off if empty)")
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
+	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
 	fs.Parse(args)
 	members, err := parseCluster(*cluster)
 	if err != nil {
@@ -169,6 +171,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	cfg := replica.DefaultConfig()
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
 	cfg.RTTMillisecond, cfg.QuotaBytes, cfg.HTTPAddress = *rtt, *quota, *httpAddr
+	cfg.FreeSpaceReserveBytes = *reserve
 	cfg.Logger = log.With("tier", "replica")
 	r, err := replica.Start(cfg)
 	if err != nil {

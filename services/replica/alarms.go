@@ -18,13 +18,22 @@ import (
 // DefaultQuotaBytes is etcd's default --quota-backend-bytes (2 GiB).
 const DefaultQuotaBytes = 2 << 30
 
+// DefaultFreeSpaceReserveBytes is the free disk space a store keeps by
+// default: room for the memtables Badger writes through memory maps (a write
+// to a full disk there kills the process with SIGBUS), a second or two of
+// writes before the next check, and the deletes and compactions that free
+// space again.
+const DefaultFreeSpaceReserveBytes = 256 << 20
+
 // quotaCheckInterval is how often a store compares its size to its quota
 // and refreshes its view of the alarms.
 const quotaCheckInterval = time.Second
 
 // watchQuota raises this store's NOSPACE alarm when the store outgrows its
-// quota, and keeps the replica's no-space flag (which refuses puts and lease
-// grants, as etcd's quota does) in step with the cluster's alarms.
+// quota or its filesystem has less free space than the reserve, and keeps
+// the replica's no-space flag (which refuses puts and lease grants, as
+// etcd's quota does) in step with the cluster's alarms. An alarm disarmed
+// while the store is still short of space is raised again.
 func (r *Replica) watchQuota() {
 	defer r.wg.Done()
 	t := time.NewTicker(quotaCheckInterval)
@@ -34,6 +43,7 @@ func (r *Replica) watchQuota() {
 		case <-r.stopc:
 			return
 		case <-t.C:
+		case <-r.quotaPoke:
 		}
 		alarms, err := r.alarms()
 		if err != nil {
@@ -47,8 +57,19 @@ func (r *Replica) watchQuota() {
 			}
 		}
 		r.noSpace.Store(noSpace)
-		if !mine && r.store.Size() > r.cfg.QuotaBytes {
-			r.log.Warn("store is over its quota: raising NOSPACE", "size", r.store.Size(), "quota", r.cfg.QuotaBytes)
+		if mine {
+			continue
+		}
+		size, free := r.store.Size(), r.store.FreeBytes()
+		over := size > r.cfg.QuotaBytes
+		short := r.cfg.FreeSpaceReserveBytes > 0 && free >= 0 && free < r.cfg.FreeSpaceReserveBytes
+		if over || short {
+			if over {
+				r.log.Warn("store is over its quota: raising NOSPACE", "size", size, "quota", r.cfg.QuotaBytes)
+			} else {
+				r.log.Warn("disk almost full: raising NOSPACE; free space, then run etcdctl alarm disarm",
+					"free", free, "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
 			_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
 				StoreId: r.cfg.StoreID, Type: int32(pb.AlarmType_NOSPACE), Active: true}}})
@@ -58,6 +79,33 @@ func (r *Replica) watchQuota() {
 			}
 		}
 	}
+}
+
+// refusesPuts reports whether puts and lease grants get etcd's no-space
+// error: a NOSPACE alarm is raised in the cluster, or this store's disk
+// already has less free space than the reserve (the alarm follows within
+// a check interval; a burst of writes must not fill the disk before it).
+func (r *Replica) refusesPuts() bool { return r.noSpace.Load() || r.diskShort() }
+
+// diskShort checks the free space at most every 100 ms.
+func (r *Replica) diskShort() bool {
+	if r.cfg.FreeSpaceReserveBytes == 0 {
+		return false
+	}
+	now := time.Now().UnixNano()
+	if now-r.freeCheckedAt.Load() > int64(100*time.Millisecond) {
+		r.freeCheckedAt.Store(now)
+		r.freeBytes.Store(r.store.FreeBytes())
+	}
+	free := r.freeBytes.Load()
+	short := free >= 0 && free < r.cfg.FreeSpaceReserveBytes
+	if short && !r.noSpace.Load() {
+		select { // raise the alarm now rather than at the next check
+		case r.quotaPoke <- struct{}{}:
+		default:
+		}
+	}
+	return short
 }
 
 // alarms reads the active alarms from the local meta state.

@@ -44,7 +44,7 @@ func (s leaseStore) Leases(ctx context.Context) (map[int64]int64, error) {
 }
 
 func (s leaseStore) Grant(ctx context.Context, id, ttl int64) (int64, error) {
-	if s.r.noSpace.Load() {
+	if s.r.refusesPuts() {
 		return 0, rpctypes.ErrGRPCNoSpace // etcd's quota covers lease grants too
 	}
 	v, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_GrantLease{GrantLease: &raftcmdpb.GrantLease{Id: id, Ttl: ttl}}})

@@ -76,6 +76,11 @@ type Config struct {
 	// QuotaBytes is the store's space quota (etcd's --quota-backend-bytes):
 	// past it the store raises NOSPACE and the cluster refuses puts.
 	QuotaBytes int64
+	// FreeSpaceReserveBytes is the free disk space the store keeps: when
+	// less is left on the data dir's filesystem it raises NOSPACE, so puts
+	// stop before the disk is full while reads, deletes and compactions
+	// (which need a little space) go on. 0 disables the check.
+	FreeSpaceReserveBytes int64
 	// Store sizes the Badger DB.
 	Store mvcc.Options
 	// Logger is the component logger; nil means slog.Default().
@@ -85,7 +90,8 @@ type Config struct {
 // DefaultConfig returns a config with every optional field set.
 func DefaultConfig() Config {
 	return Config{RTTMillisecond: 50, ElectionRTT: 10, ProposalTimeout: 5 * time.Second,
-		TSOWindow: tso.DefaultWindow, QuotaBytes: DefaultQuotaBytes, Store: mvcc.DefaultOptions()}
+		TSOWindow: tso.DefaultWindow, QuotaBytes: DefaultQuotaBytes, FreeSpaceReserveBytes: DefaultFreeSpaceReserveBytes,
+		Store: mvcc.DefaultOptions()}
 }
 
 // Validate checks the fields and their combinations.
@@ -101,6 +107,8 @@ func (c *Config) Validate() error {
 		return errors.New("replica: RTT, election RTT (>= 5) and proposal timeout required")
 	case c.QuotaBytes <= 0:
 		return errors.New("replica: quota bytes must be positive")
+	case c.FreeSpaceReserveBytes < 0:
+		return errors.New("replica: free space reserve must not be negative")
 	}
 	found := false
 	for _, m := range c.Cluster {
@@ -135,8 +143,12 @@ type Replica struct {
 	snapshotsRestored atomic.Uint64
 	// noSpace: a NOSPACE alarm is raised somewhere in the cluster.
 	noSpace atomic.Bool
-	stopc   chan struct{}
-	wg      sync.WaitGroup
+	// freeBytes is the store's free disk space as last checked, at
+	// freeCheckedAt (Unix nanoseconds).
+	freeBytes, freeCheckedAt atomic.Int64
+	quotaPoke                chan struct{} // cap 1: wakes watchQuota early
+	stopc                    chan struct{}
+	wg                       sync.WaitGroup
 }
 
 // SnapshotsRestored counts data-shard snapshots this store installed since
@@ -177,7 +189,8 @@ func Start(cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	cfg.Cluster = members
-	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{})}
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{}),
+		quotaPoke: make(chan struct{}, 1)}
 	if err := r.start(); err != nil {
 		r.Close()
 		return nil, err

@@ -102,7 +102,7 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	if req.ReadOnly {
 		return s.readTxn(ctx, req)
 	}
-	if req.Puts && s.r.noSpace.Load() {
+	if req.Puts && s.r.refusesPuts() {
 		return nil, rpctypes.ErrGRPCNoSpace
 	}
 	term, err := s.r.requireLeader(req.ShardId)
