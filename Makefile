@@ -6,7 +6,7 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build test test-short test-compat fuzz generate generate-check lint bench dev
+.PHONY: build test test-short test-compat test-large fuzz generate generate-check lint bench dev
 
 build:
 	mkdir -p bin
@@ -31,6 +31,12 @@ test-short:
 COMPAT_SEED ?= 0
 test-compat:
 	$(GO) test -count=1 -v -timeout 10m -run 'TestDifferential|TestEdgeCases' ./test/etcdcompat/ -etcdcompat.seed=$(COMPAT_SEED)
+
+# The large requests of the hardening work (a million-key del --prefix, a
+# 200 000-key lease revoke, a txn of 128 values of 12 KiB, then a restart of
+# every process) against tessera dev and a 3-process cluster: minutes.
+test-large:
+	$(GO) test -count=1 -v -timeout 20m -run 'TestLargeRequests' ./test/e2e/ -e2e.large
 
 # Every fuzz target for FUZZTIME each (its seed corpus also runs in make test).
 FUZZTIME ?= 20s

@@ -35,7 +35,8 @@ func run() error {
 	flag.IntVar(&p.conns, "conns", 8, "clientv3 clients (gRPC connections) the concurrent goroutines share")
 	flag.IntVar(&p.watchRate, "watch-rate", 20, "puts per second of the writer in the watch workloads")
 	flag.IntVar(&p.leases, "leases", 5000, "leases the put-64-leases workload grants")
-	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k)
+	flag.IntVar(&p.deleteKeys, "delete-keys", 1000000, "keys the delete-1m workload writes, then deletes with one request")
+	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k, wlDeleteMany)
 	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(known, ","))
 	flag.StringVar(&targets, "targets", strings.Join(allTargets[:3], ","), "comma list of targets: "+strings.Join(allTargets, ","))
 	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof)")
@@ -93,6 +94,8 @@ func run() error {
 			var r *result
 			if _, isWatch := watchWorkloads[wl]; isWatch {
 				r, err = runWatchWorkload(ctx, wl, t, p)
+			} else if wl == wlDeleteMany {
+				r, err = runDeleteWorkload(ctx, t, p)
 			} else {
 				r, err = runWorkload(ctx, wl, t, p, &preloaded)
 			}

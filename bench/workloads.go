@@ -52,6 +52,7 @@ type params struct {
 	blockRate  int // if > 0 (and profileDir set), also write block profiles
 	leases     int // leases the put-64-leases workload grants
 	watchRate  int // puts per second in the watch workloads
+	deleteKeys int // keys the delete-1m workload deletes
 }
 
 // result is one workload's measurement on one target.

@@ -5,11 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // writer is one entry being applied: it evaluates against the shard as of
@@ -79,7 +82,7 @@ func (w *writer) commit(compact int64) (State, error) {
 		}
 	}
 	w.appendUnique(mutation{key: stateKey(w.sh.id), value: st.encode()})
-	if err := w.sh.store.flush(w.rev, w.muts); err != nil {
+	if err := w.sh.store.flush(w.rev, w.muts, w.superseded); err != nil {
 		return State{}, fmt.Errorf("mvcc: shard %d entry %d: %w", w.sh.id, w.index, err)
 	}
 	w.sh.setState(st)
@@ -441,7 +444,7 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 		}
 	}
 	w.putKV(kv)
-	w.reindexLease(p.Key, prev, kv.Lease)
+	w.reindexLease(p.Key, prev, kv.Lease, false)
 	// The change log keeps the previous version beside the event, so watches
 	// with prev_kv are served without reading history.
 	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv, PrevKv: prev})
@@ -461,11 +464,14 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 	if err != nil {
 		return nil, err
 	}
+	w.muts = slices.Grow(w.muts, 2*len(kvs))
+	w.events = slices.Grow(w.events, len(kvs))
 	for _, kv := range kvs {
-		w.deleteKey(kv.Key)
-		w.reindexLease(kv.Key, kv, 0)
+		bulk := w.deleteKey(kv.Key)
+		w.reindexLease(kv.Key, kv, 0, bulk)
 		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: w.rev}, PrevKv: kv})
 	}
+	w.deletedSpan(keyspan.FromRequest(d.Key, d.RangeEnd))
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs)), Header: w.header()}
 	if d.PrevKv {
 		resp.PrevKvs = kvs
@@ -474,8 +480,8 @@ func (w *writer) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse,
 }
 
 // reindexLease moves key in the lease index from prev's lease to lease
-// (0: none).
-func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64) {
+// (0: none); bulk as deleteKey answered for a deleted key.
+func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64, bulk bool) {
 	var old int64
 	if prev != nil {
 		old = prev.Lease
@@ -484,7 +490,7 @@ func (w *writer) reindexLease(key []byte, prev *mvccpb.KeyValue, lease int64) {
 		return
 	}
 	if old != 0 {
-		w.del(leaseKey(old, key))
+		w.del(leaseKey(old, key), bulk)
 	}
 	if lease != 0 {
 		w.set(leaseKey(lease, key), nil)
@@ -509,21 +515,43 @@ const changePartBytes = 4 << 20
 // mvccpb.Events, cut into parts of about maxPart bytes (an event is never
 // cut).
 func encodeEventParts(evs []*mvccpb.Event, maxPart int) [][]byte {
+	// Sizes first, so that each part is allocated once at its final size:
+	// a delete of a million keys writes hundreds of MiB of events, which
+	// growing buffers would copy several times over.
+	sizes := make([]int, len(evs))
 	var parts [][]byte
-	var out []byte
-	for _, ev := range evs {
-		b, err := proto.Marshal(ev)
-		if err != nil {
-			panic(fmt.Sprintf("mvcc: marshal Event: %v", err))
+	partLen := 0
+	flushPart := func(upto, from int) {
+		buf := make([]byte, 0, partLen)
+		for i := from; i < upto; i++ {
+			var err error
+			buf = binary.AppendUvarint(buf, uint64(sizes[i]))
+			if buf, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(buf, evs[i]); err != nil {
+				panic(fmt.Sprintf("mvcc: marshal Event: %v", err))
+			}
 		}
-		if len(out) > 0 && len(out)+len(b)+binary.MaxVarintLen64 > maxPart {
-			parts = append(parts, out)
-			out = nil
-		}
-		out = binary.AppendUvarint(out, uint64(len(b)))
-		out = append(out, b...)
+		parts = append(parts, buf)
 	}
-	return append(parts, out)
+	from := 0
+	for i, ev := range evs {
+		sizes[i] = proto.Size(ev)
+		n := sizes[i] + uvarintLen(sizes[i])
+		if i > from && partLen+n > maxPart {
+			flushPart(i, from)
+			from, partLen = i, 0
+		}
+		partLen += n
+	}
+	flushPart(len(evs), from)
+	return parts
+}
+
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
+	}
+	return l
 }
 
 // ReadTxn evaluates a txn whose branches only read, at the current revision,

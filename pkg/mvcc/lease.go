@@ -41,8 +41,11 @@ func (w *writer) revoke(lease int64) error {
 		if kv == nil || kv.Lease != lease {
 			continue // the index never lags the data; nothing to do
 		}
-		w.deleteKey(k)
-		w.del(leaseKey(lease, k))
+		// No deletedSpan: a revoke entry reads nothing after its deletes
+		// (a key is in one lease's index only), and a span per key would
+		// cost a map entry for each of maybe millions of keys.
+		bulk := w.deleteKey(k)
+		w.del(leaseKey(lease, k), bulk)
 		w.events = append(w.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: w.rev}, PrevKv: kv})
 	}
 	return nil

@@ -8,6 +8,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // An entry is applied in two phases, so that no entry depends on what one
@@ -30,22 +32,41 @@ type mutation struct {
 	key   []byte
 	value []byte
 	del   bool
+	// bulk marks a delete of a key the entry read from the view and did not
+	// write before (most of a large DeleteRange or revoke): it is not
+	// indexed, and a later write of the same key supersedes it.
+	bulk bool
 }
 
 // pending holds an entry's writes during evaluation: the Badger mutations in
-// order (each Badger key once: a later write of the same key replaces the
-// earlier one in place, so no key is written twice at one version), and the
-// values of the user keys put, for reads that must see them.
+// order, with no Badger key written twice at one version (a later write of
+// a key replaces the earlier one in place, or supersedes a bulk delete),
+// the values of the user keys put and the spans deleted, for reads that
+// must see them.
 type pending struct {
-	muts   []mutation
-	byKey  map[string]int // Badger key -> position in muts
-	puts   map[string]*mvccpb.KeyValue
-	sorted []*mvccpb.KeyValue // puts in key order; nil when stale
+	muts []mutation
+	// byKey indexes the mutations that are not bulk deletes: Badger key ->
+	// position in muts. Only puts and what they touch land here, so it
+	// stays as small as the request.
+	byKey map[string]int
+	// superseded holds Badger keys written (indexed) after bulk deletes
+	// began: a bulk delete of one of them is skipped at flush.
+	superseded map[string]struct{}
+	bulks      int
+	puts       map[string]*mvccpb.KeyValue
+	dels       keyspan.Index[struct{}] // user-key spans the entry deleted
+	sorted     []*mvccpb.KeyValue      // puts in key order; nil when stale
 }
 
 func (p *pending) record(m mutation) {
 	if p.byKey == nil {
 		p.byKey = map[string]int{}
+	}
+	if p.bulks > 0 {
+		if p.superseded == nil {
+			p.superseded = map[string]struct{}{}
+		}
+		p.superseded[string(m.key)] = struct{}{}
 	}
 	if i, ok := p.byKey[string(m.key)]; ok {
 		p.muts[i] = m
@@ -53,6 +74,11 @@ func (p *pending) record(m mutation) {
 	}
 	p.byKey[string(m.key)] = len(p.muts)
 	p.muts = append(p.muts, m)
+}
+
+func (p *pending) bulkDelete(key []byte) {
+	p.muts = append(p.muts, mutation{key: key, del: true, bulk: true})
+	p.bulks++
 }
 
 // appendUnique records a mutation of a key nothing else in the entry
@@ -69,23 +95,42 @@ func (p *pending) putKV(kv *mvccpb.KeyValue) {
 	p.record(mutation{key: dataKey(kv.Key), value: encodeKV(kv)})
 }
 
-// deleteKey records a delete of a user key.
-func (p *pending) deleteKey(key []byte) {
+// deleteKey records the delete of a live user key found in span (the
+// caller records the span with deletedSpan). It reports whether the delete
+// is a bulk one: the key came from the view, not from a put of this entry.
+func (p *pending) deleteKey(key []byte) (bulk bool) {
 	if _, ok := p.puts[string(key)]; ok {
 		delete(p.puts, string(key))
 		p.sorted = nil
+		p.record(mutation{key: dataKey(key), del: true})
+		return false
 	}
-	p.record(mutation{key: dataKey(key), del: true})
+	p.bulkDelete(dataKey(key))
+	return true
 }
 
-// deleted reports whether the entry deleted a user key.
+// deletedSpan records that every key of s live before it was deleted.
+func (p *pending) deletedSpan(s keyspan.Span) { p.dels.Insert(s, struct{}{}) }
+
+// deleted reports whether the entry deleted a user key (and did not put
+// it again after).
 func (p *pending) deleted(key []byte) bool {
-	i, ok := p.byKey[string(dataKey(key))]
-	return ok && p.muts[i].del
+	if _, put := p.puts[string(key)]; put || p.dels.Len() == 0 {
+		return false
+	}
+	return p.dels.Any(key)
 }
 
 func (p *pending) set(key, value []byte) { p.record(mutation{key: key, value: value}) }
-func (p *pending) del(key []byte)        { p.record(mutation{key: key, del: true}) }
+
+// del deletes a Badger key; bulk as deleteKey answered for its user key.
+func (p *pending) del(key []byte, bulk bool) {
+	if bulk {
+		p.bulkDelete(key)
+		return
+	}
+	p.record(mutation{key: key, del: true})
+}
 
 // putsIn returns the pending puts in [lo, hi) of user keys (hi empty: to the
 // end), in key order.
@@ -190,7 +235,7 @@ func cloneKV(kv *mvccpb.KeyValue) *mvccpb.KeyValue {
 // flush commits muts at rev in as many Badger transactions as they need.
 // The last mutation (the shard state) is in the last transaction, so the
 // entry counts as applied only once everything before it is written.
-func (s *Store) flush(rev int64, muts []mutation) error {
+func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}) error {
 	txn := s.db.NewTransactionAt(uint64(rev), true)
 	defer func() { txn.Discard() }()
 	write := func(m mutation) error {
@@ -201,6 +246,9 @@ func (s *Store) flush(rev int64, muts []mutation) error {
 	}
 	chunks := 0
 	for _, m := range muts {
+		if _, ok := superseded[string(m.key)]; ok && m.bulk {
+			continue // a later write of the key in this entry replaces it
+		}
 		err := write(m)
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			if err := txn.CommitAt(uint64(rev), nil); err != nil {

@@ -69,7 +69,10 @@ type Config struct {
 	// RTTMillisecond is the Raft tick; elections take ElectionRTT ticks.
 	RTTMillisecond uint64
 	ElectionRTT    uint64
-	// ProposalTimeout bounds one Raft proposal or linearizable read.
+	// ProposalTimeout bounds one Raft proposal (until applied) or
+	// linearizable read. The default is etcd's request timeout (5 s plus
+	// two of its default election timeouts): a delete of a million keys
+	// takes seconds to apply, in etcd too.
 	ProposalTimeout time.Duration
 	// TSOWindow is how many revisions the oracle saves ahead.
 	TSOWindow int64
@@ -89,7 +92,7 @@ type Config struct {
 
 // DefaultConfig returns a config with every optional field set.
 func DefaultConfig() Config {
-	return Config{RTTMillisecond: 50, ElectionRTT: 10, ProposalTimeout: 5 * time.Second,
+	return Config{RTTMillisecond: 50, ElectionRTT: 10, ProposalTimeout: 7 * time.Second,
 		TSOWindow: tso.DefaultWindow, QuotaBytes: DefaultQuotaBytes, FreeSpaceReserveBytes: DefaultFreeSpaceReserveBytes,
 		Store: mvcc.DefaultOptions()}
 }

@@ -193,6 +193,63 @@ func (r *replicaNode) start(t *testing.T) {
 		"--initial-cluster", r.initialClusterValue)
 }
 
+// procCluster is three "tessera replica" processes, a watcher and a
+// gateway, each its own process.
+type procCluster struct {
+	reps          []*replicaNode
+	watcher, gw   *proc
+	url           string
+	apis          []string
+	watcherAddr   string
+	watcherListen string
+	gwArgs        []string
+}
+
+// startProcCluster starts the cluster and waits until the gateway serves;
+// gwArgs are extra gateway flags.
+func startProcCluster(t *testing.T, gwArgs ...string) *procCluster {
+	t.Helper()
+	base := t.TempDir()
+	pc := &procCluster{url: "http://" + freePort(t), watcherAddr: freePort(t), watcherListen: freePort(t), gwArgs: gwArgs}
+	var members []string
+	for i := 0; i < 3; i++ {
+		r := &replicaNode{id: i + 1, dataDir: fmt.Sprintf("%s/store%d", base, i+1), raft: freePort(t), api: freePort(t)}
+		pc.reps = append(pc.reps, r)
+		members = append(members, fmt.Sprintf("%d=%s/%s", i+1, r.raft, r.api))
+		pc.apis = append(pc.apis, r.api)
+	}
+	for _, r := range pc.reps {
+		r.initialClusterValue = strings.Join(members, ",")
+		r.start(t)
+	}
+	pc.startServing(t)
+	return pc
+}
+
+// startServing starts the watcher and the gateway and waits for them.
+func (pc *procCluster) startServing(t *testing.T) {
+	t.Helper()
+	pc.watcher = startProc(t, "watcher", tesseraBin, "watcher", "--replicas", strings.Join(pc.apis, ","),
+		"--api-address", pc.watcherAddr, "--listen-address", pc.watcherListen)
+	pc.gw = startProc(t, "gateway", tesseraBin, append([]string{"gateway", "--listen-client-urls", pc.url,
+		"--replicas", strings.Join(pc.apis, ","), "--watchers", pc.watcherAddr}, pc.gwArgs...)...)
+	waitReady(t, pc.url, 60*time.Second, pc.gw, pc.watcher, pc.reps[0].p, pc.reps[1].p, pc.reps[2].p)
+}
+
+// restartAll stops every process and starts them again on the same data.
+func (pc *procCluster) restartAll(t *testing.T) {
+	t.Helper()
+	pc.gw.Stop()
+	pc.watcher.Stop()
+	for _, r := range pc.reps {
+		r.p.Stop()
+	}
+	for _, r := range pc.reps {
+		r.start(t)
+	}
+	pc.startServing(t)
+}
+
 // shardLeader asks the replica's Meta API who leads shard; 0 if unknown.
 func shardLeader(apiAddr string, shard uint64) (uint64, error) {
 	conn, err := grpc.NewClient(apiAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -218,26 +275,8 @@ func TestThreeReplicaKillLeader(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three-replica failover test skipped in -short mode")
 	}
-	base := t.TempDir()
-	reps := make([]*replicaNode, 3)
-	var members, apis []string
-	for i := range reps {
-		reps[i] = &replicaNode{id: i + 1, dataDir: fmt.Sprintf("%s/store%d", base, i+1), raft: freePort(t), api: freePort(t)}
-		members = append(members, fmt.Sprintf("%d=%s/%s", i+1, reps[i].raft, reps[i].api))
-		apis = append(apis, reps[i].api)
-	}
-	for _, r := range reps {
-		r.initialClusterValue = strings.Join(members, ",")
-		r.start(t)
-	}
-	gwAddr := freePort(t)
-	gwURL := "http://" + gwAddr
-	watcherAddr := freePort(t)
-	wp := startProc(t, "watcher", tesseraBin, "watcher", "--replicas", strings.Join(apis, ","),
-		"--api-address", watcherAddr, "--listen-address", freePort(t))
-	gw := startProc(t, "gateway", tesseraBin, "gateway", "--listen-client-urls", gwURL, "--replicas", strings.Join(apis, ","),
-		"--watchers", watcherAddr)
-	waitReady(t, gwURL, 60*time.Second, gw, wp, reps[0].p, reps[1].p, reps[2].p)
+	pc := startProcCluster(t)
+	reps, gwURL := pc.reps, pc.url
 
 	// Find the data shard's leader as every live replica sees it.
 	findLeader := func(live []*replicaNode, timeout time.Duration) *replicaNode {
