@@ -247,3 +247,54 @@ func TestSameKeyTwiceInOneEntry(t *testing.T) {
 		t.Fatalf("%d events, want 4 (delete a, put a, put c, delete c)", len(evs))
 	}
 }
+
+// A key deleted by a large DeleteRange (a bulk delete, not indexed) and put
+// again in the same entry ends up put, also when the entry's writes span
+// several Badger transactions; so does its lease index entry.
+func TestPutAfterLargeDeleteInOneEntry(t *testing.T) {
+	o := testOptions()
+	var written map[string]int
+	o.Knobs.Wrote = func(k []byte) {
+		if written != nil {
+			written[string(k)]++
+		}
+	}
+	s, err := Open(t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	sh, err := s.OpenShard(1, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := fill(t, sh, 2, "/a/", 30000, 10, 9)
+	written = map[string]int{}
+	resp := mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{
+		opDeleteReq(&pb.DeleteRangeRequest{Key: []byte("/a/"), RangeEnd: []byte("/a0")}),
+		opPutReq(&pb.PutRequest{Key: []byte("/a/0000005"), Value: []byte("new"), Lease: 9}),
+		opRange(&pb.RangeRequest{Key: []byte("/a/"), RangeEnd: []byte("/a0")}),
+	}})
+	if got := resp.Responses[0].GetResponseDeleteRange().Deleted; got != 30000 {
+		t.Fatalf("deleted %d", got)
+	}
+	if r := resp.Responses[2].GetResponseRange(); r.Count != 1 || string(r.Kvs[0].Value) != "new" {
+		t.Fatalf("range inside the txn: %v", r)
+	}
+	assertKV(t, "re-put key", get(t, sh, "/a/0000005", 0), kv("/a/0000005", "new", rev, rev, 1, 9))
+	if n := countKeys(t, sh, "/a/", 0); n != 1 {
+		t.Fatalf("%d keys after the txn, want 1", n)
+	}
+	if keys, _ := sh.LeaseKeys(9); len(keys) != 1 || string(keys[0]) != "/a/0000005" {
+		t.Fatalf("lease index: %d keys", len(keys))
+	}
+	// No Badger key is written twice at the entry's version.
+	for k, n := range written {
+		if n != 1 {
+			t.Fatalf("Badger key %q written %d times in one entry", k, n)
+		}
+	}
+	if len(written) < 60000 {
+		t.Fatalf("only %d Badger keys written", len(written))
+	}
+}

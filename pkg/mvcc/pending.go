@@ -249,6 +249,9 @@ func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}
 		if _, ok := superseded[string(m.key)]; ok && m.bulk {
 			continue // a later write of the key in this entry replaces it
 		}
+		if k := s.knobs.Wrote; k != nil {
+			k(m.key)
+		}
 		err := write(m)
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			if err := txn.CommitAt(uint64(rev), nil); err != nil {

@@ -61,6 +61,8 @@ type Knobs struct {
 	// entry that needs several; an error stops the entry there, as a crash
 	// would.
 	ChunkCommitted func(chunk int) error
+	// Wrote sees every Badger key an entry writes, as it writes it.
+	Wrote func(key []byte)
 }
 
 // DefaultOptions returns options sized for a small process: Badger's own
