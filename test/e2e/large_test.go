@@ -100,6 +100,11 @@ func runLarge(t *testing.T, endpoint string, restart func()) {
 		}
 	}
 
+	// A key over the store's limit: refused, before Raft.
+	if _, errOut, code := runCtl(t, endpoint, "", "put", strings.Repeat("k", 65001), "v"); code == 0 || !strings.Contains(errOut, "etcdserver: key is too large") {
+		t.Fatalf("put of a 65001-byte key: exit %d: %s", code, errOut)
+	}
+
 	start := time.Now()
 	fillKeys(t, cli, "/registry/events/", largeDeleteKeys)
 	t.Logf("wrote %d keys in %s", largeDeleteKeys, time.Since(start).Round(time.Millisecond))
