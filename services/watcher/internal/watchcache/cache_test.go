@@ -431,3 +431,54 @@ func TestWatchesPerStreamBound(t *testing.T) {
 		t.Fatalf("create after a cancel: %+v", r)
 	}
 }
+
+// A stream may hold 100 000 watches (etcd's clients can open that many):
+// events still reach another stream's watch, each event is matched through
+// the range index rather than against every group, and the next create on
+// the full stream is refused.
+func TestStreamWithManyWatches(t *testing.T) {
+	const n = 100000
+	h := newHarness(t, Config{})
+	big := h.stream()
+	got := make(chan []*pb.WatchResponse, 1)
+	go func() {
+		var rs []*pb.WatchResponse
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		for len(rs) < n+1 {
+			batch, err := big.Next(ctx)
+			if err != nil {
+				break
+			}
+			for _, r := range batch {
+				full, _ := r.Full()
+				rs = append(rs, full)
+			}
+		}
+		got <- rs
+	}()
+	for i := 0; i < n; i++ {
+		h.create(big, &pb.WatchCreateRequest{Key: fmt.Appendf(nil, "/many/%06d", i), RangeEnd: fmt.Appendf(nil, "/many/%06d\x00", i)})
+	}
+	h.create(big, &pb.WatchCreateRequest{Key: []byte("/many/over")})
+	rs := <-got
+	if len(rs) != n+1 || !rs[n].Canceled || rs[n].CancelReason != fmt.Sprintf(reasonTooManyWatches, n) {
+		t.Fatalf("%d responses; last %+v", len(rs), rs[len(rs)-1])
+	}
+	if st := h.c.Stats(); st.Groups != n {
+		t.Fatalf("%d groups, want %d", st.Groups, n)
+	}
+	other := h.stream()
+	h.create(other, &pb.WatchCreateRequest{Key: []byte("/other")})
+	drain(t, other, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 })
+	rev := h.write("/other")
+	evs := drain(t, other, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 && len(rs[len(rs)-1].Events) > 0 })
+	if e := evs[len(evs)-1].Events[0]; string(e.Kv.Key) != "/other" || e.Kv.ModRevision != rev {
+		t.Fatalf("event %v", e)
+	}
+	h.write("/many/054321")
+	evs = drain(t, big, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 })
+	if len(evs[0].Events) != 1 || string(evs[0].Events[0].Kv.Key) != "/many/054321" {
+		t.Fatalf("big stream got %v", evs[0])
+	}
+}
