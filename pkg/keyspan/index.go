@@ -38,7 +38,7 @@ func (ix *Index[V]) Insert(s Span, v V) {
 		n.val = v
 		return
 	}
-	l, r := split(ix.root, s)
+	l, r := split(ix.root, s, false)
 	ix.root = merge(merge(l, &node[V]{span: s, val: v, prio: ix.next(), far: s}), r)
 	ix.n++
 }
@@ -53,8 +53,8 @@ func (ix *Index[V]) Delete(s Span) bool {
 	if ix.find(s) == nil {
 		return false
 	}
-	l, r := split(ix.root, s) // l < s <= r
-	_, r = splitAfter(r, s)   // drops the node equal to s
+	l, r := split(ix.root, s, false) // l < s <= r
+	_, r = split(r, s, true)         // drops the node equal to s
 	ix.root = merge(l, r)
 	ix.n--
 	return true
@@ -159,35 +159,19 @@ func (n *node[V]) fix() {
 	}
 }
 
-// split cuts t into spans < s and spans >= s.
-func split[V any](t *node[V], s Span) (*node[V], *node[V]) {
+// split cuts t into spans below s and the rest; with orEqual, spans equal
+// to s go below too.
+func split[V any](t *node[V], s Span, orEqual bool) (*node[V], *node[V]) {
 	if t == nil {
 		return nil, nil
 	}
-	if compare(t.span, s) < 0 {
-		l, r := split(t.right, s)
+	if c := compare(t.span, s); c < 0 || (orEqual && c == 0) {
+		l, r := split(t.right, s, orEqual)
 		t.right = l
 		t.fix()
 		return t, r
 	}
-	l, r := split(t.left, s)
-	t.left = r
-	t.fix()
-	return l, t
-}
-
-// splitAfter cuts t into spans <= s and spans > s.
-func splitAfter[V any](t *node[V], s Span) (*node[V], *node[V]) {
-	if t == nil {
-		return nil, nil
-	}
-	if compare(t.span, s) <= 0 {
-		l, r := splitAfter(t.right, s)
-		t.right = l
-		t.fix()
-		return t, r
-	}
-	l, r := splitAfter(t.left, s)
+	l, r := split(t.left, s, orEqual)
 	t.left = r
 	t.fix()
 	return l, t

@@ -100,23 +100,14 @@ func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnR
 		return nil, err
 	}
 	var resp *pb.TxnResponse
-	reqErr := w.evaluate(func() error {
+	reqErr := w.evaluate(func() (err error) {
 		if err := checkKeys(req); err != nil {
 			return err
 		}
-		path, err := w.comparePath(req)
-		if err != nil {
-			return err
+		if resp, err = w.runTxn(req); err == nil {
+			resp.Header = w.header()
 		}
-		if err := w.check(req, path); err != nil {
-			return err
-		}
-		resp, _, err = w.execTxn(req, path)
-		if err != nil {
-			return err
-		}
-		resp.Header = w.header()
-		return nil
+		return err
 	})
 	if reqErr != nil {
 		if !isRequestError(reqErr) {
@@ -217,6 +208,21 @@ func (w *writer) dropChanges(compact int64) error {
 		w.appendUnique(mutation{key: k, del: true})
 	}
 	return nil
+}
+
+// runTxn evaluates a txn as etcd does: compares (choosing the branches),
+// then the checks of the taken branches against the state before the txn,
+// then the ops.
+func (w *writer) runTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	path, err := w.comparePath(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.check(req, path); err != nil {
+		return nil, err
+	}
+	resp, _, err := w.execTxn(req, path)
+	return resp, err
 }
 
 // comparePath evaluates the compares of req and of every nested txn on the
@@ -562,15 +568,8 @@ func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	w.rd = w.view
 	defer w.discard()
 	var resp *pb.TxnResponse
-	err := w.evaluate(func() error {
-		path, err := w.comparePath(req)
-		if err != nil {
-			return err
-		}
-		if err := w.check(req, path); err != nil {
-			return err
-		}
-		resp, _, err = w.execTxn(req, path)
+	err := w.evaluate(func() (err error) {
+		resp, err = w.runTxn(req)
 		return err
 	})
 	if err != nil {
