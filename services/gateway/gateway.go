@@ -110,8 +110,7 @@ func Start(cfg Config) (*Gateway, error) {
 		cfg.Limits = DefaultLimits()
 	}
 	lim := cfg.Limits
-	apiLimits := etcdapi.Limits{MaxRequestBytes: lim.MaxRequestBytes,
-		Check: reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}}
+	apiLimits := reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Logger)}
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
@@ -136,7 +135,7 @@ func Start(cfg Config) (*Gateway, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.KeepAliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: orInfinity(lim.KeepAliveInterval), Timeout: lim.KeepAliveTimeout}),
 		grpc.ForceServerCodecV2(wirecodec.New()),
-		grpc.ChainUnaryInterceptor(metrics.unary), grpc.ChainStreamInterceptor(metrics.stream))
+		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize), grpc.ChainStreamInterceptor(metrics.stream))
 	leases := etcdapi.NewLease(g.router, hdr)
 	g.kv = etcdapi.NewKV(g.router, leases, apiLimits, hdr)
 	pb.RegisterKVServer(g.grpcSrv, g.kv)

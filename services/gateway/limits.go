@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,13 +9,18 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tessera-kv/tessera/pkg/limits"
 )
 
 // Limits bound what clients may ask of a gateway, with etcd's flags and
 // defaults (and --max-key-bytes, which etcd does not need).
 type Limits struct {
-	// MaxRequestBytes bounds a write request (etcd's --max-request-bytes);
+	// MaxRequestBytes bounds a request (etcd's --max-request-bytes): one
+	// over it gets etcd's "request is too large" before any other work.
 	// gRPC accepts messages up to this plus limits.GRPCOverheadBytes, and
 	// REST bodies up to the same.
 	MaxRequestBytes int
@@ -78,4 +84,16 @@ func (l Limits) Validate() error {
 		return errors.New("gateway: keepalive durations must not be negative")
 	}
 	return nil
+}
+
+// checkSize is a unary interceptor that refuses a request over
+// MaxRequestBytes before anything else looks at it. etcd checks the size of
+// what it proposes to Raft (writes); reads are checked too here, so that a
+// gateway never forwards one (between the limit and the gRPC limit a read
+// etcd would serve is refused).
+func (l Limits) checkSize(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if m, ok := req.(proto.Message); ok && proto.Size(m) > l.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	return h(ctx, req)
 }

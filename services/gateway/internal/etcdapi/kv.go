@@ -9,7 +9,6 @@ import (
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -19,14 +18,6 @@ import (
 	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
-
-// Limits are the request bounds.
-type Limits struct {
-	// MaxRequestBytes bounds a write request (etcd --max-request-bytes).
-	MaxRequestBytes int
-	// Check bounds txn ops and key sizes.
-	Check reqcheck.Limits
-}
 
 // Header fills the identity fields of response headers.
 type Header struct {
@@ -47,14 +38,14 @@ type KV struct {
 	pb.UnsafeKVServer
 	router *router.Router
 	leases *Lease
-	limits Limits
+	limits reqcheck.Limits
 	hdr    Header
 }
 
 var _ pb.KVServer = (*KV)(nil)
 
 // NewKV returns the KV service.
-func NewKV(r *router.Router, leases *Lease, l Limits, h Header) *KV {
+func NewKV(r *router.Router, leases *Lease, l reqcheck.Limits, h Header) *KV {
 	return &KV{router: r, leases: leases, limits: l, hdr: h}
 }
 
@@ -151,7 +142,7 @@ func (s *KV) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) err
 
 // Put is a one-op txn.
 func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	if err := reqcheck.Put(r, s.limits.Check); err != nil {
+	if err := reqcheck.Put(r, s.limits); err != nil {
 		return nil, err
 	}
 	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}}
@@ -181,7 +172,7 @@ func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.Del
 
 // Txn runs a transaction whose keys all live in one shard.
 func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
-	if err := reqcheck.Txn(r, s.limits.Check); err != nil {
+	if err := reqcheck.Txn(r, s.limits); err != nil {
 		return nil, err
 	}
 	var first []byte
@@ -240,9 +231,6 @@ func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*p
 
 // write sends a txn with writes to its shard's leader.
 func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
-	if proto.Size(r) > s.limits.MaxRequestBytes {
-		return nil, rpctypes.ErrGRPCRequestTooLarge
-	}
 	// A key may only be attached to a live lease. (The lessor deletes a
 	// revoked lease's keys a second time later, for puts that pass this
 	// check just before a revoke.)
