@@ -290,8 +290,8 @@ func (g *Gateway) Close() {
 }
 
 // The REST server's timeouts: a slow or stalled client cannot hold a
-// connection forever. Streams (/v3/watch, /v3/lease/keepalive) lift the
-// deadlines for themselves.
+// connection forever. Streams (/v3/watch, /v3/lease/keepalive,
+// /v3/maintenance/snapshot) lift the deadlines for themselves.
 const (
 	httpReadTimeout  = time.Minute
 	httpWriteTimeout = 5 * time.Minute
@@ -304,7 +304,7 @@ func restLimits(next http.Handler, maxBody int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, int64(maxBody))
 		switch r.URL.Path {
-		case "/v3/watch", "/v3/lease/keepalive":
+		case "/v3/watch", "/v3/lease/keepalive", "/v3/maintenance/snapshot":
 			rc := http.NewResponseController(w)
 			rc.SetReadDeadline(time.Time{}) // else the server cancels the stream when it passes
 			rc.SetWriteDeadline(time.Time{})
