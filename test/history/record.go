@@ -1,0 +1,112 @@
+package history
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Recorder collects the operations of concurrent clients with their call
+// and return times, for porcupine.
+type Recorder struct {
+	start time.Time
+	mu    struct {
+		sync.Mutex
+		ops []porcupine.Operation
+	}
+}
+
+// NewRecorder starts a history.
+func NewRecorder() *Recorder { return &Recorder{start: time.Now()} }
+
+func (r *Recorder) now() int64 { return int64(time.Since(r.start)) }
+
+// Do runs one operation through cli and records it. A write whose outcome
+// is unknown (any error: a timeout, a lost connection, or a failure that
+// may have been retried after it applied) is recorded as possibly applied
+// at any time after its call; a read that failed is left out (it changed
+// nothing). It returns the output, for clients that need it (a CAS loop
+// reads the mod revision).
+func (r *Recorder) Do(ctx context.Context, client int, cli *clientv3.Client, in Input) (Output, error) {
+	call := r.now()
+	out, err := Execute(ctx, cli, in)
+	ret := r.now()
+	if err != nil {
+		if in.Kind == Get || in.Kind == Range {
+			return out, err
+		}
+		out, ret = Output{Unknown: true}, math.MaxInt64
+	}
+	r.mu.Lock()
+	r.mu.ops = append(r.mu.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
+	r.mu.Unlock()
+	return out, err
+}
+
+// Operations returns the history so far.
+func (r *Recorder) Operations() []porcupine.Operation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]porcupine.Operation(nil), r.mu.ops...)
+}
+
+// Check checks the history for linearizability under KVModel, giving up
+// (Unknown) after timeout.
+func (r *Recorder) Check(timeout time.Duration) porcupine.CheckResult {
+	return CheckKV(r.Operations(), timeout)
+}
+
+// CheckKV checks a history for linearizability under KVModel.
+func CheckKV(ops []porcupine.Operation, timeout time.Duration) porcupine.CheckResult {
+	return porcupine.CheckOperationsTimeout(KVModel.ToModel(), ops, timeout)
+}
+
+// Execute runs one operation with clientv3 and returns what it saw.
+func Execute(ctx context.Context, cli *clientv3.Client, in Input) (Output, error) {
+	switch in.Kind {
+	case Get:
+		r, err := cli.Get(ctx, in.Key)
+		if err != nil {
+			return Output{}, err
+		}
+		o := Output{Rev: r.Header.Revision}
+		if len(r.Kvs) == 1 {
+			o.Found, o.Value, o.ModRev = true, string(r.Kvs[0].Value), r.Kvs[0].ModRevision
+		}
+		return o, nil
+	case Range:
+		r, err := cli.Get(ctx, in.Key, clientv3.WithPrefix())
+		if err != nil {
+			return Output{}, err
+		}
+		o := Output{Rev: r.Header.Revision}
+		for _, kv := range r.Kvs {
+			o.KVs = append(o.KVs, KV{Key: string(kv.Key), Value: string(kv.Value), ModRev: kv.ModRevision})
+		}
+		return o, nil
+	case Put:
+		r, err := cli.Put(ctx, in.Key, in.Value)
+		if err != nil {
+			return Output{}, err
+		}
+		return Output{Rev: r.Header.Revision}, nil
+	case CAS:
+		r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(in.Key), "=", in.ExpectMod)).
+			Then(clientv3.OpPut(in.Key, in.Value)).Commit()
+		if err != nil {
+			return Output{}, err
+		}
+		return Output{Rev: r.Header.Revision, Succeeded: r.Succeeded}, nil
+	case Delete:
+		r, err := cli.Delete(ctx, in.Key)
+		if err != nil {
+			return Output{}, err
+		}
+		return Output{Rev: r.Header.Revision, Deleted: r.Deleted}, nil
+	}
+	return Output{}, nil
+}
