@@ -24,15 +24,15 @@ var _ watchcache.Source = Source{}
 // Current is the highest applied revision of any shard after a Raft
 // ReadIndex on each: every write acknowledged before the call is at or
 // below it, and every later write gets a higher revision from the oracle.
-func (s Source) Current(ctx context.Context) (int64, error) {
+func (s Source) Current(ctx context.Context) (int64, int64, error) {
 	shards := s.M.Shards()
 	if len(shards) == 0 {
 		if err := s.M.Refresh(ctx, time.Now()); err != nil {
-			return 0, rpctypes.ErrGRPCNoLeader
+			return 0, 0, rpctypes.ErrGRPCNoLeader
 		}
 		shards = s.M.Shards()
 	}
-	var cur int64
+	var cur, compacted int64
 	for _, d := range shards {
 		var (
 			resp *shardpb.StatusResponse
@@ -55,11 +55,12 @@ func (s Source) Current(ctx context.Context) (int64, error) {
 			if err == nil {
 				err = errors.New("no replicas")
 			}
-			return 0, fmt.Errorf("feed: current revision of shard %d: %w", d.Id, err)
+			return 0, 0, fmt.Errorf("feed: current revision of shard %d: %w", d.Id, err)
 		}
 		cur = max(cur, resp.AppliedRevision)
+		compacted = max(compacted, resp.CompactRevision)
 	}
-	return cur, nil
+	return cur, compacted, nil
 }
 
 // History reads [from, to] for a key range from the change logs of the

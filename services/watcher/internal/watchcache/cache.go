@@ -96,8 +96,10 @@ func (c *Config) setDefaults() {
 // Source reaches the replicas for what the in-memory history cannot answer.
 type Source interface {
 	// Current returns a revision at or above that of every write
-	// acknowledged before the call (a watch from "now" starts above it).
-	Current(ctx context.Context) (int64, error)
+	// acknowledged before the call (a watch from "now" starts above it),
+	// and the compaction revision as of the call (a watch from below it
+	// fails, even before a feed reports the compaction).
+	Current(ctx context.Context) (rev, compacted int64, err error)
 	// History calls fn for each revision in [from, to] that has events in
 	// [key, end) (etcd's range conventions), in revision order across
 	// shards, with prev_kv set. It returns a *CompactedError when from is

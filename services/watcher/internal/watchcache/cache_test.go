@@ -3,6 +3,7 @@ package watchcache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -19,9 +20,10 @@ import (
 // logSource is a Source over an in-memory log of revisions (what the
 // replicas' change logs would hold).
 type logSource struct {
-	mu        sync.Mutex
-	revs      []Revision
-	compacted int64
+	mu          sync.Mutex
+	revs        []Revision
+	compacted   int64
+	failCurrent error // Current fails with it when set
 }
 
 func (s *logSource) add(r Revision) {
@@ -30,13 +32,16 @@ func (s *logSource) add(r Revision) {
 	s.revs = append(s.revs, r)
 }
 
-func (s *logSource) Current(context.Context) (int64, error) {
+func (s *logSource) Current(context.Context) (int64, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.revs) == 0 {
-		return 1, nil
+	if s.failCurrent != nil {
+		return 0, 0, s.failCurrent
 	}
-	return s.revs[len(s.revs)-1].Rev, nil
+	if len(s.revs) == 0 {
+		return 1, s.compacted, nil
+	}
+	return s.revs[len(s.revs)-1].Rev, s.compacted, nil
 }
 
 func (s *logSource) History(ctx context.Context, key, end []byte, from, to int64, fn func(int64, []*mvccpb.Event) error) error {
@@ -480,5 +485,46 @@ func TestStreamWithManyWatches(t *testing.T) {
 	evs = drain(t, big, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 })
 	if len(evs[0].Events) != 1 || string(evs[0].Events[0].Kv.Key) != "/many/054321" {
 		t.Fatalf("big stream got %v", evs[0])
+	}
+}
+
+// A watch from below a compaction the feeds have not reported yet fails
+// as compacted (it used to be served from the history in memory), and a
+// create the replicas cannot answer is refused without ending the stream's
+// other watches.
+func TestCreateChecksCompactionAndKeepsTheStream(t *testing.T) {
+	h := newHarness(t, Config{})
+	for i := 0; i < 5; i++ {
+		h.write("k")
+	}
+	s := h.stream()
+	h.create(s, &pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 2})
+	rs := drain(t, s, func(rs []*pb.WatchResponse) bool { return len(eventRevs(rs, 0)) >= 5 })
+	id := rs[0].WatchId
+
+	h.src.mu.Lock()
+	h.src.compacted = 5 // compacted at the replicas; no feed said so yet
+	h.src.mu.Unlock()
+	h.create(s, &pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 3})
+	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(rs) >= 2 })
+	if !rs[0].Created || !rs[1].Canceled || rs[1].CompactRevision != 5 {
+		t.Fatalf("watch from below a fresh compaction: %+v", rs)
+	}
+
+	h.src.mu.Lock()
+	h.src.failCurrent = errors.New("no leader")
+	h.src.mu.Unlock()
+	h.create(s, &pb.WatchCreateRequest{Key: []byte("k")})
+	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 })
+	if !rs[0].Created || !rs[0].Canceled || !strings.Contains(rs[0].CancelReason, "cannot start the watch") {
+		t.Fatalf("create the replicas cannot answer: %+v", rs[0])
+	}
+	h.src.mu.Lock()
+	h.src.failCurrent = nil
+	h.src.mu.Unlock()
+	rev := h.write("k")
+	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(eventRevs(rs, id)) >= 1 })
+	if got := eventRevs(rs, id); got[0] != rev {
+		t.Fatalf("the first watch after a refused create got %v, want %d", got, rev)
 	}
 }

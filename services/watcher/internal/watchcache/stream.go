@@ -192,12 +192,25 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	if len(end) > 0 && bytes.Compare(key, end) >= 0 {
 		return refuse(reasonEmptyRange)
 	}
-	start, hdrRev := req.StartRevision, int64(0)
-	if start == 0 {
-		cur, err := c.src.Current(ctx)
-		if err != nil {
+	// Every create asks the replicas where "now" and the compaction are:
+	// a watch from "now" starts above every acknowledged write, and one
+	// from below a compaction the feeds have not reported yet fails as
+	// in etcd instead of being served from memory. If they cannot answer,
+	// this watch is refused and the stream's other watches go on.
+	cur, compacted, err := c.src.Current(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
 			return err
 		}
+		return refuse(fmt.Sprintf("tessera: cannot start the watch: %v", err))
+	}
+	c.mu.Lock()
+	if compacted > c.mu.compacted {
+		c.mu.compacted = compacted
+	}
+	c.mu.Unlock()
+	start, hdrRev := req.StartRevision, int64(0)
+	if start == 0 {
 		start, hdrRev = cur+1, cur
 	}
 	w := &watch{stream: s, key: key, end: end, next: start, prevKV: req.PrevKv, fragment: req.Fragment,
