@@ -249,6 +249,12 @@ func (c *Cache) Apply(shardID uint64, revs []Revision, closed, compacted int64) 
 		return
 	}
 	for _, r := range revs {
+		if r.Rev <= sf.closed {
+			// Already had: a feed that resumed on a replica behind the
+			// one before (its closed revision is lower) sends again what
+			// the cache has, and must not deliver it twice.
+			continue
+		}
 		sf.pending = append(sf.pending, entry{Revision: r, size: eventsSize(r.Events)})
 	}
 	if closed > sf.closed {
