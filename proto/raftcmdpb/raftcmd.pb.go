@@ -709,8 +709,14 @@ func (x *DropLease) GetIds() []int64 {
 // ExtendTSO persists a new high-water mark of the revision oracle: no
 // revision at or above limit has been handed out.
 type ExtendTSO struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Limit         int64                  `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Limit int64                  `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The saved limit the proposing oracle knows. The new limit applies only
+	// if the saved limit is still this one, so two oracles (a deposed meta
+	// leader that has not noticed, and the new one) never both extend from
+	// the same limit and never serve overlapping windows. 0: unconditional
+	// (entries written before this field existed).
+	Expect        int64 `protobuf:"varint,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -748,6 +754,13 @@ func (*ExtendTSO) Descriptor() ([]byte, []int) {
 func (x *ExtendTSO) GetLimit() int64 {
 	if x != nil {
 		return x.Limit
+	}
+	return 0
+}
+
+func (x *ExtendTSO) GetExpect() int64 {
+	if x != nil {
+		return x.Expect
 	}
 	return 0
 }
@@ -863,9 +876,10 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
 	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x1d\n" +
 	"\tDropLease\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x03R\x03ids\"!\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\"9\n" +
 	"\tExtendTSO\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\x03R\x05limit\"n\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x16\n" +
+	"\x06expect\x18\x02 \x01(\x03R\x06expect\"n\n" +
 	"\rRegisterStore\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +

@@ -37,10 +37,10 @@ func (m *metaLog) ReadLimit(ctx context.Context) (int64, error) {
 	return v.(*metapb.MetaState).TsoLimit, nil
 }
 
-func (m *metaLog) SaveLimit(ctx context.Context, limit int64) error {
+func (m *metaLog) SaveLimit(ctx context.Context, prev, limit int64) error {
 	ctx, cancel := m.r.withTimeout(ctx)
 	defer cancel()
-	b, err := proto.Marshal(&raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_ExtendTso{ExtendTso: &raftcmdpb.ExtendTSO{Limit: limit}}})
+	b, err := proto.Marshal(&raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_ExtendTso{ExtendTso: &raftcmdpb.ExtendTSO{Limit: limit, Expect: prev}}})
 	if err != nil {
 		return err
 	}
@@ -48,8 +48,8 @@ func (m *metaLog) SaveLimit(ctx context.Context, limit int64) error {
 	if err != nil {
 		return err
 	}
-	if int64(res.Value) < limit {
-		return fmt.Errorf("tso: saved limit %d below requested %d", res.Value, limit)
+	if len(res.Data) == 0 {
+		return fmt.Errorf("%w: saved limit is %d, not %d", tso.ErrLimitMoved, res.Value, prev)
 	}
 	return nil
 }

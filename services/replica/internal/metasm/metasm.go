@@ -45,9 +45,12 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	defer s.mu.Unlock()
 	switch op := cmd.Op.(type) {
 	case *raftcmdpb.MetaCommand_ExtendTso:
-		// The saved window only grows.
-		if op.ExtendTso.Limit > s.state.TsoLimit {
+		// The saved window only grows. Conditional on the limit the oracle knows (see ExtendTSO). The
+		// result is the saved limit, with Data set only if this entry
+		// set it: two oracles may ask for the same number.
+		if e := op.ExtendTso.Expect; (e == 0 || e == s.state.TsoLimit) && op.ExtendTso.Limit > s.state.TsoLimit {
 			s.state.TsoLimit = op.ExtendTso.Limit
+			return sm.Result{Value: uint64(s.state.TsoLimit), Data: []byte{1}}, nil
 		}
 		return sm.Result{Value: uint64(s.state.TsoLimit)}, nil
 	case *raftcmdpb.MetaCommand_RegisterStore:

@@ -9,6 +9,10 @@
 //  3. A new leader starts at the saved limit it read linearizably, so it is
 //     above everything any earlier leader served; revisions are never reused.
 //  4. Within one leadership, revisions are served in strictly increasing order.
+//  5. Windows never overlap, even between a deposed leader that has not
+//     noticed and the new one: a limit is saved only over the limit the
+//     oracle knows (a compare-and-set in the log), so every window
+//     [known, saved) belongs to the one oracle whose save succeeded.
 package tso
 
 import (
@@ -21,6 +25,10 @@ import (
 // ErrNotLeader is returned when this replica does not lead the meta shard.
 var ErrNotLeader = errors.New("tso: not the meta shard leader")
 
+// ErrLimitMoved is SaveLimit's answer when the saved limit is no longer the
+// one the oracle knew: another oracle extended it.
+var ErrLimitMoved = errors.New("tso: the saved limit moved")
+
 // Log is what the oracle needs of the meta shard's Raft group.
 type Log interface {
 	// Leadership reports the meta shard's current term and whether this
@@ -28,8 +36,9 @@ type Log interface {
 	Leadership() (term uint64, leader bool)
 	// ReadLimit reads the saved limit with a linearizable read.
 	ReadLimit(ctx context.Context) (int64, error)
-	// SaveLimit proposes a new limit and returns once it is applied.
-	SaveLimit(ctx context.Context, limit int64) error
+	// SaveLimit proposes limit, to apply only if the saved limit is still
+	// prev, and returns once it is applied; ErrLimitMoved if it was not.
+	SaveLimit(ctx context.Context, prev, limit int64) error
 }
 
 // Oracle serves revisions on the meta leader.
@@ -78,7 +87,7 @@ func (o *Oracle) Allocate(ctx context.Context, n int64) (int64, error) {
 	}
 	if o.mu.next+n > o.mu.limit {
 		limit := o.mu.next + n + o.window
-		if err := o.log.SaveLimit(ctx, limit); err != nil {
+		if err := o.log.SaveLimit(ctx, o.mu.limit, limit); err != nil {
 			// Forget the leadership state: the next call re-reads the limit.
 			o.mu.term = 0
 			return 0, fmt.Errorf("tso: save limit: %w", err)

@@ -30,13 +30,16 @@ func (m *memLog) ReadLimit(context.Context) (int64, error) {
 	return m.limit, nil
 }
 
-func (m *memLog) SaveLimit(_ context.Context, l int64) error {
+func (m *memLog) SaveLimit(_ context.Context, prev, l int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failErr != nil {
 		return m.failErr
 	}
 	m.saves++
+	if prev != m.limit {
+		return ErrLimitMoved // the meta state machine's compare-and-set
+	}
 	if l > m.limit {
 		m.limit = l
 	}
@@ -167,4 +170,52 @@ func TestConcurrentAllocationsUnique(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// view is one replica's view of a shared log: its own idea of the term and
+// of whether it leads (a deposed leader that has not noticed still thinks
+// it does).
+type view struct {
+	*memLog
+	term   uint64
+	leader bool
+}
+
+func (v *view) Leadership() (uint64, bool) { return v.term, v.leader }
+
+// Invariant 5: a deposed meta leader that has not noticed (paused, or cut
+// off while its proposals are still forwarded) and the new leader never
+// serve overlapping revisions, however their allocations interleave. Before
+// saves were conditional, the old oracle's extension "succeeded" on top of
+// the new one's and both served the same window.
+func TestDeposedAndNewOracleNeverOverlap(t *testing.T) {
+	shared := &memLog{limit: 2}
+	oldO := New(&view{memLog: shared, term: 1, leader: true}, 10)
+	newO := New(&view{memLog: shared, term: 2, leader: true}, 10)
+	type span struct{ lo, hi int64 }
+	var served []span
+	ctx := context.Background()
+	alloc := func(o *Oracle, n int64) {
+		if first, err := o.Allocate(ctx, n); err == nil {
+			served = append(served, span{first, first + n})
+		} else if !errors.Is(err, ErrLimitMoved) {
+			t.Fatal(err)
+		}
+	}
+	alloc(oldO, 3) // the old leader saves [2, 15) and serves from it
+	alloc(newO, 4) // the new leader takes over: reads 15, saves [15, 29)
+	for i := 0; i < 200; i++ {
+		alloc(oldO, int64(1+i%7)) // still thinks it leads
+		alloc(newO, int64(1+i%5))
+	}
+	for i, a := range served {
+		for _, b := range served[i+1:] {
+			if a.lo < b.hi && b.lo < a.hi {
+				t.Fatalf("served [%d,%d) and [%d,%d): overlap", a.lo, a.hi, b.lo, b.hi)
+			}
+		}
+	}
+	if len(served) < 100 {
+		t.Fatalf("only %d allocations served", len(served))
+	}
 }
