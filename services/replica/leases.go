@@ -29,6 +29,18 @@ type leaseStore struct {
 
 var _ lessor.Store = leaseStore{}
 
+func (s leaseStore) ConfirmLeadership(ctx context.Context, term uint64) error {
+	ctx, cancel := s.r.withTimeout(ctx)
+	defer cancel()
+	if _, err := s.r.nh.SyncRead(ctx, MetaShardID, metasm.AlarmsQuery{}); err != nil {
+		return err
+	}
+	if t, leader := s.Leadership(); !leader || t != term {
+		return fmt.Errorf("meta leadership moved (term %d, leader %v)", t, leader)
+	}
+	return nil
+}
+
 func (s leaseStore) Leases(ctx context.Context) (map[int64]int64, error) {
 	ctx, cancel := s.r.withTimeout(ctx)
 	defer cancel()

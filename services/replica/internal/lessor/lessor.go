@@ -46,6 +46,11 @@ const maxRevokeBatch = 256
 type Store interface {
 	// Leadership reports the meta shard's term and whether this process leads it.
 	Leadership() (term uint64, leader bool)
+	// ConfirmLeadership proves, with a quorum round trip (ReadIndex), that
+	// this process still leads the meta shard in term: a leader waking from
+	// a long pause still believes it leads while a new one keeps leases
+	// alive (etcd-io/etcd#15247).
+	ConfirmLeadership(ctx context.Context, term uint64) error
 	// Leases reads the granted leases (ID -> TTL) with a linearizable read.
 	Leases(ctx context.Context) (map[int64]int64, error)
 	// Grant replicates a grant; id 0 lets the state machine choose. It
@@ -307,7 +312,7 @@ func (l *Lessor) run() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if l.ready(ctx) == nil {
+		if l.ready(ctx) == nil && l.anyExpired() && l.confirm(ctx) {
 			expired := l.expired()
 			for len(expired) > 0 {
 				batch := expired[:min(len(expired), maxRevokeBatch)]
@@ -324,6 +329,33 @@ func (l *Lessor) run() {
 		}
 		cancel()
 	}
+}
+
+// anyExpired reports whether some lease is past its deadline (so that an
+// idle lessor does not confirm its leadership every check).
+func (l *Lessor) anyExpired() bool {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, d := range l.mu.deadlines {
+		if now.After(d) && !l.mu.revoking[id] {
+			return true
+		}
+	}
+	return false
+}
+
+// confirm proves this process still leads in the term its deadlines belong
+// to before it expires anything.
+func (l *Lessor) confirm(ctx context.Context) bool {
+	l.mu.Lock()
+	term := l.mu.term
+	l.mu.Unlock()
+	if err := l.store.ConfirmLeadership(ctx, term); err != nil {
+		l.cfg.Logger.Warn("lease expiry skipped: leadership not confirmed", "term", term, "err", err)
+		return false
+	}
+	return true
 }
 
 // expired marks and returns the leases past their deadline.

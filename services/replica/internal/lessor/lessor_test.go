@@ -17,6 +17,18 @@ type fakeStore struct {
 	next    int64
 	deleted map[int64]int // DeleteKeys calls per lease
 	batches []int         // leases per DeleteKeys call
+	// deposed: ConfirmLeadership fails although Leadership says leader (a
+	// leader back from a pause that a new leader replaced).
+	deposed bool
+}
+
+func (f *fakeStore) ConfirmLeadership(_ context.Context, term uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.deposed || !f.leader || term != f.term {
+		return errors.New("not the leader")
+	}
+	return nil
 }
 
 func newFakeStore() *fakeStore {
@@ -202,4 +214,28 @@ func TestExpiryRevokesInBatches(t *testing.T) {
 	if total != n {
 		t.Fatalf("first two batches %v revoked %d leases, want all %d", f.batches, total, n)
 	}
+}
+
+// A meta leader back from a pause still believes it leads: it must not
+// expire leases the new leader kept alive. Expiry waits for a confirmed
+// leadership (before this, the lease below was revoked).
+func TestDeposedLeaderDoesNotExpire(t *testing.T) {
+	f := newFakeStore()
+	l, clk := newLessor(t, f)
+	id, _, err := l.Grant(context.Background(), 0, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.deposed = true
+	f.mu.Unlock()
+	clk.advance(time.Minute) // the pause: every deadline has passed
+	time.Sleep(100 * time.Millisecond) // about 20 expiry checks
+	if n := f.deletes(id); n != 0 {
+		t.Fatalf("a deposed leader revoked the lease (%d deletes)", n)
+	}
+	f.mu.Lock()
+	f.deposed = false
+	f.mu.Unlock()
+	waitFor(t, "expiry once leadership is confirmed", func() bool { return f.deletes(id) > 0 })
 }
