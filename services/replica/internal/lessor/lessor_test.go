@@ -229,7 +229,7 @@ func TestDeposedLeaderDoesNotExpire(t *testing.T) {
 	f.mu.Lock()
 	f.deposed = true
 	f.mu.Unlock()
-	clk.advance(time.Minute) // the pause: every deadline has passed
+	clk.advance(time.Minute)           // the pause: every deadline has passed
 	time.Sleep(100 * time.Millisecond) // about 20 expiry checks
 	if n := f.deletes(id); n != 0 {
 		t.Fatalf("a deposed leader revoked the lease (%d deletes)", n)
