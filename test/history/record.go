@@ -54,13 +54,8 @@ func (r *Recorder) Operations() []porcupine.Operation {
 	return append([]porcupine.Operation(nil), r.mu.ops...)
 }
 
-// Check checks the history for linearizability under KVModel, giving up
+// CheckKV checks a history for linearizability under KVModel, giving up
 // (Unknown) after timeout.
-func (r *Recorder) Check(timeout time.Duration) porcupine.CheckResult {
-	return CheckKV(r.Operations(), timeout)
-}
-
-// CheckKV checks a history for linearizability under KVModel.
 func CheckKV(ops []porcupine.Operation, timeout time.Duration) porcupine.CheckResult {
 	return porcupine.CheckOperationsTimeout(KVModel.ToModel(), ops, timeout)
 }

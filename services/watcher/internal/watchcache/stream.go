@@ -1,7 +1,6 @@
 package watchcache
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 
@@ -180,7 +179,8 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	if len(key) == 0 {
 		key = []byte{0} // the smallest key, as in etcd
 	}
-	end := keyspan.FromRequest(key, req.RangeEnd).End
+	span := keyspan.FromRequest(key, req.RangeEnd)
+	end := span.End
 	refuse := func(reason string) error {
 		r := s.response(invalidWatchID, c.Released())
 		r.Created, r.Canceled, r.CancelReason = true, true, reason
@@ -189,7 +189,7 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	if req.StartRevision < 0 {
 		return refuse(rpctypes.ErrCompacted.Error())
 	}
-	if len(end) > 0 && bytes.Compare(key, end) >= 0 {
+	if span.Empty() {
 		return refuse(reasonEmptyRange)
 	}
 	// Every create asks the replicas where "now" and the compaction are:
