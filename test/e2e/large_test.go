@@ -1,14 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tessera-kv/tessera/test/testcluster"
 )
 
 // The requests that used to stop every replica for good, at the sizes the
@@ -22,44 +24,13 @@ const (
 	bigRequestBytes = 4 << 20 // room for a txn of 128 values of 12 KiB
 )
 
-// fillKeys writes n keys prefix%07d (value "v") in txns of 128 puts from
-// 16 goroutines.
+// fillKeys writes n keys prefix%07d with testcluster.Fill.
 func fillKeys(t *testing.T, cli *clientv3.Client, prefix string, n int, opts ...clientv3.OpOption) {
 	t.Helper()
-	batches := make(chan int)
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for b := range batches {
-				ops := make([]clientv3.Op, 0, 128)
-				for i := b; i < min(b+128, n); i++ {
-					ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%07d", prefix, i), "v", opts...))
-				}
-				if _, err := cli.Txn(ctxT(t)).Then(ops...).Commit(); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	for b := 0; b < n; b += 128 {
-		select {
-		case batches <- b:
-		case err := <-errs:
-			close(batches)
-			wg.Wait()
-			t.Fatalf("fill %s: %v", prefix, err)
-		}
-	}
-	close(batches)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatalf("fill %s: %v", prefix, err)
-	default:
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := testcluster.Fill(ctx, cli, prefix, n, 16, opts...); err != nil {
+		t.Fatal(err)
 	}
 }
 

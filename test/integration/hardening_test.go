@@ -29,17 +29,11 @@ func TestHostileRequestsThreeReplicas(t *testing.T) {
 	runHostile(t, 3)
 }
 
-// putMany writes n keys prefix%07d in txns of 128 puts.
+// putMany writes n keys prefix%07d with testcluster.Fill.
 func putMany(t *testing.T, cli *clientv3.Client, prefix string, n int, opts ...clientv3.OpOption) {
 	t.Helper()
-	for i := 0; i < n; {
-		var ops []clientv3.Op
-		for ; i < n && len(ops) < 128; i++ {
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%07d", prefix, i), "v", opts...))
-		}
-		if _, err := cli.Txn(ctxT(t)).Then(ops...).Commit(); err != nil {
-			t.Fatalf("fill %s: %v", prefix, err)
-		}
+	if err := testcluster.Fill(ctxT(t), cli, prefix, n, 4, opts...); err != nil {
+		t.Fatal(err)
 	}
 }
 
