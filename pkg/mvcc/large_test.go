@@ -298,3 +298,25 @@ func TestPutAfterLargeDeleteInOneEntry(t *testing.T) {
 		t.Fatalf("only %d Badger keys written", len(written))
 	}
 }
+
+// The largest single write an entry can make (a key at the store's limit
+// with a value just under Badger's inline threshold) fits in one Badger
+// transaction at the smallest memtable the store accepts.
+func TestLargestWriteFitsTheSmallestMemtable(t *testing.T) {
+	o := testOptions()
+	o.MemTableSize = MinMemTableSize
+	s, err := Open(t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	sh, err := s.OpenShard(1, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := strings.Repeat("k", MaxKeyBytes)
+	mustTxn(t, sh, 2, &pb.TxnRequest{Success: []*pb.RequestOp{opPutReq(&pb.PutRequest{Key: []byte(key), Value: bytes.Repeat([]byte("v"), 1<<20-1), Lease: 3})}})
+	if _, err := Open(t.TempDir(), Options{MemTableSize: MinMemTableSize - 1, NumMemtables: 2, BlockCacheSize: 1 << 20}); err == nil {
+		t.Fatal("a memtable below the minimum was accepted")
+	}
+}

@@ -39,6 +39,12 @@ const (
 	familyIndex  = 'i'
 )
 
+// MinMemTableSize is the smallest memtable the store runs with: Badger's
+// transactions hold 15 % of it, and the largest single write an entry can
+// make (a 65,000-byte key with a value just under Badger's 1 MiB inline
+// threshold) must fit in one, or apply could fail on it.
+const MinMemTableSize = 8 << 20
+
 // Options sizes the Badger DB. The zero value is not valid; use DefaultOptions.
 type Options struct {
 	// MemTableSize bounds one memtable; a transaction (one Raft entry) may
@@ -88,8 +94,8 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, o Options) (*Store, error) {
-	if o.MemTableSize <= 0 || o.NumMemtables <= 0 || o.BlockCacheSize <= 0 {
-		return nil, fmt.Errorf("mvcc: open %s: memtable size, memtable count and block cache size must be positive", dir)
+	if o.MemTableSize < MinMemTableSize || o.NumMemtables <= 0 || o.BlockCacheSize <= 0 {
+		return nil, fmt.Errorf("mvcc: open %s: memtable size must be at least %d, memtable count and block cache size positive", dir, MinMemTableSize)
 	}
 	opts := badger.DefaultOptions(dir).
 		WithMemTableSize(o.MemTableSize).

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -105,6 +106,10 @@ func (s *StateMachine) Update(ents []sm.Entry) ([]sm.Entry, error) {
 				"index", ents[i].Index, "err", err)
 			return nil, fmt.Errorf("datasm: shard %d index %d: %w", s.shardID, ents[i].Index, err)
 		}
+		// A proto string must be UTF-8 or Marshal fails; a message can quote
+		// request bytes (a recovered panic), and the result must not stop
+		// the replica.
+		res.Message = strings.ToValidUTF8(res.Message, "\uFFFD")
 		data, err := proto.Marshal(res)
 		if err != nil {
 			return nil, err
