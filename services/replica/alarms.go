@@ -60,15 +60,14 @@ func (r *Replica) watchQuota() {
 		if mine {
 			continue
 		}
-		size, free := r.store.Size(), r.store.FreeBytes()
-		over := size > r.cfg.QuotaBytes
-		short := r.cfg.FreeSpaceReserveBytes > 0 && free >= 0 && free < r.cfg.FreeSpaceReserveBytes
+		size := r.store.Size()
+		over, short := size > r.cfg.QuotaBytes, r.diskShort()
 		if over || short {
 			if over {
 				r.log.Warn("store is over its quota: raising NOSPACE", "size", size, "quota", r.cfg.QuotaBytes)
 			} else {
 				r.log.Warn("disk almost full: raising NOSPACE; free space, then run etcdctl alarm disarm",
-					"free", free, "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
+					"free", r.freeBytes.Load(), "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
 			_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
