@@ -13,9 +13,11 @@ import (
 )
 
 // openStore opens a store in dir and closes it when the test ends.
-func openStore(t testing.TB, dir string) *Store {
+func openStore(t testing.TB, dir string) *Store { return openStoreWith(t, dir, testOptions()) }
+
+func openStoreWith(t testing.TB, dir string, o Options) *Store {
 	t.Helper()
-	s, err := Open(dir, testOptions())
+	s, err := Open(dir, o)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
@@ -32,10 +34,12 @@ func testOptions() Options {
 }
 
 // newShard opens a fresh store with one whole-keyspace shard (id 1).
-func newShard(t testing.TB) (*Store, *Shard, string) {
+func newShard(t testing.TB) (*Store, *Shard, string) { return newShardWith(t, testOptions()) }
+
+func newShardWith(t testing.TB, o Options) (*Store, *Shard, string) {
 	t.Helper()
 	dir := t.TempDir()
-	s := openStore(t, dir)
+	s := openStoreWith(t, dir, o)
 	sh, err := s.OpenShard(1, nil, nil)
 	if err != nil {
 		t.Fatalf("OpenShard: %v", err)

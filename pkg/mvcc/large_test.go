@@ -259,15 +259,7 @@ func TestPutAfterLargeDeleteInOneEntry(t *testing.T) {
 			written[string(k)]++
 		}
 	}
-	s, err := Open(t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	sh, err := s.OpenShard(1, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sh, _ := newShardWith(t, o)
 	rev := fill(t, sh, 2, "/a/", 30000, 10, 9)
 	written = map[string]int{}
 	resp := mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{
@@ -305,15 +297,7 @@ func TestPutAfterLargeDeleteInOneEntry(t *testing.T) {
 func TestLargestWriteFitsTheSmallestMemtable(t *testing.T) {
 	o := testOptions()
 	o.MemTableSize = MinMemTableSize
-	s, err := Open(t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	sh, err := s.OpenShard(1, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sh, _ := newShardWith(t, o)
 	key := strings.Repeat("k", MaxKeyBytes)
 	mustTxn(t, sh, 2, &pb.TxnRequest{Success: []*pb.RequestOp{opPutReq(&pb.PutRequest{Key: []byte(key), Value: bytes.Repeat([]byte("v"), 1<<20-1), Lease: 3})}})
 	if _, err := Open(t.TempDir(), Options{MemTableSize: MinMemTableSize - 1, NumMemtables: 2, BlockCacheSize: 1 << 20}); err == nil {
