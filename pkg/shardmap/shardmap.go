@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/proto/metapb"
 )
 
@@ -25,6 +25,7 @@ const fetchTimeout = 2 * time.Second
 // Cache is the cached shard map and the connections to replicas.
 type Cache struct {
 	seeds []string
+	dial  rpcconn.Dialer
 
 	refreshMu sync.Mutex // serializes refreshes: concurrent misses share one
 
@@ -39,9 +40,10 @@ type Cache struct {
 	}
 }
 
-// New returns a cache that bootstraps from the given replica API addresses.
-func New(seeds []string) *Cache {
-	c := &Cache{seeds: seeds}
+// New returns a cache that bootstraps from the given replica API addresses
+// and connects to replicas through dial (nil: plain TCP).
+func New(seeds []string, dial rpcconn.Dialer) *Cache {
+	c := &Cache{seeds: seeds, dial: dial}
 	c.mu.stores = map[uint64]string{}
 	c.mu.leaders = map[uint64]uint64{}
 	c.mu.conns = map[string]*grpc.ClientConn{}
@@ -71,8 +73,7 @@ func (c *Cache) Conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.mu.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(1<<31-1)))
+	cc, err := rpcconn.Dial(addr, c.dial)
 	if err != nil {
 		return nil, err
 	}

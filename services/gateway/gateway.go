@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tessera-kv/tessera/pkg/limits"
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
@@ -52,6 +53,8 @@ type Config struct {
 	Name string
 	// Limits bound client requests; the zero value means DefaultLimits().
 	Limits Limits
+	// Dialer opens connections to replicas and watchers (nil: plain TCP).
+	Dialer rpcconn.Dialer
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -112,7 +115,7 @@ func Start(cfg Config) (*Gateway, error) {
 	lim := cfg.Limits
 	apiLimits := reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Logger)}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Dialer, cfg.Logger)}
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
 	// the too-large error, not a transport error, answers moderate excess.
 	// The codec lets watch responses from the watcher tier pass through
@@ -144,8 +147,7 @@ func Start(cfg Config) (*Gateway, error) {
 	cluster := &clusterRef{}
 	pb.RegisterClusterServer(g.grpcSrv, cluster)
 	for _, a := range cfg.Watchers {
-		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
+		c, err := rpcconn.Dial(a, cfg.Dialer)
 		if err != nil {
 			g.Close()
 			return nil, fmt.Errorf("gateway: watcher %s: %w", a, err)

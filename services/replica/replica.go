@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
@@ -86,6 +87,11 @@ type Config struct {
 	FreeSpaceReserveBytes int64
 	// Store sizes the Badger DB.
 	Store mvcc.Options
+	// Dialer opens connections to other replicas' APIs (nil: plain TCP).
+	Dialer rpcconn.Dialer
+	// RaftTransport replaces dragonboat's TCP transport (nil: TCP). Tests
+	// use it to cut, delay or drop Raft traffic between stores.
+	RaftTransport config.TransportFactory
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -213,7 +219,7 @@ func (r *Replica) start() error {
 		NodeHostDir:    filepath.Join(r.cfg.DataDir, "raft"),
 		RTTMillisecond: r.cfg.RTTMillisecond,
 		RaftAddress:    r.cfg.RaftAddress,
-		Expert:         config.ExpertConfig{LogDB: logdb},
+		Expert:         config.ExpertConfig{LogDB: logdb, TransportFactory: r.cfg.RaftTransport},
 	})
 	if err != nil {
 		return fmt.Errorf("replica: start raft: %w", err)

@@ -8,9 +8,9 @@ import (
 
 	"github.com/lni/dragonboat/v4"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
@@ -121,7 +121,7 @@ func (rr *revisionRouter) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := rr.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := rpcconn.Dial(addr, rr.r.cfg.Dialer)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
@@ -44,7 +45,9 @@ type Config struct {
 	RefreshInterval time.Duration
 	// Cache bounds the history and the streams (watchcache.DefaultConfig
 	// for zero fields).
-	Cache  CacheConfig
+	Cache CacheConfig
+	// Dialer opens connections to replicas (nil: plain TCP).
+	Dialer rpcconn.Dialer
 	Logger *slog.Logger
 }
 
@@ -84,7 +87,7 @@ func Start(cfg Config) (*Watcher, error) {
 		cfg.RefreshInterval = 5 * time.Second
 	}
 	cfg.Cache.Logger = cfg.Logger
-	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas), followed: map[uint64]bool{}}
+	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas, cfg.Dialer), followed: map[uint64]bool{}}
 	w.cache = watchcache.New(cfg.Cache, feed.Source{M: w.smap})
 	metricsHandler, err := telemetry.Handler()
 	if err != nil {

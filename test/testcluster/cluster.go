@@ -1,7 +1,9 @@
 // Package testcluster starts a Tessera cluster inside the test process: N
 // replica stores (each a dragonboat NodeHost and a Badger store of its own,
-// on loopback ports), one watcher and one gateway. Stores can be stopped and restarted on
-// the same data to exercise leader failover and recovery.
+// on loopback ports), one watcher and one gateway. Stores can be stopped and
+// restarted on the same data to exercise leader failover and recovery, and
+// every Raft message and internal gRPC connection crosses a fault network
+// (Net) that can cut, one way or both, or delay any link between them.
 package testcluster
 
 import (
@@ -34,6 +36,7 @@ type Cluster struct {
 	wcfg     watcher.Config
 	quota    int64
 	log      *slog.Logger
+	net      *Net
 }
 
 // Options tune a cluster.
@@ -84,9 +87,12 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		o = opts[0]
 	}
 	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n), quota: o.QuotaBytes,
-		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), net: NewNet()}
 	for i := 0; i < n; i++ {
-		c.members = append(c.members, replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)})
+		m := replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)}
+		c.members = append(c.members, m)
+		c.net.Register(m.RaftAddress, c.StoreName(i))
+		c.net.Register(m.APIAddress, c.StoreName(i))
 	}
 	t.Cleanup(c.Close)
 	for i := range c.members {
@@ -96,16 +102,58 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 	for _, m := range c.members {
 		apis = append(apis, m.APIAddress)
 	}
-	c.wcfg = watcher.Config{Replicas: apis, APIAddress: FreePort(t), Cache: o.Cache, RefreshInterval: time.Second, Logger: c.log}
+	c.wcfg = watcher.Config{Replicas: apis, APIAddress: FreePort(t), Cache: o.Cache, RefreshInterval: time.Second,
+		Dialer: c.net.Dialer(WatcherName), Logger: c.log}
+	c.net.Register(c.wcfg.APIAddress, WatcherName)
 	c.StartWatcher()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
-		ClusterName: "test", Name: "gw0", Limits: o.Limits, Logger: c.log})
+		ClusterName: "test", Name: "gw0", Limits: o.Limits, Dialer: c.net.Dialer(GatewayName), Logger: c.log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.gateway = g
 	c.WaitReady()
 	return c
+}
+
+// Names of the nodes on the fault network besides the stores.
+const (
+	WatcherName = "watcher"
+	GatewayName = "gateway"
+)
+
+// Net is the network between the cluster's nodes.
+func (c *Cluster) Net() *Net { return c.net }
+
+// StoreName is store i's (0-based) name on the fault network.
+func (c *Cluster) StoreName(i int) string { return fmt.Sprintf("store%d", c.members[i].ID) }
+
+// Isolate cuts store i from every other node, both ways, for the given
+// traffic.
+func (c *Cluster) Isolate(i int, t Traffic) {
+	for _, other := range c.nodeNames() {
+		if other != c.StoreName(i) {
+			c.net.Partition(c.StoreName(i), other, t)
+		}
+	}
+}
+
+// Deafen cuts everything sent to store i, for the given traffic: it hears
+// nothing, while what it sends still arrives.
+func (c *Cluster) Deafen(i int, t Traffic) {
+	for _, other := range c.nodeNames() {
+		if other != c.StoreName(i) {
+			c.net.Cut(other, c.StoreName(i), t)
+		}
+	}
+}
+
+func (c *Cluster) nodeNames() []string {
+	names := []string{WatcherName, GatewayName}
+	for i := range c.members {
+		names = append(names, c.StoreName(i))
+	}
+	return names
 }
 
 // Replica returns store i (0-based), nil if stopped.
@@ -126,6 +174,7 @@ func (c *Cluster) StartReplica(i int) {
 		cfg.QuotaBytes = c.quota
 	}
 	cfg.Logger = c.log
+	cfg.RaftTransport, cfg.Dialer = c.net.RaftTransport(c.StoreName(i)), c.net.Dialer(c.StoreName(i))
 	r, err := replica.Start(cfg)
 	if err != nil {
 		c.t.Fatalf("start store %d: %v", m.ID, err)
@@ -219,6 +268,7 @@ func (c *Cluster) WaitReady() {
 
 // Close stops everything.
 func (c *Cluster) Close() {
+	c.net.Heal()
 	if c.gateway != nil {
 		c.gateway.Close()
 		c.gateway = nil

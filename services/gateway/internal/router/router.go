@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
@@ -28,9 +29,10 @@ type Router struct {
 	log *slog.Logger
 }
 
-// New returns a router that bootstraps from the given replica API addresses.
-func New(seeds []string, log *slog.Logger) *Router {
-	return &Router{m: shardmap.New(seeds), log: log}
+// New returns a router that bootstraps from the given replica API addresses
+// and reaches replicas through dial (nil: plain TCP).
+func New(seeds []string, dial rpcconn.Dialer, log *slog.Logger) *Router {
+	return &Router{m: shardmap.New(seeds, dial), log: log}
 }
 
 // Close closes every connection.
