@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
 )
 
 const (
@@ -20,6 +22,12 @@ const (
 	// feedHeartbeat is how often an idle feed repeats its closed revision,
 	// so the subscriber can tell a quiet shard from a dead stream.
 	feedHeartbeat = time.Second
+	// feedStaleAfter is how long a feed may go without proving, by a Raft
+	// ReadIndex, that this replica has applied everything the leader had
+	// committed. Past it the feed ends (Unavailable) and the watcher moves to
+	// another replica: a replica cut off from its leader would otherwise
+	// keep repeating an old closed revision, and every watch would stall.
+	feedStaleAfter = 3 * time.Second
 )
 
 // Changes streams a shard's change log from this replica's applied state:
@@ -28,12 +36,17 @@ const (
 // closed revision: all of the shard's events up to it have been sent.
 //
 // A follower's applied state is a prefix of the committed log, so any
-// replica serves a correct feed; watchers prefer followers.
+// replica serves a correct feed (watchers prefer followers), but only a
+// current one serves a timely feed: the feed proves currency every second
+// (provingCurrent) and ends when it cannot.
 func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard_ChangesServer) error {
 	sh, err := s.openShard(req.ShardId)
 	if err != nil {
 		return err
 	}
+	ctx, stale := context.WithCancelCause(stream.Context())
+	defer stale(nil)
+	go s.provingCurrent(ctx, req.ShardId, stale)
 	match := eventFilter(req.Key, req.RangeEnd)
 	next := req.StartRevision
 	if next <= 0 {
@@ -96,8 +109,42 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 		case <-changed:
 		case <-heartbeat.C:
 			lastClosed = -1
-		case <-stream.Context().Done():
-			return stream.Context().Err()
+		case <-ctx.Done():
+			if err := stream.Context().Err(); err != nil {
+				return err
+			}
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// provingCurrent confirms every feedHeartbeat, with a ReadIndex, that the
+// replica has applied all the shard's committed entries, and calls stale
+// once it has gone feedStaleAfter without a confirmation.
+func (s *shardService) provingCurrent(ctx context.Context, shardID uint64, stale context.CancelCauseFunc) {
+	t := time.NewTicker(feedHeartbeat)
+	defer t.Stop()
+	confirmed := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, feedHeartbeat)
+		_, err := s.r.nh.SyncRead(rctx, shardID, datasm.StateQuery{})
+		cancel()
+		if err == nil {
+			confirmed = time.Now()
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if since := time.Since(confirmed); since >= feedStaleAfter {
+			stale(status.Errorf(codes.Unavailable, "tessera: store %d cannot confirm it is current for shard %d (no ReadIndex for %s: %v); resubscribe elsewhere",
+				s.r.cfg.StoreID, shardID, since.Round(time.Millisecond), err))
+			return
 		}
 	}
 }

@@ -210,9 +210,28 @@ func (s *Watch) checkLeaders(ctx context.Context) error {
 			st, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: d.Id})
 			return err
 		})
-		if err != nil || st.LeaderStoreId == 0 {
+		if err == nil && st.LeaderStoreId != 0 {
+			continue
+		}
+		// The store asked may be the one cut off from the others: the shard
+		// has a leader if any of its replicas knows one.
+		if !s.anyReplicaKnowsLeader(ctx, d.Id) {
 			return rpctypes.ErrGRPCNoLeader
 		}
 	}
 	return nil
+}
+
+func (s *Watch) anyReplicaKnowsLeader(ctx context.Context, shardID uint64) bool {
+	for _, addr := range s.router.Replicas(shardID) {
+		var st *shardpb.StatusResponse
+		err := s.router.CallStore(ctx, addr, func(ctx context.Context, c grpc.ClientConnInterface) (err error) {
+			st, err = shardpb.NewShardClient(c).Status(ctx, &shardpb.StatusRequest{ShardId: shardID})
+			return err
+		})
+		if err == nil && st.LeaderStoreId != 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -116,6 +116,9 @@ func (r *Router) MetaShard() *metapb.ShardDescriptor {
 	return r.m.MetaShard()
 }
 
+// Replicas lists the API addresses of a shard's replicas, followers first.
+func (r *Router) Replicas(shardID uint64) []string { return r.m.Replicas(shardID) }
+
 // StoreAddresses lists every store's API address.
 func (r *Router) StoreAddresses() []string { return r.m.StoreAddresses() }
 

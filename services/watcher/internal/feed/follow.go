@@ -29,6 +29,14 @@ type Sink interface {
 
 var errCompacted = errors.New("feed: resume point compacted")
 
+// idleTimeout ends a feed that sent nothing for this long. Replicas repeat
+// the closed revision every second, so silence means the replica or the
+// link to it is gone, even if the connection looks open (a blackholed
+// network holds it open for minutes).
+const idleTimeout = 4 * time.Second
+
+var errIdle = errors.New("feed: no message from the replica for " + idleTimeout.String())
+
 // Follow keeps one shard's change feed flowing into sink until ctx ends.
 // It starts "from now", resumes after the last closed revision when a
 // stream breaks, and moves to the shard's next replica on each failure. If
@@ -36,6 +44,7 @@ var errCompacted = errors.New("feed: resume point compacted")
 // sink learns of the gap through Subscribed).
 func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, log *slog.Logger) {
 	closed := int64(-1)
+	var failed string // the replica whose feed broke last
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		addrs := m.Replicas(shardID)
 		if len(addrs) == 0 {
@@ -45,7 +54,7 @@ func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, l
 			sleep(ctx, backoff(attempt))
 			continue
 		}
-		addr := addrs[attempt%len(addrs)]
+		addr := next(addrs, failed)
 		began := time.Now()
 		err := follow(ctx, m, addr, shardID, &closed, sink)
 		if time.Since(began) > 10*time.Second {
@@ -57,6 +66,7 @@ func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, l
 		if errors.Is(err, errCompacted) {
 			closed = -1
 		}
+		failed = addr
 		log.Info("change feed interrupted; resubscribing", "shard", shardID, "replica", addr, "closed", closed, "err", err)
 		if attempt%len(addrs) == len(addrs)-1 {
 			m.Refresh(ctx, time.Now()) // every replica failed once: the map may be stale
@@ -70,22 +80,30 @@ func follow(ctx context.Context, m *shardmap.Cache, addr string, shardID uint64,
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(idleTimeout, func() { cancel(errIdle) })
+	defer idle.Stop()
 	fresh := *closed < 0 // StartRevision 0: from now
 	stream, err := shardpb.NewShardClient(conn).Changes(ctx, &shardpb.ChangesRequest{ShardId: shardID, StartRevision: *closed + 1})
 	if err != nil {
 		return err
 	}
-	return recvLoop(stream, shardID, closed, fresh, sink)
+	err = recvLoop(stream, shardID, closed, fresh, sink, func() { idle.Reset(idleTimeout) })
+	if cause := context.Cause(ctx); errors.Is(cause, errIdle) {
+		return cause
+	}
+	return err
 }
 
-func recvLoop(stream shardpb.Shard_ChangesClient, shardID uint64, closed *int64, fresh bool, sink Sink) error {
+// recvLoop applies the feed's messages to sink, calling alive after each.
+func recvLoop(stream shardpb.Shard_ChangesClient, shardID uint64, closed *int64, fresh bool, sink Sink, alive func()) error {
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			return err
 		}
+		alive()
 		if resp.Compacted {
 			return fmt.Errorf("%w (shard %d compacted at %d)", errCompacted, shardID, resp.CompactRevision)
 		}
@@ -117,6 +135,18 @@ func decode(changes []*shardpb.Change) ([]watchcache.Revision, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// next picks the replica after the one that failed last, in the shard
+// map's order (followers first): a replica that just failed, maybe cut off
+// from its shard, is tried again only after every other one.
+func next(addrs []string, failed string) string {
+	for i, a := range addrs {
+		if a == failed {
+			return addrs[(i+1)%len(addrs)]
+		}
+	}
+	return addrs[0]
 }
 
 func backoff(attempt int) time.Duration {

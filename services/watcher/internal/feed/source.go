@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -18,6 +19,11 @@ import (
 
 // Source answers the watch cache's questions from the replicas.
 type Source struct{ M *shardmap.Cache }
+
+// replicaTimeout bounds one replica's answer, so a replica cut off from its
+// shard (whose ReadIndex hangs) costs a watch creation this long, not the
+// caller's whole deadline, before the next replica is asked.
+const replicaTimeout = 2 * time.Second
 
 var _ watchcache.Source = Source{}
 
@@ -38,7 +44,8 @@ func (s Source) Current(ctx context.Context) (int64, int64, error) {
 			resp *shardpb.StatusResponse
 			err  error
 		)
-		for _, addr := range s.M.Replicas(d.Id) {
+		// The leader (last in the list) first: its ReadIndex is the cheapest.
+		for _, addr := range slices.Backward(s.M.Replicas(d.Id)) {
 			var conn shardpb.ShardClient
 			if c, cerr := s.M.Conn(addr); cerr == nil {
 				conn = shardpb.NewShardClient(c)
@@ -46,7 +53,9 @@ func (s Source) Current(ctx context.Context) (int64, int64, error) {
 				err = cerr
 				continue
 			}
-			resp, err = conn.Status(ctx, &shardpb.StatusRequest{ShardId: d.Id, Linearizable: true})
+			rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
+			resp, err = conn.Status(rctx, &shardpb.StatusRequest{ShardId: d.Id, Linearizable: true})
+			cancel()
 			if err == nil {
 				break
 			}
