@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -87,7 +88,7 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		o = opts[0]
 	}
 	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n), quota: o.QuotaBytes,
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), net: NewNet()}
+		log: logger(), net: NewNet()}
 	for i := 0; i < n; i++ {
 		m := replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)}
 		c.members = append(c.members, m)
@@ -264,6 +265,20 @@ func (c *Cluster) WaitReady() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// logger discards the cluster's logs unless TESTCLUSTER_LOG is set (to
+// debug, info, warn or error), when they go to stderr at that level.
+func logger() *slog.Logger {
+	v := os.Getenv("TESTCLUSTER_LOG")
+	if v == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(v)); err != nil {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // Close stops everything.

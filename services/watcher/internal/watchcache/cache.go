@@ -54,6 +54,11 @@ type Config struct {
 	// MaxResponseBytes is where responses of watches that asked for
 	// fragments are cut (etcd cuts at its max request bytes).
 	MaxResponseBytes int
+	// CreatePatience is how long a watch creation keeps asking the
+	// replicas for the current revision before the watch is refused:
+	// longer than a leader election and a replica's feed timeout, so a
+	// fault the cluster recovers from does not cancel watches.
+	CreatePatience time.Duration
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -62,7 +67,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{HistoryRevisions: 100000, HistoryBytes: 256 << 20, QueueLimit: 1024,
 		SyncInterval: 100 * time.Millisecond, ProgressInterval: 10 * time.Minute,
-		MaxWatchesPerStream: 100000, MaxResponseBytes: 1536 * 1024}
+		MaxWatchesPerStream: 100000, MaxResponseBytes: 1536 * 1024, CreatePatience: 10 * time.Second}
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +77,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HistoryBytes <= 0 {
 		c.HistoryBytes = d.HistoryBytes
+	}
+	if c.CreatePatience <= 0 {
+		c.CreatePatience = d.CreatePatience
 	}
 	if c.QueueLimit <= 0 {
 		c.QueueLimit = d.QueueLimit

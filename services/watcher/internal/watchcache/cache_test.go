@@ -493,7 +493,7 @@ func TestStreamWithManyWatches(t *testing.T) {
 // create the replicas cannot answer is refused without ending the stream's
 // other watches.
 func TestCreateChecksCompactionAndKeepsTheStream(t *testing.T) {
-	h := newHarness(t, Config{})
+	h := newHarness(t, Config{CreatePatience: 300 * time.Millisecond})
 	for i := 0; i < 5; i++ {
 		h.write("k")
 	}
@@ -519,9 +519,21 @@ func TestCreateChecksCompactionAndKeepsTheStream(t *testing.T) {
 	if !rs[0].Created || !rs[0].Canceled || !strings.Contains(rs[0].CancelReason, "cannot start the watch") {
 		t.Fatalf("create the replicas cannot answer: %+v", rs[0])
 	}
+	// A failure shorter than the patience (a leader election) does not
+	// refuse the watch.
 	h.src.mu.Lock()
-	h.src.failCurrent = nil
+	h.src.failCurrent = errors.New("no leader")
 	h.src.mu.Unlock()
+	time.AfterFunc(100*time.Millisecond, func() {
+		h.src.mu.Lock()
+		h.src.failCurrent = nil
+		h.src.mu.Unlock()
+	})
+	h.create(s, &pb.WatchCreateRequest{Key: []byte("k")})
+	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(rs) >= 1 })
+	if !rs[0].Created || rs[0].Canceled {
+		t.Fatalf("create through a short failure: %+v", rs[0])
+	}
 	rev := h.write("k")
 	rs = drain(t, s, func(rs []*pb.WatchResponse) bool { return len(eventRevs(rs, id)) >= 1 })
 	if got := eventRevs(rs, id); got[0] != rev {

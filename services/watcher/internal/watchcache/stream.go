@@ -3,6 +3,7 @@ package watchcache
 import (
 	"context"
 	"fmt"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -170,6 +171,23 @@ func (s *Stream) response(id, rev int64) *pb.WatchResponse {
 	return &pb.WatchResponse{Header: &pb.ResponseHeader{ClusterId: s.id.ClusterID, MemberId: s.id.MemberID, Revision: rev}, WatchId: id}
 }
 
+// current is Source.Current, asked again with backoff for up to
+// CreatePatience.
+func (c *Cache) current(ctx context.Context) (int64, int64, error) {
+	deadline := time.Now().Add(c.cfg.CreatePatience)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		cur, compacted, err := c.src.Current(ctx)
+		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return cur, compacted, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		}
+	}
+}
+
 // Create handles a create request: it answers with the created response
 // (or a created-and-cancelled one for a bad request, as etcd does) and
 // starts the watch. An error ends the stream.
@@ -195,9 +213,10 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	// Every create asks the replicas where "now" and the compaction are:
 	// a watch from "now" starts above every acknowledged write, and one
 	// from below a compaction the feeds have not reported yet fails as
-	// in etcd instead of being served from memory. If they cannot answer,
-	// this watch is refused and the stream's other watches go on.
-	cur, compacted, err := c.src.Current(ctx)
+	// in etcd instead of being served from memory. They are asked again
+	// through a leader change; if they still cannot answer, this watch is
+	// refused and the stream's other watches go on.
+	cur, compacted, err := c.current(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err

@@ -1,0 +1,182 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Workload is the load the fault tests drive while a nemesis breaks the
+// cluster: each client loops over gets, puts, deletes, prefix ranges and
+// kube-apiserver's read-then-CAS update on a few keys under Prefix, and one
+// watch over the prefix records every event from the workload's start.
+type Workload struct {
+	Prefix  string
+	Keys    int
+	Clients []*clientv3.Client
+	// Watch carries the watch (one of Clients will do).
+	Watch *clientv3.Client
+}
+
+// Run is a running workload.
+type Run struct {
+	w      Workload
+	rec    *Recorder
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	wdone  chan struct{}
+
+	mu   sync.Mutex
+	wlog WatchLog
+	werr error // why the watch ended, if it did
+}
+
+// Start begins the load; clients stop issuing operations at stop.
+func (w Workload) Start(t testing.TB, stop time.Time) *Run {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	g, err := w.Watch.Get(ctx, w.Prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		t.Fatalf("workload: read the start revision: %v", err)
+	}
+	r := &Run{w: w, rec: NewRecorder(), wdone: make(chan struct{})}
+	r.wlog = WatchLog{Prefix: w.Prefix, From: g.Header.Revision + 1}
+	wctx, wcancel := context.WithCancel(context.Background())
+	r.cancel = wcancel
+	go r.watch(wctx)
+	keys := make([]string, w.Keys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%sk%d", w.Prefix, i)
+	}
+	for client, cli := range w.Clients {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.drive(client, cli, keys, stop)
+		}()
+	}
+	return r
+}
+
+func (r *Run) watch(ctx context.Context) {
+	defer close(r.wdone)
+	for resp := range r.w.Watch.Watch(ctx, r.w.Prefix, clientv3.WithPrefix(), clientv3.WithRev(r.wlog.From)) {
+		r.mu.Lock()
+		if err := resp.Err(); err != nil {
+			r.werr = err
+		}
+		for _, ev := range resp.Events {
+			r.wlog.Events = append(r.wlog.Events, Event{Rev: ev.Kv.ModRevision, Key: string(ev.Kv.Key),
+				Deleted: ev.Type == clientv3.EventTypeDelete, Value: string(ev.Kv.Value)})
+		}
+		if resp.IsProgressNotify() {
+			r.wlog.Progress = append(r.wlog.Progress, resp.Header.Revision)
+			r.wlog.EventsBefore = append(r.wlog.EventsBefore, len(r.wlog.Events))
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *Run) drive(client int, cli *clientv3.Client, keys []string, stop time.Time) {
+	rng := rand.New(rand.NewSource(int64(client)))
+	for n := 0; time.Now().Before(stop); n++ {
+		k := keys[rng.Intn(len(keys))]
+		v := fmt.Sprintf("c%d-%d", client, n) // unique: CheckWatch matches unknown writes by value
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		switch p := rng.Intn(10); {
+		case p < 3:
+			r.rec.Do(ctx, client, cli, Input{Kind: Put, Key: k, Value: v})
+		case p < 5:
+			r.rec.Do(ctx, client, cli, Input{Kind: Get, Key: k})
+		case p < 6:
+			r.rec.Do(ctx, client, cli, Input{Kind: Range, Key: r.w.Prefix})
+		case p < 7:
+			r.rec.Do(ctx, client, cli, Input{Kind: Delete, Key: k})
+		default:
+			if o, err := r.rec.Do(ctx, client, cli, Input{Kind: Get, Key: k}); err == nil {
+				mod := int64(0)
+				if o.Found {
+					mod = o.ModRev
+				}
+				r.rec.Do(ctx, client, cli, Input{Kind: CAS, Key: k, ExpectMod: mod, Value: v})
+			}
+		}
+		cancel()
+	}
+}
+
+// Wait waits for the clients to stop.
+func (r *Run) Wait() { r.wg.Wait() }
+
+// Check ends the run after the cluster has healed: it reads the prefix
+// once more through final (every acknowledged write must be there, which
+// the linearizability check enforces), checks the whole history against
+// etcd's model, waits for the watch to reach the last acknowledged write
+// and checks what it delivered. It returns a summary for the test log.
+func (r *Run) Check(t testing.TB, final *clientv3.Client) string {
+	t.Helper()
+	r.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	_, err := r.rec.Do(ctx, len(r.w.Clients), final, Input{Kind: Range, Key: r.w.Prefix})
+	cancel()
+	if err != nil {
+		t.Fatalf("the final read failed: %v", err)
+	}
+	ops := r.rec.Operations()
+	if res := CheckKV(ops, time.Minute); res != porcupine.Ok {
+		t.Fatalf("the history of %d operations is not linearizable (%s)", len(ops), res)
+	}
+	var acked, maybe []Write
+	var last int64
+	unknown := 0
+	for _, op := range ops {
+		in, out := op.Input.(Input), op.Output.(Output)
+		w := Write{Key: in.Key, Value: in.Value, Rev: out.Rev}
+		switch {
+		case out.Unknown:
+			w.Rev, w.Deleted = 0, in.Kind == Delete
+			maybe = append(maybe, w)
+			unknown++
+			continue
+		case in.Kind == Put, in.Kind == CAS && out.Succeeded:
+		case in.Kind == Delete && out.Deleted == 1:
+			w.Deleted, w.Value = true, ""
+		default:
+			continue
+		}
+		acked = append(acked, w)
+		last = max(last, w.Rev)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r.mu.Lock()
+		var seen int64
+		if n := len(r.wlog.Events); n > 0 {
+			seen = r.wlog.Events[n-1].Rev
+		}
+		werr := r.werr
+		r.mu.Unlock()
+		if werr != nil {
+			t.Fatalf("the watch ended at revision %d: %v", seen, werr)
+		}
+		if seen >= last {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watch reached revision %d, the last acknowledged write is at %d", seen, last)
+		}
+	}
+	r.cancel()
+	<-r.wdone
+	if errs := CheckWatch(r.wlog, acked, maybe); len(errs) > 0 {
+		t.Fatalf("watch: %d problems, first %v", len(errs), errs[0])
+	}
+	return fmt.Sprintf("%d operations from %d clients linearizable; %d acknowledged writes (%d of unknown outcome) and %d watch events checked",
+		len(ops), len(r.w.Clients), len(acked), unknown, len(r.wlog.Events))
+}
