@@ -229,11 +229,23 @@ func startProcCluster(t *testing.T, gwArgs ...string) *procCluster {
 // startServing starts the watcher and the gateway and waits for them.
 func (pc *procCluster) startServing(t *testing.T) {
 	t.Helper()
+	pc.startWatcher(t)
+	pc.startGateway(t)
+	waitReady(t, pc.url, 60*time.Second, pc.gw, pc.watcher, pc.reps[0].p, pc.reps[1].p, pc.reps[2].p)
+}
+
+// startWatcher (re)starts the watcher process on its addresses.
+func (pc *procCluster) startWatcher(t *testing.T) {
+	t.Helper()
 	pc.watcher = startProc(t, "watcher", tesseraBin, "watcher", "--replicas", strings.Join(pc.apis, ","),
 		"--api-address", pc.watcherAddr, "--listen-address", pc.watcherListen)
+}
+
+// startGateway (re)starts the gateway process on its client URL.
+func (pc *procCluster) startGateway(t *testing.T) {
+	t.Helper()
 	pc.gw = startProc(t, "gateway", tesseraBin, append([]string{"gateway", "--listen-client-urls", pc.url,
 		"--replicas", strings.Join(pc.apis, ","), "--watchers", pc.watcherAddr}, pc.gwArgs...)...)
-	waitReady(t, pc.url, 60*time.Second, pc.gw, pc.watcher, pc.reps[0].p, pc.reps[1].p, pc.reps[2].p)
 }
 
 // restartAll stops every process and starts them again on the same data.
