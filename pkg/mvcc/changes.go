@@ -22,6 +22,11 @@ type ChangeRecord struct {
 //
 // from below the compaction revision is ErrCompacted: those records are gone.
 func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, int64, error) {
+	done, err := sh.reading()
+	if err != nil {
+		return nil, sh.State(), 0, err
+	}
+	defer done()
 	st := sh.State()
 	if from < st.CompactRevision {
 		return nil, st, 0, ErrCompacted

@@ -19,6 +19,9 @@ var (
 	// ErrInvalidEntry: an entry that cannot be evaluated (its evaluation
 	// failed the same way on every replica); nothing of it was applied.
 	ErrInvalidEntry = errors.New("mvcc: invalid entry")
+	// ErrRestoring: the shard is installing a snapshot; it serves no read
+	// until the install is complete (another replica can).
+	ErrRestoring = errors.New("mvcc: shard is installing a snapshot")
 	// ErrStaleRevision: an entry's revision is not above the shard's revision.
 	ErrStaleRevision = errors.New("mvcc: entry revision not above applied revision")
 )

@@ -14,6 +14,11 @@ import (
 // below it are left out: Badger drops them on its own schedule, so they
 // differ between replicas that agree on everything a read can see.
 func (sh *Shard) HashKV(rev int64) (hash uint32, compacted, hashRev int64, err error) {
+	done, err := sh.reading()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer done()
 	txn, st, rev, err := sh.readTxn(rev)
 	if err != nil {
 		return 0, st.CompactRevision, 0, err

@@ -53,6 +53,11 @@ func (w *writer) revoke(lease int64) error {
 
 // LeaseKeys lists the shard's keys attached to lease, at the applied revision.
 func (sh *Shard) LeaseKeys(lease int64) ([][]byte, error) {
+	done, err := sh.reading()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	txn, _, _, err := sh.readTxn(0)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,11 @@ import (
 // Range answers an etcd RangeRequest from the shard's keys at req.Revision
 // (0: the current revision). The header carries the shard's revision.
 func (sh *Shard) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	done, err := sh.reading()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	txn, st, _, err := sh.readTxn(req.Revision)
 	if err != nil {
 		return nil, err

@@ -74,6 +74,12 @@ type Shard struct {
 	// changed is closed (and replaced) whenever state changes: change
 	// feeds wait on it instead of polling.
 	changed chan struct{}
+
+	// readers holds reads (shared) against a snapshot install (exclusive):
+	// an install waits for the reads in progress, and reads that come
+	// while it runs fail with ErrRestoring instead of seeing part of it.
+	readers   sync.RWMutex
+	restoring bool // guarded by readers
 }
 
 // OpenShard loads the shard's persisted state, or the initial one.
@@ -287,7 +293,33 @@ func (v snapshotView) get(key []byte) (*mvccpb.KeyValue, error) {
 	return kv, nil
 }
 
+// reading admits a read of the shard's data: it fails with ErrRestoring
+// while a snapshot is being installed, else holds installs off until done
+// is called.
+func (sh *Shard) reading() (done func(), err error) {
+	sh.readers.RLock()
+	if sh.restoring {
+		sh.readers.RUnlock()
+		return nil, ErrRestoring
+	}
+	return sh.readers.RUnlock, nil
+}
+
+// installing marks the shard as installing a snapshot once the reads in
+// progress are done; the returned func ends the install.
+func (sh *Shard) installing() (done func()) {
+	sh.readers.Lock()
+	sh.restoring = true
+	sh.readers.Unlock()
+	return func() {
+		sh.readers.Lock()
+		sh.restoring = false
+		sh.readers.Unlock()
+	}
+}
+
 // readTxn opens a read-only view at rev, checking it against the state.
+// The caller must hold reading.
 func (sh *Shard) readTxn(rev int64) (*badger.Txn, State, int64, error) {
 	st := sh.State()
 	switch {

@@ -243,6 +243,10 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	if fresh {
 		st.AppliedIndex = 0
 	}
+	// Readers see the old contents until here and nothing until the new
+	// ones are complete (a failed install leaves the shard refusing reads:
+	// dragonboat installs the snapshot again or stops).
+	finished := sh.installing()
 	db := sh.store.db
 	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id), indexKey(sh.id)); err != nil {
 		return fmt.Errorf("mvcc: clear shard %d: %w", sh.id, err)
@@ -281,5 +285,6 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	}
 	sh.setState(st)
 	sh.store.setCompacted(sh.id, st.CompactRevision)
+	finished()
 	return nil
 }

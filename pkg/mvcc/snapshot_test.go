@@ -2,8 +2,12 @@ package mvcc
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -265,4 +269,79 @@ func TestSnapshotLarge(t *testing.T) {
 	if err := snap.WriteTo(&bytes.Buffer{}, stop); err == nil {
 		t.Errorf("WriteTo with a closed stop channel succeeded")
 	}
+}
+
+// slowReader hands out a snapshot in small reads with pauses, so readers
+// get to run in the middle of a restore.
+type slowReader struct {
+	r io.Reader
+	n int
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.n++; s.n%16 == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return s.r.Read(p[:min(len(p), 4096)])
+}
+
+// A snapshot install is invisible until complete: reads and change-feed
+// reads during it either fail with ErrRestoring or see the whole old or
+// the whole new contents, never a mix or a part.
+func TestRestoreIsInvisibleUntilComplete(t *testing.T) {
+	_, src, _ := newShard(t)
+	const revs, perRev = 100, 50
+	for r := int64(2); r < 2+revs; r++ {
+		var ops []*pb.RequestOp
+		for i := 0; i < perRev; i++ {
+			ops = append(ops, opPut(fmt.Sprintf("new/%03d/%02d", r, i), strings.Repeat("v", 100)))
+		}
+		mustTxn(t, src, r, &pb.TxnRequest{Success: ops})
+	}
+	buf, _ := writeSnapshot(t, src)
+
+	_, dst, _ := newShard(t)
+	mustPut(t, dst, 2, "old/a", "x")
+	mustPut(t, dst, 3, "old/b", "x")
+	oldCount, newCount := int64(2), int64(revs*perRev)
+
+	done := make(chan error, 1)
+	go func() { done <- dst.Restore(&slowReader{r: bytes.NewReader(buf.Bytes())}, make(chan struct{})) }()
+	var reads, refused int
+	for finished := false; !finished; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			finished = true
+		default:
+		}
+		resp, err := dst.Range(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true})
+		switch {
+		case errors.Is(err, ErrRestoring):
+			refused++
+		case err != nil:
+			t.Fatalf("range during restore: %v", err)
+		case resp.Count != oldCount && resp.Count != newCount:
+			t.Fatalf("a range during the restore saw %d keys at revision %d: neither the old %d nor the new %d", resp.Count, resp.Header.Revision, oldCount, newCount)
+		default:
+			reads++
+		}
+		recs, st, _, err := dst.ReadChanges(1, 1<<30)
+		switch {
+		case errors.Is(err, ErrRestoring), errors.Is(err, ErrCompacted):
+		case err != nil:
+			t.Fatalf("change feed during restore: %v", err)
+		case st.Revision == 3 && len(recs) != 2, st.Revision != 3 && len(recs) != revs:
+			t.Fatalf("a change-feed read during the restore got %d records at revision %d", len(recs), st.Revision)
+		}
+	}
+	if refused == 0 {
+		t.Fatalf("no read ran during the restore (%d reads before or after it): the test proves nothing", reads)
+	}
+	if got := mustRange(t, dst, &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true}).Count; got != newCount {
+		t.Fatalf("after the restore: %d keys, want %d", got, newCount)
+	}
+	t.Logf("%d reads refused during the restore, %d served before or after it", refused, reads)
 }
