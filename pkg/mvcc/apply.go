@@ -27,6 +27,8 @@ type writer struct {
 	rev    int64
 	index  uint64
 	events []*mvccpb.Event
+	// leaseEpochs are the epochs of the leases the txn's puts attach keys to.
+	leaseEpochs LeaseEpochs
 }
 
 // newWriter starts the entry at Raft index index with revision rev. An entry
@@ -95,10 +97,18 @@ func (w *writer) commit(compact int64) (State, error) {
 // after the entry is recorded as applied with no change, exactly as every
 // replica will do. Any other error is a storage failure.
 func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	return sh.ApplyTxnLeases(index, rev, req, nil)
+}
+
+// ApplyTxnLeases is ApplyTxn for a txn whose lease check saw the given
+// lease epochs: a put to a lease the shard revoked at or after its epoch
+// fails the txn with ErrLeaseNotFound (see RevokeLease).
+func (sh *Shard) ApplyTxnLeases(index uint64, rev int64, req *pb.TxnRequest, epochs LeaseEpochs) (*pb.TxnResponse, error) {
 	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return nil, err
 	}
+	w.leaseEpochs = epochs
 	var resp *pb.TxnResponse
 	reqErr := w.evaluate(func() (err error) {
 		if err := checkKeys(req); err != nil {
@@ -126,7 +136,7 @@ func (sh *Shard) ApplyTxn(index uint64, rev int64, req *pb.TxnRequest) (*pb.TxnR
 // isRequestError tells the errors a request causes (the same on every
 // replica, answered as results) from storage failures.
 func isRequestError(err error) bool {
-	for _, e := range []error{ErrKeyNotFound, ErrCompacted, ErrFutureRev, ErrKeyTooLarge, ErrInvalidEntry} {
+	for _, e := range []error{ErrKeyNotFound, ErrCompacted, ErrFutureRev, ErrKeyTooLarge, ErrInvalidEntry, ErrLeaseNotFound} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -434,6 +444,11 @@ func (w *writer) rangeOp(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 }
 
 func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
+	if p.Lease != 0 && !p.IgnoreLease {
+		if err := w.checkLease(p.Lease); err != nil {
+			return nil, err
+		}
+	}
 	prev, err := w.rd.get(p.Key)
 	if err != nil {
 		return nil, err

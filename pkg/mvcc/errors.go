@@ -19,6 +19,9 @@ var (
 	// ErrInvalidEntry: an entry that cannot be evaluated (its evaluation
 	// failed the same way on every replica); nothing of it was applied.
 	ErrInvalidEntry = errors.New("mvcc: invalid entry")
+	// ErrLeaseNotFound: a put attaches a key to a lease the shard has
+	// revoked (at the epoch the put was checked against, or later).
+	ErrLeaseNotFound = errors.New("mvcc: requested lease not found")
 	// ErrRestoring: the shard is installing a snapshot; it serves no read
 	// until the install is complete (another replica can).
 	ErrRestoring = errors.New("mvcc: shard is installing a snapshot")

@@ -81,7 +81,7 @@ func TestEntriesLargerThanOneBadgerTxn(t *testing.T) {
 	}
 	rev++
 
-	n, err := sh.RevokeLease(nextIndex(sh), rev, []int64{7})
+	n, err := sh.RevokeLease(nextIndex(sh), rev, []int64{7}, nil)
 	if err != nil || n != 30000 {
 		t.Fatalf("revoke: %d keys, %v", n, err)
 	}

@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -49,7 +50,7 @@ func TestLeaseIndexAndRevoke(t *testing.T) {
 		t.Fatalf("restored lease 5 keys %q", got)
 	}
 
-	n, err := sh.RevokeLease(nextIndex(sh), 9, []int64{5})
+	n, err := sh.RevokeLease(nextIndex(sh), 9, []int64{5}, nil)
 	if err != nil || n != 2 {
 		t.Fatalf("revoke: %d keys, err %v", n, err)
 	}
@@ -63,8 +64,66 @@ func TestLeaseIndexAndRevoke(t *testing.T) {
 	if err != nil || len(recs) != 1 || len(recs[0].Events) != 2 {
 		t.Fatalf("revoke's change record: %v %v", recs, err)
 	}
-	if n, err := sh.RevokeLease(nextIndex(sh), 10, []int64{5, 6}); err != nil || n != 0 {
+	if n, err := sh.RevokeLease(nextIndex(sh), 10, []int64{5, 6}, nil); err != nil || n != 0 {
 		t.Fatalf("second revoke: %d, %v", n, err)
+	}
+}
+
+// Once a revoke has applied, no key can be attached to the revoked lease
+// at its epoch, nor by a put without an epoch (a late put that passed the
+// gateway's check before the revoke); a put to the same ID granted again
+// (a later epoch) works. The record survives a snapshot.
+func TestRevokedLeaseTakesNoKeys(t *testing.T) {
+	_, sh, _ := newShard(t)
+	leased := func(rev int64, key string, epochs LeaseEpochs) error {
+		_, err := sh.ApplyTxnLeases(nextIndex(sh), rev, &pb.TxnRequest{Success: []*pb.RequestOp{
+			opPutReq(&pb.PutRequest{Key: []byte(key), Value: []byte("v"), Lease: 5})}}, epochs)
+		return err
+	}
+	if err := leased(2, "a", LeaseEpochs{5: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sh.RevokeLease(nextIndex(sh), 3, []int64{5}, []uint64{10}); err != nil || n != 1 {
+		t.Fatalf("revoke: %d keys, err %v", n, err)
+	}
+	for i, epochs := range []LeaseEpochs{{5: 10}, {5: 9}, nil} {
+		if err := leased(int64(40+i), "b", epochs); !errors.Is(err, ErrLeaseNotFound) {
+			t.Fatalf("put to the revoked lease with epochs %v: %v, want ErrLeaseNotFound", epochs, err)
+		}
+	}
+	// A txn with such a put applies nothing, not even its other ops.
+	_, err := sh.ApplyTxnLeases(nextIndex(sh), 50, &pb.TxnRequest{Success: []*pb.RequestOp{opPut("c", "x"),
+		opPutReq(&pb.PutRequest{Key: []byte("d"), Lease: 5})}}, LeaseEpochs{5: 10})
+	if !errors.Is(err, ErrLeaseNotFound) || get(t, sh, "c", 0) != nil {
+		t.Fatalf("txn with a put to the revoked lease: %v, c = %v", err, get(t, sh, "c", 0))
+	}
+	if leaseKeysOf(t, sh, 5) != "" {
+		t.Fatalf("revoked lease has keys %q", leaseKeysOf(t, sh, 5))
+	}
+
+	buf, _ := writeSnapshot(t, sh)
+	_, restored, _ := restoreFresh(t, buf.Bytes())
+	if _, err := restored.ApplyTxnLeases(nextIndex(restored), 60, &pb.TxnRequest{Success: []*pb.RequestOp{
+		opPutReq(&pb.PutRequest{Key: []byte("b"), Lease: 5})}}, LeaseEpochs{5: 10}); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("put to the revoked lease after a snapshot: %v", err)
+	}
+	// Granted again: a higher epoch.
+	if err := leased(70, "b", LeaseEpochs{5: 11}); err != nil {
+		t.Fatalf("put to the lease granted again: %v", err)
+	}
+	if got := leaseKeysOf(t, sh, 5); got != "b" {
+		t.Fatalf("lease 5 keys %q, want b", got)
+	}
+	// A later revoke at the new epoch fences that one too; an older one
+	// replayed does not lower it.
+	if _, err := sh.RevokeLease(nextIndex(sh), 80, []int64{5}, []uint64{11}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sh.RevokeLease(nextIndex(sh), 90, []int64{5}, []uint64{10}); err != nil {
+		t.Fatal(err)
+	}
+	if err := leased(100, "b", LeaseEpochs{5: 11}); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("put at the epoch revoked second: %v", err)
 	}
 }
 

@@ -47,7 +47,7 @@ func (s *Snapshot) WriteTo(out io.Writer, stop <-chan struct{}) error {
 	hdr = append(hdr, s.state.encode()...)
 	w.Write(hdr)
 
-	ranges := [][2][]byte{changeRange(s.sh.id), {{familyLease}, {familyLease + 1}}}
+	ranges := [][2][]byte{changeRange(s.sh.id), {{familyLease}, {familyLease + 1}}, revokedRange(s.sh.id)}
 	if lo, hi, ok := s.sh.clip(s.sh.start, []byte{}); ok {
 		ranges = append([][2][]byte{{lo, hi}}, ranges...)
 	}
@@ -101,6 +101,12 @@ func changeRange(shardID uint64) [2][]byte {
 	end := bytes.Clone(p)
 	binary.BigEndian.PutUint64(end[1:], shardID+1)
 	return [2][]byte{p, end}
+}
+
+func revokedRange(shardID uint64) [2][]byte {
+	r := changeRange(shardID)
+	r[0][0], r[1][0] = familyRevoke, familyRevoke
+	return r
 }
 
 // Restore replaces the shard's contents with a snapshot written by WriteTo.
@@ -248,7 +254,7 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	// dragonboat installs the snapshot again or stops).
 	finished := sh.installing()
 	db := sh.store.db
-	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), stateKey(sh.id), indexKey(sh.id)); err != nil {
+	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), revokedPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)); err != nil {
 		return fmt.Errorf("mvcc: clear shard %d: %w", sh.id, err)
 	}
 	wb := db.NewManagedWriteBatch()

@@ -13,6 +13,7 @@
 //	's' shard-id(8)               -> shard state (applied index, revision, compaction)
 //	'l' lease-id(8) user-key      -> empty: the lease index (keys attached to a lease)
 //	'i' shard-id(8)               -> applied index of a rejected entry, at version = that index
+//	'r' shard-id(8) lease-id(8)   -> epoch(8): the lease was revoked on this shard at that epoch
 //
 // Every key of the 'k', 'c', 's' and 'l' families is written at most once
 // per timestamp: each applied Raft entry writes at its own revision (in
@@ -37,6 +38,7 @@ const (
 	familyState  = 's'
 	familyLease  = 'l'
 	familyIndex  = 'i'
+	familyRevoke = 'r'
 )
 
 // MinMemTableSize is the smallest memtable the store runs with: Badger's
@@ -227,6 +229,14 @@ func indexKey(shardID uint64) []byte {
 }
 
 func changePrefix(shardID uint64) []byte { return changeKey(shardID, 0)[:9] }
+
+func revokedKey(shardID uint64, lease int64) []byte {
+	k := changeKey(shardID, lease)
+	k[0] = familyRevoke
+	return k
+}
+
+func revokedPrefix(shardID uint64) []byte { return revokedKey(shardID, 0)[:9] }
 
 func stateKey(shardID uint64) []byte {
 	k := make([]byte, 9)

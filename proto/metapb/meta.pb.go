@@ -233,8 +233,9 @@ type MetaState struct {
 	// Revision oracle high-water mark: no revision >= tso_limit was served.
 	TsoLimit int64 `protobuf:"varint,2,opt,name=tso_limit,json=tsoLimit,proto3" json:"tso_limit,omitempty"`
 	// Live leases, by ID. Expiry times are not replicated: the meta leader
-	// keeps them in memory and gives every lease its full TTL when it takes
-	// over, so a leader change never expires leases early.
+	// keeps them in memory and, when it takes over, starts each lease from
+	// its checkpointed remaining TTL or its full TTL, so a leader change
+	// never expires leases early.
 	Leases map[int64]*Lease `protobuf:"bytes,3,rep,name=leases,proto3" json:"leases,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The next server-chosen lease ID to try.
 	NextLeaseId int64 `protobuf:"varint,4,opt,name=next_lease_id,json=nextLeaseId,proto3" json:"next_lease_id,omitempty"`
@@ -366,7 +367,19 @@ type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The granted TTL in seconds.
-	Ttl           int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// The meta log index of the grant: a lease granted again under the same
+	// ID after a revoke has a higher epoch, so data shards can tell puts to
+	// the new lease from late puts to the revoked one.
+	Epoch uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// A revoke has begun: keys are being deleted from the shards. The lease
+	// is dead to clients (no keep-alive, no new keys) and any meta leader
+	// finishes the revoke.
+	Revoking bool `protobuf:"varint,4,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	// The remaining TTL in seconds the leader last checkpointed (0: none, or
+	// reset by a keep-alive): a new leader starts the lease from it instead
+	// of the full TTL.
+	RemainingTtl  int64 `protobuf:"varint,5,opt,name=remaining_ttl,json=remainingTtl,proto3" json:"remaining_ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -411,6 +424,27 @@ func (x *Lease) GetId() int64 {
 func (x *Lease) GetTtl() int64 {
 	if x != nil {
 		return x.Ttl
+	}
+	return 0
+}
+
+func (x *Lease) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Lease) GetRevoking() bool {
+	if x != nil {
+		return x.Revoking
+	}
+	return false
+}
+
+func (x *Lease) GetRemainingTtl() int64 {
+	if x != nil {
+		return x.RemainingTtl
 	}
 	return 0
 }
@@ -829,8 +863,11 @@ func (x *AlarmResponse) GetResponse() []byte {
 
 // LeaseResponse is the serialized etcd response of the call.
 type LeaseResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Response []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	// For time_to_live of a live lease: its epoch, which the gateway sends
+	// with puts attached to it.
+	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -872,6 +909,13 @@ func (x *LeaseResponse) GetResponse() []byte {
 	return nil
 }
 
+func (x *LeaseResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 var File_tessera_meta_v1_meta_proto protoreflect.FileDescriptor
 
 const file_tessera_meta_v1_meta_proto_rawDesc = "" +
@@ -905,10 +949,13 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\"6\n" +
 	"\x05Alarm\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x12\n" +
-	"\x04type\x18\x02 \x01(\x05R\x04type\")\n" +
+	"\x04type\x18\x02 \x01(\x05R\x04type\"\x80\x01\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
-	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"\x14\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\brevoking\x18\x04 \x01(\bR\brevoking\x12#\n" +
+	"\rremaining_ttl\x18\x05 \x01(\x03R\fremainingTtl\"\x14\n" +
 	"\x12GetShardMapRequest\"\xd6\x01\n" +
 	"\x13GetShardMapResponse\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12K\n" +
@@ -933,9 +980,10 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\fAlarmRequest\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\"+\n" +
 	"\rAlarmResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse\"+\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"A\n" +
 	"\rLeaseResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse2\xdc\x02\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xdc\x02\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
 	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +

@@ -34,6 +34,8 @@ const (
 	DataResult_CODE_KEY_NOT_FOUND   DataResult_Code = 4
 	DataResult_CODE_TOO_LARGE       DataResult_Code = 5
 	DataResult_CODE_INVALID         DataResult_Code = 6
+	// A put attached a key to a lease this shard has revoked.
+	DataResult_CODE_LEASE_NOT_FOUND DataResult_Code = 7
 )
 
 // Enum value maps for DataResult_Code.
@@ -46,6 +48,7 @@ var (
 		4: "CODE_KEY_NOT_FOUND",
 		5: "CODE_TOO_LARGE",
 		6: "CODE_INVALID",
+		7: "CODE_LEASE_NOT_FOUND",
 	}
 	DataResult_Code_value = map[string]int32{
 		"CODE_OK":              0,
@@ -55,6 +58,7 @@ var (
 		"CODE_KEY_NOT_FOUND":   4,
 		"CODE_TOO_LARGE":       5,
 		"CODE_INVALID":         6,
+		"CODE_LEASE_NOT_FOUND": 7,
 	}
 )
 
@@ -99,7 +103,11 @@ type DataCommand struct {
 	//	*DataCommand_Compact
 	//	*DataCommand_Tick
 	//	*DataCommand_RevokeLease
-	Op            isDataCommand_Op `protobuf_oneof:"op"`
+	Op isDataCommand_Op `protobuf_oneof:"op"`
+	// For txn: the epoch of each lease the txn's puts attach keys to, as the
+	// gateway's lease check saw it. A put to a lease this shard has revoked
+	// at that epoch or later fails with "requested lease not found".
+	LeaseEpochs   map[int64]uint64 `protobuf:"bytes,6,rep,name=lease_epochs,json=leaseEpochs,proto3" json:"lease_epochs,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +192,13 @@ func (x *DataCommand) GetRevokeLease() *RevokeLease {
 	return nil
 }
 
+func (x *DataCommand) GetLeaseEpochs() map[int64]uint64 {
+	if x != nil {
+		return x.LeaseEpochs
+	}
+	return nil
+}
+
 type isDataCommand_Op interface {
 	isDataCommand_Op()
 }
@@ -218,8 +233,11 @@ func (*DataCommand_RevokeLease) isDataCommand_Op() {}
 // RevokeLease deletes every key of the shard attached to the leases, at the
 // entry's revision: one revision per shard for a batch of expired leases.
 type RevokeLease struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseIds      []int64                `protobuf:"varint,1,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LeaseIds []int64                `protobuf:"varint,1,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
+	// The epoch of each revoked lease (parallel to lease_ids): the shard
+	// refuses later puts to the lease at that epoch or below.
+	Epochs        []uint64 `protobuf:"varint,2,rep,packed,name=epochs,proto3" json:"epochs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,6 +275,13 @@ func (*RevokeLease) Descriptor() ([]byte, []int) {
 func (x *RevokeLease) GetLeaseIds() []int64 {
 	if x != nil {
 		return x.LeaseIds
+	}
+	return nil
+}
+
+func (x *RevokeLease) GetEpochs() []uint64 {
+	if x != nil {
+		return x.Epochs
 	}
 	return nil
 }
@@ -424,6 +449,8 @@ type MetaCommand struct {
 	//	*MetaCommand_GrantLease
 	//	*MetaCommand_DropLease
 	//	*MetaCommand_SetAlarm
+	//	*MetaCommand_StartRevoke
+	//	*MetaCommand_CheckpointLeases
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -511,6 +538,24 @@ func (x *MetaCommand) GetSetAlarm() *SetAlarm {
 	return nil
 }
 
+func (x *MetaCommand) GetStartRevoke() *StartRevoke {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_StartRevoke); ok {
+			return x.StartRevoke
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetCheckpointLeases() *CheckpointLeases {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_CheckpointLeases); ok {
+			return x.CheckpointLeases
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -535,6 +580,14 @@ type MetaCommand_SetAlarm struct {
 	SetAlarm *SetAlarm `protobuf:"bytes,5,opt,name=set_alarm,json=setAlarm,proto3,oneof"`
 }
 
+type MetaCommand_StartRevoke struct {
+	StartRevoke *StartRevoke `protobuf:"bytes,6,opt,name=start_revoke,json=startRevoke,proto3,oneof"`
+}
+
+type MetaCommand_CheckpointLeases struct {
+	CheckpointLeases *CheckpointLeases `protobuf:"bytes,7,opt,name=checkpoint_leases,json=checkpointLeases,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
@@ -544,6 +597,111 @@ func (*MetaCommand_GrantLease) isMetaCommand_Op() {}
 func (*MetaCommand_DropLease) isMetaCommand_Op() {}
 
 func (*MetaCommand_SetAlarm) isMetaCommand_Op() {}
+
+func (*MetaCommand_StartRevoke) isMetaCommand_Op() {}
+
+func (*MetaCommand_CheckpointLeases) isMetaCommand_Op() {}
+
+// CheckpointLeases records the leader's remaining TTL of leases (parallel
+// lists; 0 resets a lease to its full TTL), as etcd's lease checkpoints.
+type CheckpointLeases struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []int64                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	RemainingTtls []int64                `protobuf:"varint,2,rep,packed,name=remaining_ttls,json=remainingTtls,proto3" json:"remaining_ttls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointLeases) Reset() {
+	*x = CheckpointLeases{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointLeases) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointLeases) ProtoMessage() {}
+
+func (x *CheckpointLeases) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointLeases.ProtoReflect.Descriptor instead.
+func (*CheckpointLeases) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CheckpointLeases) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *CheckpointLeases) GetRemainingTtls() []int64 {
+	if x != nil {
+		return x.RemainingTtls
+	}
+	return nil
+}
+
+// StartRevoke marks leases as being revoked, before their keys are deleted:
+// from then on they cannot be kept alive, and a new meta leader finishes the
+// revoke instead of reviving them.
+type StartRevoke struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []int64                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRevoke) Reset() {
+	*x = StartRevoke{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRevoke) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRevoke) ProtoMessage() {}
+
+func (x *StartRevoke) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRevoke.ProtoReflect.Descriptor instead.
+func (*StartRevoke) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *StartRevoke) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
 
 // SetAlarm raises (active) or clears an alarm of a store; store_id 0 with
 // active false clears that type on every store.
@@ -558,7 +716,7 @@ type SetAlarm struct {
 
 func (x *SetAlarm) Reset() {
 	*x = SetAlarm{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +728,7 @@ func (x *SetAlarm) String() string {
 func (*SetAlarm) ProtoMessage() {}
 
 func (x *SetAlarm) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +741,7 @@ func (x *SetAlarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAlarm.ProtoReflect.Descriptor instead.
 func (*SetAlarm) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetAlarm) GetStoreId() uint64 {
@@ -619,7 +777,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +789,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +802,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GrantLease) GetId() int64 {
@@ -671,7 +829,7 @@ type DropLease struct {
 
 func (x *DropLease) Reset() {
 	*x = DropLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +841,7 @@ func (x *DropLease) String() string {
 func (*DropLease) ProtoMessage() {}
 
 func (x *DropLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +854,7 @@ func (x *DropLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropLease.ProtoReflect.Descriptor instead.
 func (*DropLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DropLease) GetIds() []int64 {
@@ -723,7 +881,7 @@ type ExtendTSO struct {
 
 func (x *ExtendTSO) Reset() {
 	*x = ExtendTSO{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +893,7 @@ func (x *ExtendTSO) String() string {
 func (*ExtendTSO) ProtoMessage() {}
 
 func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +906,7 @@ func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendTSO.ProtoReflect.Descriptor instead.
 func (*ExtendTSO) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExtendTSO) GetLimit() int64 {
@@ -777,7 +935,7 @@ type RegisterStore struct {
 
 func (x *RegisterStore) Reset() {
 	*x = RegisterStore{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +947,7 @@ func (x *RegisterStore) String() string {
 func (*RegisterStore) ProtoMessage() {}
 
 func (x *RegisterStore) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +960,7 @@ func (x *RegisterStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterStore.ProtoReflect.Descriptor instead.
 func (*RegisterStore) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterStore) GetStoreId() uint64 {
@@ -830,25 +988,30 @@ var File_tessera_raftcmd_v1_raftcmd_proto protoreflect.FileDescriptor
 
 const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\n" +
-	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\"\xf2\x01\n" +
+	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\"\x87\x03\n" +
 	"\vDataCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x03txn\x18\x02 \x01(\fH\x00R\x03txn\x127\n" +
 	"\acompact\x18\x03 \x01(\v2\x1b.tessera.raftcmd.v1.CompactH\x00R\acompact\x12.\n" +
 	"\x04tick\x18\x04 \x01(\v2\x18.tessera.raftcmd.v1.TickH\x00R\x04tick\x12D\n" +
-	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLeaseB\x04\n" +
-	"\x02op\"*\n" +
+	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLease\x12S\n" +
+	"\flease_epochs\x18\x06 \x03(\v20.tessera.raftcmd.v1.DataCommand.LeaseEpochsEntryR\vleaseEpochs\x1a>\n" +
+	"\x10LeaseEpochsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x03R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01B\x04\n" +
+	"\x02op\"B\n" +
 	"\vRevokeLease\x12\x1b\n" +
-	"\tlease_ids\x18\x01 \x03(\x03R\bleaseIds\"%\n" +
+	"\tlease_ids\x18\x01 \x03(\x03R\bleaseIds\x12\x16\n" +
+	"\x06epochs\x18\x02 \x03(\x04R\x06epochs\"%\n" +
 	"\aCompact\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"\x06\n" +
-	"\x04Tick\"\xb9\x02\n" +
+	"\x04Tick\"\xd3\x02\n" +
 	"\n" +
 	"DataResult\x127\n" +
 	"\x04code\x18\x01 \x01(\x0e2#.tessera.raftcmd.v1.DataResult.CodeR\x04code\x12!\n" +
 	"\ftxn_response\x18\x02 \x01(\fR\vtxnResponse\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\x98\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xb2\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x17\n" +
 	"\x13CODE_STALE_REVISION\x10\x01\x12\x12\n" +
@@ -856,7 +1019,8 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x14CODE_FUTURE_REVISION\x10\x03\x12\x16\n" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
-	"\fCODE_INVALID\x10\x06\"\xdf\x02\n" +
+	"\fCODE_INVALID\x10\x06\x12\x18\n" +
+	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xfa\x03\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
@@ -865,8 +1029,15 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"grantLease\x12>\n" +
 	"\n" +
 	"drop_lease\x18\x04 \x01(\v2\x1d.tessera.raftcmd.v1.DropLeaseH\x00R\tdropLease\x12;\n" +
-	"\tset_alarm\x18\x05 \x01(\v2\x1c.tessera.raftcmd.v1.SetAlarmH\x00R\bsetAlarmB\x04\n" +
-	"\x02op\"Q\n" +
+	"\tset_alarm\x18\x05 \x01(\v2\x1c.tessera.raftcmd.v1.SetAlarmH\x00R\bsetAlarm\x12D\n" +
+	"\fstart_revoke\x18\x06 \x01(\v2\x1f.tessera.raftcmd.v1.StartRevokeH\x00R\vstartRevoke\x12S\n" +
+	"\x11checkpoint_leases\x18\a \x01(\v2$.tessera.raftcmd.v1.CheckpointLeasesH\x00R\x10checkpointLeasesB\x04\n" +
+	"\x02op\"K\n" +
+	"\x10CheckpointLeases\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\x12%\n" +
+	"\x0eremaining_ttls\x18\x02 \x03(\x03R\rremainingTtls\"\x1f\n" +
+	"\vStartRevoke\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\"Q\n" +
 	"\bSetAlarm\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\x05R\x04type\x12\x16\n" +
@@ -899,36 +1070,42 @@ func file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP() []byte {
 }
 
 var file_tessera_raftcmd_v1_raftcmd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
-	(DataResult_Code)(0),  // 0: tessera.raftcmd.v1.DataResult.Code
-	(*DataCommand)(nil),   // 1: tessera.raftcmd.v1.DataCommand
-	(*RevokeLease)(nil),   // 2: tessera.raftcmd.v1.RevokeLease
-	(*Compact)(nil),       // 3: tessera.raftcmd.v1.Compact
-	(*Tick)(nil),          // 4: tessera.raftcmd.v1.Tick
-	(*DataResult)(nil),    // 5: tessera.raftcmd.v1.DataResult
-	(*MetaCommand)(nil),   // 6: tessera.raftcmd.v1.MetaCommand
-	(*SetAlarm)(nil),      // 7: tessera.raftcmd.v1.SetAlarm
-	(*GrantLease)(nil),    // 8: tessera.raftcmd.v1.GrantLease
-	(*DropLease)(nil),     // 9: tessera.raftcmd.v1.DropLease
-	(*ExtendTSO)(nil),     // 10: tessera.raftcmd.v1.ExtendTSO
-	(*RegisterStore)(nil), // 11: tessera.raftcmd.v1.RegisterStore
+	(DataResult_Code)(0),     // 0: tessera.raftcmd.v1.DataResult.Code
+	(*DataCommand)(nil),      // 1: tessera.raftcmd.v1.DataCommand
+	(*RevokeLease)(nil),      // 2: tessera.raftcmd.v1.RevokeLease
+	(*Compact)(nil),          // 3: tessera.raftcmd.v1.Compact
+	(*Tick)(nil),             // 4: tessera.raftcmd.v1.Tick
+	(*DataResult)(nil),       // 5: tessera.raftcmd.v1.DataResult
+	(*MetaCommand)(nil),      // 6: tessera.raftcmd.v1.MetaCommand
+	(*CheckpointLeases)(nil), // 7: tessera.raftcmd.v1.CheckpointLeases
+	(*StartRevoke)(nil),      // 8: tessera.raftcmd.v1.StartRevoke
+	(*SetAlarm)(nil),         // 9: tessera.raftcmd.v1.SetAlarm
+	(*GrantLease)(nil),       // 10: tessera.raftcmd.v1.GrantLease
+	(*DropLease)(nil),        // 11: tessera.raftcmd.v1.DropLease
+	(*ExtendTSO)(nil),        // 12: tessera.raftcmd.v1.ExtendTSO
+	(*RegisterStore)(nil),    // 13: tessera.raftcmd.v1.RegisterStore
+	nil,                      // 14: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
 	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
 	4,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
 	2,  // 2: tessera.raftcmd.v1.DataCommand.revoke_lease:type_name -> tessera.raftcmd.v1.RevokeLease
-	0,  // 3: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
-	10, // 4: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
-	11, // 5: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
-	8,  // 6: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
-	9,  // 7: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
-	7,  // 8: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 3: tessera.raftcmd.v1.DataCommand.lease_epochs:type_name -> tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	0,  // 4: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
+	12, // 5: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
+	13, // 6: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
+	10, // 7: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
+	11, // 8: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
+	9,  // 9: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
+	8,  // 10: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
+	7,  // 11: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -948,6 +1125,8 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*MetaCommand_GrantLease)(nil),
 		(*MetaCommand_DropLease)(nil),
 		(*MetaCommand_SetAlarm)(nil),
+		(*MetaCommand_StartRevoke)(nil),
+		(*MetaCommand_CheckpointLeases)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -955,7 +1134,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc), len(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -151,7 +151,10 @@ type TxnRequest struct {
 	Serializable bool `protobuf:"varint,5,opt,name=serializable,proto3" json:"serializable,omitempty"`
 	// The txn may put keys: refused while a NOSPACE alarm is raised (deletes
 	// still go through, to free space, as in etcd).
-	Puts          bool `protobuf:"varint,6,opt,name=puts,proto3" json:"puts,omitempty"`
+	Puts bool `protobuf:"varint,6,opt,name=puts,proto3" json:"puts,omitempty"`
+	// The epoch of each lease the txn's puts attach keys to (see
+	// DataCommand.lease_epochs).
+	LeaseEpochs   map[int64]uint64 `protobuf:"bytes,7,rep,name=lease_epochs,json=leaseEpochs,proto3" json:"lease_epochs,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +229,13 @@ func (x *TxnRequest) GetPuts() bool {
 		return x.Puts
 	}
 	return false
+}
+
+func (x *TxnRequest) GetLeaseEpochs() map[int64]uint64 {
+	if x != nil {
+		return x.LeaseEpochs
+	}
+	return nil
 }
 
 type TxnResponse struct {
@@ -856,9 +866,11 @@ func (x *ChangesResponse) GetCompacted() bool {
 }
 
 type RevokeLeaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
-	LeaseIds      []int64                `protobuf:"varint,2,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ShardId  uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	LeaseIds []int64                `protobuf:"varint,2,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
+	// The epoch of each lease, parallel to lease_ids.
+	Epochs        []uint64 `protobuf:"varint,3,rep,packed,name=epochs,proto3" json:"epochs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -903,6 +915,13 @@ func (x *RevokeLeaseRequest) GetShardId() uint64 {
 func (x *RevokeLeaseRequest) GetLeaseIds() []int64 {
 	if x != nil {
 		return x.LeaseIds
+	}
+	return nil
+}
+
+func (x *RevokeLeaseRequest) GetEpochs() []uint64 {
+	if x != nil {
+		return x.Epochs
 	}
 	return nil
 }
@@ -1444,7 +1463,7 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\arequest\x18\x03 \x01(\fR\arequest\"H\n" +
 	"\rRangeResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xb6\x01\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xc8\x02\n" +
 	"\n" +
 	"TxnRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
@@ -1454,7 +1473,11 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\arequest\x18\x03 \x01(\fR\arequest\x12\x1b\n" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12\"\n" +
 	"\fserializable\x18\x05 \x01(\bR\fserializable\x12\x12\n" +
-	"\x04puts\x18\x06 \x01(\bR\x04puts\"F\n" +
+	"\x04puts\x18\x06 \x01(\bR\x04puts\x12P\n" +
+	"\flease_epochs\x18\a \x03(\v2-.tessera.shard.v1.TxnRequest.LeaseEpochsEntryR\vleaseEpochs\x1a>\n" +
+	"\x10LeaseEpochsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x03R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"F\n" +
 	"\vTxnResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"G\n" +
@@ -1495,10 +1518,11 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x18.tessera.shard.v1.ChangeR\achanges\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
-	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"L\n" +
+	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"d\n" +
 	"\x12RevokeLeaseRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
-	"\tlease_ids\x18\x02 \x03(\x03R\bleaseIds\"K\n" +
+	"\tlease_ids\x18\x02 \x03(\x03R\bleaseIds\x12\x16\n" +
+	"\x06epochs\x18\x03 \x03(\x04R\x06epochs\"K\n" +
 	"\x13RevokeLeaseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\x03R\adeleted\"H\n" +
@@ -1553,7 +1577,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1580,38 +1604,40 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*TransferLeaderResponse)(nil), // 22: tessera.shard.v1.TransferLeaderResponse
 	(*BackupRequest)(nil),          // 23: tessera.shard.v1.BackupRequest
 	(*BackupResponse)(nil),         // 24: tessera.shard.v1.BackupResponse
-	(*metapb.ShardDescriptor)(nil), // 25: tessera.meta.v1.ShardDescriptor
+	nil,                            // 25: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	(*metapb.ShardDescriptor)(nil), // 26: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	25, // 0: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
-	11, // 1: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
-	0,  // 2: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
-	2,  // 3: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
-	4,  // 4: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
-	6,  // 5: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
-	10, // 6: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
-	13, // 7: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
-	15, // 8: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
-	17, // 9: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
-	19, // 10: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
-	21, // 11: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
-	23, // 12: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
-	1,  // 13: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 14: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 15: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 16: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 17: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 18: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 19: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	18, // 20: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
-	20, // 21: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
-	22, // 22: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
-	24, // 23: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
-	13, // [13:24] is the sub-list for method output_type
-	2,  // [2:13] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	25, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	26, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	11, // 2: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
+	0,  // 3: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
+	2,  // 4: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
+	4,  // 5: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
+	6,  // 6: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
+	10, // 7: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
+	13, // 8: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
+	15, // 9: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
+	17, // 10: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
+	19, // 11: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
+	21, // 12: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
+	23, // 13: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
+	1,  // 14: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	3,  // 15: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 16: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 17: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 18: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 19: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 20: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 21: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 22: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 23: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	24, // 24: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
+	14, // [14:25] is the sub-list for method output_type
+	3,  // [3:14] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_tessera_shard_v1_shard_proto_init() }
@@ -1625,7 +1651,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,6 +63,8 @@ func resultErr(res *raftcmdpb.DataResult) error {
 		return rpctypes.ErrGRPCFutureRev
 	case raftcmdpb.DataResult_CODE_KEY_NOT_FOUND:
 		return rpctypes.ErrGRPCKeyNotFound
+	case raftcmdpb.DataResult_CODE_LEASE_NOT_FOUND:
+		return rpctypes.ErrGRPCLeaseNotFound
 	case raftcmdpb.DataResult_CODE_TOO_LARGE:
 		return status.Errorf(codes.InvalidArgument, "etcdserver: key is too large (max %d bytes)", mvcc.MaxKeyBytes)
 	}

@@ -2,10 +2,12 @@ package replica
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
 	"github.com/lni/dragonboat/v4"
+	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -29,38 +31,37 @@ type leaseStore struct {
 
 var _ lessor.Store = leaseStore{}
 
-func (s leaseStore) ConfirmLeadership(ctx context.Context, term uint64) error {
-	ctx, cancel := s.r.withTimeout(ctx)
-	defer cancel()
-	if _, err := s.r.nh.SyncRead(ctx, MetaShardID, metasm.AlarmsQuery{}); err != nil {
-		return err
-	}
-	if t, leader := s.Leadership(); !leader || t != term {
-		return fmt.Errorf("meta leadership moved (term %d, leader %v)", t, leader)
-	}
-	return nil
-}
-
-func (s leaseStore) Leases(ctx context.Context) (map[int64]int64, error) {
+func (s leaseStore) Leases(ctx context.Context) (map[int64]lessor.Lease, error) {
 	ctx, cancel := s.r.withTimeout(ctx)
 	defer cancel()
 	v, err := s.r.nh.SyncRead(ctx, MetaShardID, metasm.StateQuery{})
 	if err != nil {
 		return nil, err
 	}
-	out := map[int64]int64{}
+	out := map[int64]lessor.Lease{}
 	for id, l := range v.(*metapb.MetaState).Leases {
-		out[id] = l.Ttl
+		out[id] = lessor.Lease{TTL: l.Ttl, Epoch: l.Epoch, Revoking: l.Revoking, Remaining: l.RemainingTtl}
 	}
 	return out, nil
 }
 
-func (s leaseStore) Grant(ctx context.Context, id, ttl int64) (int64, error) {
+func (s leaseStore) Grant(ctx context.Context, id, ttl int64) (int64, uint64, error) {
 	if s.r.refusesPuts() {
-		return 0, rpctypes.ErrGRPCNoSpace // etcd's quota covers lease grants too
+		return 0, 0, rpctypes.ErrGRPCNoSpace // etcd's quota covers lease grants too
 	}
-	v, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_GrantLease{GrantLease: &raftcmdpb.GrantLease{Id: id, Ttl: ttl}}})
-	return int64(v), err
+	res, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_GrantLease{GrantLease: &raftcmdpb.GrantLease{Id: id, Ttl: ttl}}})
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(res.Data) != 8 {
+		return 0, 0, fmt.Errorf("replica: lease grant result without its epoch")
+	}
+	return int64(res.Value), binary.BigEndian.Uint64(res.Data), nil
+}
+
+func (s leaseStore) StartRevoke(ctx context.Context, ids []int64) error {
+	_, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_StartRevoke{StartRevoke: &raftcmdpb.StartRevoke{Ids: ids}}})
+	return err
 }
 
 func (s leaseStore) Drop(ctx context.Context, ids []int64) error {
@@ -68,9 +69,16 @@ func (s leaseStore) Drop(ctx context.Context, ids []int64) error {
 	return err
 }
 
+func (s leaseStore) Checkpoint(ctx context.Context, ids, remaining []int64) error {
+	_, err := s.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_CheckpointLeases{
+		CheckpointLeases: &raftcmdpb.CheckpointLeases{Ids: ids, RemainingTtls: remaining}}})
+	return err
+}
+
 // DeleteKeys revokes the leases on every data shard, through each shard's
-// leader (one revision per shard).
-func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64) (int64, error) {
+// leader (one revision per shard); each shard then refuses puts to them at
+// these epochs.
+func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64, epochs []uint64) (int64, error) {
 	st, err := s.r.metaState()
 	if err != nil {
 		return 0, err
@@ -79,7 +87,7 @@ func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64) (int64, error) 
 	for _, d := range st.ShardMap.Shards {
 		var resp *shardpb.RevokeLeaseResponse
 		err := s.r.callShardLeader(ctx, d.Id, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			resp, err = c.RevokeLease(ctx, &shardpb.RevokeLeaseRequest{ShardId: d.Id, LeaseIds: ids})
+			resp, err = c.RevokeLease(ctx, &shardpb.RevokeLeaseRequest{ShardId: d.Id, LeaseIds: ids, Epochs: epochs})
 			return err
 		})
 		if err != nil {
@@ -90,26 +98,26 @@ func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64) (int64, error) 
 	return rev, nil
 }
 
-// proposeMeta proposes a meta command and returns its result value. While
+// proposeMeta proposes a meta command and returns its result. While
 // the meta shard has no leader (just after start, during an election) the
 // proposal is not taken at all, so it is tried again until the timeout.
-func (r *Replica) proposeMeta(ctx context.Context, cmd *raftcmdpb.MetaCommand) (uint64, error) {
+func (r *Replica) proposeMeta(ctx context.Context, cmd *raftcmdpb.MetaCommand) (sm.Result, error) {
 	b, err := proto.Marshal(cmd)
 	if err != nil {
-		return 0, err
+		return sm.Result{}, err
 	}
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
 	for {
 		res, err := r.nh.SyncPropose(ctx, r.nh.GetNoOPSession(MetaShardID), b)
 		if err == nil {
-			return res.Value, nil
+			return res, nil
 		}
 		if !errors.Is(err, dragonboat.ErrShardNotReady) && !errors.Is(err, dragonboat.ErrSystemBusy) {
-			return 0, err
+			return sm.Result{}, err
 		}
 		if serr := sleepCtx(ctx, electionBackoff(r.cfg)/4); serr != nil {
-			return 0, err
+			return sm.Result{}, err
 		}
 	}
 }
@@ -146,7 +154,7 @@ func (s *shardService) RevokeLease(ctx context.Context, req *shardpb.RevokeLease
 	if _, err := s.r.requireLeader(req.ShardId); err != nil {
 		return nil, err
 	}
-	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_RevokeLease{RevokeLease: &raftcmdpb.RevokeLease{LeaseIds: req.LeaseIds}}})
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_RevokeLease{RevokeLease: &raftcmdpb.RevokeLease{LeaseIds: req.LeaseIds, Epochs: req.Epochs}}})
 	if err != nil {
 		return nil, s.submitErr(req.ShardId, err)
 	}
@@ -181,11 +189,20 @@ func (m *metaService) Lease(ctx context.Context, req *metapb.LeaseRequest) (*met
 	if err != nil {
 		return nil, m.leaseErr(err)
 	}
-	b, err := proto.Marshal(resp)
-	if err != nil {
+	out := &metapb.LeaseResponse{}
+	if e, ok := resp.(epochOf); ok {
+		resp, out.Epoch = e.Message, e.epoch
+	}
+	if out.Response, err = proto.Marshal(resp); err != nil {
 		return nil, err
 	}
-	return &metapb.LeaseResponse{Response: b}, nil
+	return out, nil
+}
+
+// epochOf is an answer about a lease with the lease's epoch beside it.
+type epochOf struct {
+	proto.Message
+	epoch uint64
 }
 
 func (m *metaService) lease(ctx context.Context, req *metapb.LeaseRequest) (proto.Message, error) {
@@ -232,11 +249,11 @@ func (m *metaService) lease(ctx context.Context, req *metapb.LeaseRequest) (prot
 		if err := proto.Unmarshal(op.TimeToLive, &r); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		granted, left, err := l.TimeToLive(ctx, r.ID)
+		granted, left, epoch, err := l.TimeToLive(ctx, r.ID)
 		if err != nil {
 			return nil, err
 		}
-		return &pb.LeaseTimeToLiveResponse{Header: hdr(0), ID: r.ID, TTL: left, GrantedTTL: granted}, nil
+		return epochOf{&pb.LeaseTimeToLiveResponse{Header: hdr(0), ID: r.ID, TTL: left, GrantedTTL: granted}, epoch}, nil
 	case *metapb.LeaseRequest_Leases:
 		ids, err := l.Leases(ctx)
 		if err != nil {

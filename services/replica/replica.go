@@ -224,7 +224,9 @@ func (r *Replica) start() error {
 	if err != nil {
 		return fmt.Errorf("replica: start raft: %w", err)
 	}
-	r.oracle = tso.New(&metaLog{r: r}, r.cfg.TSOWindow)
+	// The oracle's leader lease: half an election timeout.
+	r.oracle = tso.New(&metaLog{r: r}, tso.Config{Window: r.cfg.TSOWindow,
+		Lease: time.Duration(r.cfg.RTTMillisecond*r.cfg.ElectionRTT) * time.Millisecond / 2})
 	r.revs = newRevisionRouter(r)
 	// etcd's shortest lease: 1.5 election timeouts, in whole seconds.
 	election := time.Duration(r.cfg.RTTMillisecond*r.cfg.ElectionRTT) * time.Millisecond

@@ -27,6 +27,21 @@ func (m *metaLog) Leadership() (uint64, bool) {
 	return term, err == nil && valid && id == m.r.cfg.StoreID
 }
 
+// ConfirmLeadership proves with a ReadIndex that this store still leads
+// the meta shard in term (the lessor before expiring leases, the oracle
+// before serving from memory).
+func (m *metaLog) ConfirmLeadership(ctx context.Context, term uint64) error {
+	ctx, cancel := m.r.withTimeout(ctx)
+	defer cancel()
+	if _, err := m.r.nh.SyncRead(ctx, MetaShardID, metasm.AlarmsQuery{}); err != nil {
+		return err
+	}
+	if t, leader := m.Leadership(); !leader || t != term {
+		return fmt.Errorf("meta leadership moved (term %d, leader %v)", t, leader)
+	}
+	return nil
+}
+
 func (m *metaLog) ReadLimit(ctx context.Context) (int64, error) {
 	ctx, cancel := m.r.withTimeout(ctx)
 	defer cancel()

@@ -109,7 +109,7 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	if err != nil {
 		return nil, err
 	}
-	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}})
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}, LeaseEpochs: req.LeaseEpochs})
 	if err != nil {
 		return nil, s.submitErr(req.ShardId, err)
 	}

@@ -226,27 +226,33 @@ func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*p
 			serializable = serializable && u.GetRequestRange().GetSerializable()
 		}
 	}
-	return s.callTxn(ctx, shard, r, true, serializable)
+	return s.callTxn(ctx, shard, r, true, serializable, nil)
 }
 
 // write sends a txn with writes to its shard's leader.
 func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
-	// A key may only be attached to a live lease. (The lessor deletes a
-	// revoked lease's keys a second time later, for puts that pass this
-	// check just before a revoke.)
+	// A key may only be attached to a live lease. The shard checks again
+	// as it applies the txn, against the epoch seen here: a revoke that
+	// lands between this check and the txn wins (no key outlives a lease).
+	var epochs map[int64]uint64
 	for _, id := range reqcheck.Leases(r) {
-		if err := s.leases.exists(ctx, id); err != nil {
+		e, err := s.leases.epoch(ctx, id)
+		if err != nil {
 			return nil, err
 		}
+		if epochs == nil {
+			epochs = map[int64]uint64{}
+		}
+		epochs[id] = e
 	}
 	shard, err := s.shardOfTxn(ctx, r, key, end)
 	if err != nil {
 		return nil, err
 	}
-	return s.callTxn(ctx, shard, r, false, false)
+	return s.callTxn(ctx, shard, r, false, false, epochs)
 }
 
-func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, readOnly, serializable bool) (*pb.TxnResponse, error) {
+func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, readOnly, serializable bool, epochs map[int64]uint64) (*pb.TxnResponse, error) {
 	b, err := proto.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -254,7 +260,7 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 	var out *shardpb.TxnResponse
 	err = s.router.Call(ctx, shard, !readOnly, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		out, err = c.Txn(ctx, &shardpb.TxnRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b,
-			ReadOnly: readOnly, Serializable: serializable, Puts: !readOnly && reqcheck.HasPuts(r)})
+			ReadOnly: readOnly, Serializable: serializable, Puts: !readOnly && reqcheck.HasPuts(r), LeaseEpochs: epochs})
 		return err
 	})
 	if err != nil {

@@ -32,18 +32,24 @@ func NewLease(r *router.Router, h Header) *Lease { return &Lease{router: r, hdr:
 // call sends one lease request to the meta leader and decodes the answer
 // into resp.
 func (s *Lease) call(ctx context.Context, mutating bool, req *metapb.LeaseRequest, resp proto.Message) error {
+	_, err := s.callEpoch(ctx, mutating, req, resp)
+	return err
+}
+
+// callEpoch is call, returning the lease's epoch too (for TimeToLive).
+func (s *Lease) callEpoch(ctx context.Context, mutating bool, req *metapb.LeaseRequest, resp proto.Message) (uint64, error) {
 	var out *metapb.LeaseResponse
 	err := s.router.CallMeta(ctx, mutating, func(ctx context.Context, c metapb.MetaClient) (err error) {
 		out, err = c.Lease(ctx, req)
 		return err
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := proto.Unmarshal(out.Response, resp); err != nil {
-		return status.Errorf(codes.Internal, "tessera: bad lease response: %v", err)
+		return 0, status.Errorf(codes.Internal, "tessera: bad lease response: %v", err)
 	}
-	return nil
+	return out.Epoch, nil
 }
 
 func marshal(m proto.Message) ([]byte, error) {
@@ -169,8 +175,11 @@ func (s *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.
 }
 
 // exists checks that a lease is live before a put attaches a key to it.
-func (s *Lease) exists(ctx context.Context, id int64) error {
-	return s.call(ctx, false, &metapb.LeaseRequest{Op: &metapb.LeaseRequest_TimeToLive{TimeToLive: mustMarshal(&pb.LeaseTimeToLiveRequest{ID: id})}},
+// epoch checks that the lease is alive and returns its epoch, which puts
+// attached to it carry to the shards (a shard refuses them once it has
+// revoked the lease at that epoch).
+func (s *Lease) epoch(ctx context.Context, id int64) (uint64, error) {
+	return s.callEpoch(ctx, false, &metapb.LeaseRequest{Op: &metapb.LeaseRequest_TimeToLive{TimeToLive: mustMarshal(&pb.LeaseTimeToLiveRequest{ID: id})}},
 		&pb.LeaseTimeToLiveResponse{})
 }
 

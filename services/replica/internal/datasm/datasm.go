@@ -137,14 +137,14 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		if uerr := proto.Unmarshal(op.Txn, &req); uerr != nil {
 			return s.invalid(e.Index, uerr.Error())
 		}
-		resp, err = s.shard.ApplyTxn(e.Index, cmd.Revision, &req)
+		resp, err = s.shard.ApplyTxnLeases(e.Index, cmd.Revision, &req, cmd.LeaseEpochs)
 	case *raftcmdpb.DataCommand_Compact:
 		err = s.shard.Compact(e.Index, cmd.Revision, op.Compact.Revision)
 	case *raftcmdpb.DataCommand_Tick:
 		err = s.shard.Tick(e.Index, cmd.Revision)
 	case *raftcmdpb.DataCommand_RevokeLease:
 		var n int64
-		n, err = s.shard.RevokeLease(e.Index, cmd.Revision, op.RevokeLease.LeaseIds)
+		n, err = s.shard.RevokeLease(e.Index, cmd.Revision, op.RevokeLease.LeaseIds, op.RevokeLease.Epochs)
 		if err == nil {
 			resp = &pb.TxnResponse{Succeeded: true, Responses: []*pb.ResponseOp{{Response: &pb.ResponseOp_ResponseDeleteRange{
 				ResponseDeleteRange: &pb.DeleteRangeResponse{Deleted: n}}}}}
@@ -170,6 +170,8 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		res.Code = raftcmdpb.DataResult_CODE_FUTURE_REVISION
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		res.Code = raftcmdpb.DataResult_CODE_KEY_NOT_FOUND
+	case errors.Is(err, mvcc.ErrLeaseNotFound):
+		res.Code = raftcmdpb.DataResult_CODE_LEASE_NOT_FOUND
 	case errors.Is(err, mvcc.ErrKeyTooLarge):
 		res.Code, res.Message = raftcmdpb.DataResult_CODE_TOO_LARGE, err.Error()
 	case errors.Is(err, mvcc.ErrInvalidEntry):

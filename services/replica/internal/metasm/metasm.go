@@ -5,6 +5,7 @@
 package metasm
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sync"
@@ -65,7 +66,23 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		s.state.ShardMap.Stores = append(s.state.ShardMap.Stores, st)
 		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_GrantLease:
-		return sm.Result{Value: uint64(s.grantLocked(op.GrantLease))}, nil
+		// The result carries the lease's epoch (the entry's index) in Data.
+		return sm.Result{Value: uint64(s.grantLocked(op.GrantLease, e.Index)), Data: binary.BigEndian.AppendUint64(nil, e.Index)}, nil
+	case *raftcmdpb.MetaCommand_CheckpointLeases:
+		c := op.CheckpointLeases
+		for i, id := range c.Ids {
+			if l := s.state.Leases[id]; l != nil && i < len(c.RemainingTtls) {
+				l.RemainingTtl = c.RemainingTtls[i]
+			}
+		}
+		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_StartRevoke:
+		for _, id := range op.StartRevoke.Ids {
+			if l := s.state.Leases[id]; l != nil {
+				l.Revoking = true
+			}
+		}
+		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_DropLease:
 		for _, id := range op.DropLease.Ids {
 			delete(s.state.Leases, id)
@@ -102,7 +119,7 @@ type AlarmsQuery struct{}
 // grantLocked creates a lease and returns its ID, or 0 if the requested ID
 // is taken. A server-chosen ID is the next free one from a counter kept in
 // the state, so every replica picks the same.
-func (s *StateMachine) grantLocked(g *raftcmdpb.GrantLease) int64 {
+func (s *StateMachine) grantLocked(g *raftcmdpb.GrantLease, index uint64) int64 {
 	if s.state.Leases == nil {
 		s.state.Leases = map[int64]*metapb.Lease{}
 	}
@@ -116,7 +133,9 @@ func (s *StateMachine) grantLocked(g *raftcmdpb.GrantLease) int64 {
 	} else if s.state.Leases[id] != nil {
 		return 0
 	}
-	s.state.Leases[id] = &metapb.Lease{Id: id, Ttl: g.Ttl}
+	// The epoch is the grant's log index: the same on every replica, and
+	// higher for each grant of the same ID.
+	s.state.Leases[id] = &metapb.Lease{Id: id, Ttl: g.Ttl, Epoch: index}
 	return id
 }
 

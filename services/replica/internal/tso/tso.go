@@ -13,6 +13,13 @@
 //     noticed and the new one: a limit is saved only over the limit the
 //     oracle knows (a compare-and-set in the log), so every window
 //     [known, saved) belongs to the one oracle whose save succeeded.
+//  6. Revisions increase in real time across leaders: an oracle serves
+//     from memory only within a leader lease, Lease after the start of a
+//     ReadIndex that confirmed its leadership. Followers that acknowledged
+//     that round elect no one for an election timeout, so with Lease below
+//     it no new leader serves while the old one still does; a leader back
+//     from a pause, its lease run out, confirms again (and fails) before
+//     serving anything from its old window.
 package tso
 
 import (
@@ -20,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // ErrNotLeader is returned when this replica does not lead the meta shard.
@@ -39,18 +47,36 @@ type Log interface {
 	// SaveLimit proposes limit, to apply only if the saved limit is still
 	// prev, and returns once it is applied; ErrLimitMoved if it was not.
 	SaveLimit(ctx context.Context, prev, limit int64) error
+	// ConfirmLeadership proves with a quorum round trip (ReadIndex) that
+	// this replica still leads the meta shard in term.
+	ConfirmLeadership(ctx context.Context, term uint64) error
+}
+
+// Config tunes an oracle.
+type Config struct {
+	// Window is how many revisions one saved limit covers (DefaultWindow
+	// if zero).
+	Window int64
+	// Lease is how long a confirmed leadership lets the oracle serve from
+	// memory; it must be below the election timeout (DefaultLease if zero).
+	Lease time.Duration
+	// Now is the clock (time.Now if nil); tests set it.
+	Now func() time.Time
 }
 
 // Oracle serves revisions on the meta leader.
 type Oracle struct {
-	log    Log
-	window int64
+	log Log
+	cfg Config
 
 	mu struct {
 		sync.Mutex
 		term  uint64 // leadership term the fields below belong to; 0: none
 		next  int64  // next revision to serve
 		limit int64  // saved limit: next+n must stay <= limit
+		// leaseUntil is when the confirmed leadership stops covering
+		// serving from memory.
+		leaseUntil time.Time
 	}
 }
 
@@ -58,12 +84,22 @@ type Oracle struct {
 // leader change skips at most this many.
 const DefaultWindow = 10000
 
+// DefaultLease is the leader lease for the default election timeout
+// (500 ms): half of it, leaving the rest for clock drift between replicas.
+const DefaultLease = 250 * time.Millisecond
+
 // New returns an oracle over the meta shard's log.
-func New(log Log, window int64) *Oracle {
-	if window <= 0 {
-		window = DefaultWindow
+func New(log Log, cfg Config) *Oracle {
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
 	}
-	return &Oracle{log: log, window: window}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Oracle{log: log, cfg: cfg}
 }
 
 // Allocate grants n consecutive revisions and returns the first.
@@ -83,10 +119,18 @@ func (o *Oracle) Allocate(ctx context.Context, n int64) (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("tso: read saved limit: %w", err)
 		}
-		o.mu.term, o.mu.next, o.mu.limit = term, limit, limit
+		o.mu.term, o.mu.next, o.mu.limit, o.mu.leaseUntil = term, limit, limit, time.Time{}
+	}
+	if now := o.cfg.Now(); !now.Before(o.mu.leaseUntil) {
+		// Invariant 6: no revision from memory without a current lease.
+		if err := o.log.ConfirmLeadership(ctx, term); err != nil {
+			o.mu.term = 0
+			return 0, fmt.Errorf("%w: leadership not confirmed: %v", ErrNotLeader, err)
+		}
+		o.mu.leaseUntil = now.Add(o.cfg.Lease)
 	}
 	if o.mu.next+n > o.mu.limit {
-		limit := o.mu.next + n + o.window
+		limit := o.mu.next + n + o.cfg.Window
 		if err := o.log.SaveLimit(ctx, o.mu.limit, limit); err != nil {
 			// Forget the leadership state: the next call re-reads the limit.
 			o.mu.term = 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 )
 
 // memLog is an in-memory stand-in for the meta shard's Raft group that keeps
@@ -16,6 +17,19 @@ type memLog struct {
 	limit   int64
 	saves   int
 	failErr error
+	// current is the real current term, for views of a shared log (0:
+	// every view's leadership confirms, as when a deposed leader's reads
+	// are still forwarded).
+	current uint64
+}
+
+func (m *memLog) ConfirmLeadership(_ context.Context, term uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.leader || term != m.term {
+		return errors.New("not the leader")
+	}
+	return nil
 }
 
 func (m *memLog) Leadership() (uint64, bool) {
@@ -48,7 +62,7 @@ func (m *memLog) SaveLimit(_ context.Context, prev, l int64) error {
 
 func TestServedBelowSavedLimit(t *testing.T) {
 	log := &memLog{term: 1, leader: true, limit: 2}
-	o := New(log, 10)
+	o := New(log, Config{Window: 10})
 	prev := int64(0)
 	for i := 0; i < 100; i++ {
 		first, err := o.Allocate(context.Background(), 3)
@@ -69,7 +83,7 @@ func TestServedBelowSavedLimit(t *testing.T) {
 }
 
 func TestConsecutiveWithinLeadership(t *testing.T) {
-	o := New(&memLog{term: 1, leader: true, limit: 2}, 1000)
+	o := New(&memLog{term: 1, leader: true, limit: 2}, Config{Window: 1000})
 	for want := int64(2); want < 50; want++ {
 		got, err := o.Allocate(context.Background(), 1)
 		if err != nil {
@@ -83,7 +97,7 @@ func TestConsecutiveWithinLeadership(t *testing.T) {
 
 func TestNewLeaderStartsAboveOldWindow(t *testing.T) {
 	log := &memLog{term: 1, leader: true, limit: 2}
-	old := New(log, 100)
+	old := New(log, Config{Window: 100})
 	var maxServed int64
 	for i := 0; i < 10; i++ {
 		f, err := old.Allocate(context.Background(), 1)
@@ -96,7 +110,7 @@ func TestNewLeaderStartsAboveOldWindow(t *testing.T) {
 	log.mu.Lock()
 	log.term = 2
 	log.mu.Unlock()
-	successor := New(log, 100)
+	successor := New(log, Config{Window: 100})
 	f, err := successor.Allocate(context.Background(), 1)
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +132,7 @@ func TestNewLeaderStartsAboveOldWindow(t *testing.T) {
 }
 
 func TestNotLeader(t *testing.T) {
-	o := New(&memLog{term: 1, leader: false, limit: 2}, 10)
+	o := New(&memLog{term: 1, leader: false, limit: 2}, Config{Window: 10})
 	if _, err := o.Allocate(context.Background(), 1); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("got %v, want ErrNotLeader", err)
 	}
@@ -127,7 +141,7 @@ func TestNotLeader(t *testing.T) {
 func TestSaveFailureServesNothing(t *testing.T) {
 	boom := errors.New("no quorum")
 	log := &memLog{term: 1, leader: true, limit: 2, failErr: boom}
-	o := New(log, 10)
+	o := New(log, Config{Window: 10})
 	if _, err := o.Allocate(context.Background(), 1); !errors.Is(err, boom) {
 		t.Fatalf("got %v, want %v", err, boom)
 	}
@@ -144,7 +158,7 @@ func TestSaveFailureServesNothing(t *testing.T) {
 }
 
 func TestConcurrentAllocationsUnique(t *testing.T) {
-	o := New(&memLog{term: 1, leader: true, limit: 2}, 7)
+	o := New(&memLog{term: 1, leader: true, limit: 2}, Config{Window: 7})
 	var mu sync.Mutex
 	seen := map[int64]bool{}
 	var wg sync.WaitGroup
@@ -183,6 +197,49 @@ type view struct {
 
 func (v *view) Leadership() (uint64, bool) { return v.term, v.leader }
 
+func (v *view) ConfirmLeadership(_ context.Context, term uint64) error {
+	v.memLog.mu.Lock()
+	defer v.memLog.mu.Unlock()
+	if !v.leader || term != v.term || (v.memLog.current != 0 && term != v.memLog.current) {
+		return errors.New("not the leader")
+	}
+	return nil
+}
+
+type manualClock struct{ t time.Time }
+
+func (c *manualClock) now() time.Time { return c.t }
+
+// Invariant 6: once a new leader served revision R, a deposed leader whose
+// lease has run out (a pause longer than the election timeout) serves no
+// revision below R from the rest of its window: it must confirm its
+// leadership first, and that fails. Before the lease, it served from
+// memory and revisions went back in real time.
+func TestDeposedOracleStopsAtTheEndOfItsLease(t *testing.T) {
+	shared := &memLog{limit: 2, current: 1}
+	clk := &manualClock{t: time.Unix(1000, 0)}
+	oldO := New(&view{memLog: shared, term: 1, leader: true}, Config{Window: 100, Lease: 250 * time.Millisecond, Now: clk.now})
+	newO := New(&view{memLog: shared, term: 2, leader: true}, Config{Window: 100})
+	ctx := context.Background()
+	if _, err := oldO.Allocate(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The old leader pauses; a new one is elected and serves.
+	shared.mu.Lock()
+	shared.current = 2
+	shared.mu.Unlock()
+	r, err := newO.Allocate(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.t = clk.t.Add(time.Second) // the old leader wakes, its lease long gone
+	if got, err := oldO.Allocate(ctx, 1); err == nil {
+		t.Fatalf("the deposed oracle served %d after the new one served %d", got, r)
+	} else if !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("deposed oracle: %v, want ErrNotLeader", err)
+	}
+}
+
 // Invariant 5: a deposed meta leader that has not noticed (paused, or cut
 // off while its proposals are still forwarded) and the new leader never
 // serve overlapping revisions, however their allocations interleave. Before
@@ -190,8 +247,8 @@ func (v *view) Leadership() (uint64, bool) { return v.term, v.leader }
 // the new one's and both served the same window.
 func TestDeposedAndNewOracleNeverOverlap(t *testing.T) {
 	shared := &memLog{limit: 2}
-	oldO := New(&view{memLog: shared, term: 1, leader: true}, 10)
-	newO := New(&view{memLog: shared, term: 2, leader: true}, 10)
+	oldO := New(&view{memLog: shared, term: 1, leader: true}, Config{Window: 10})
+	newO := New(&view{memLog: shared, term: 2, leader: true}, Config{Window: 10})
 	type span struct{ lo, hi int64 }
 	var served []span
 	ctx := context.Background()
