@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/test/netns"
 )
 
 // ack is one acknowledged write.
@@ -184,13 +185,18 @@ type replicaNode struct {
 	dataDir, raft, api  string
 	p                   *proc
 	initialClusterValue string
+	host                *netns.Host // the namespace it runs in; nil: the test's own
 }
 
 func (r *replicaNode) start(t *testing.T) {
 	t.Helper()
-	r.p = startProc(t, fmt.Sprintf("replica%d", r.id), tesseraBin, "replica", "--id", fmt.Sprint(r.id),
+	bin, args := tesseraBin, []string{"replica", "--id", fmt.Sprint(r.id),
 		"--data-dir", r.dataDir, "--raft-address", r.raft, "--api-address", r.api,
-		"--initial-cluster", r.initialClusterValue)
+		"--initial-cluster", r.initialClusterValue}
+	if r.host != nil {
+		bin, args = r.host.Command(bin, args...)
+	}
+	r.p = startProc(t, fmt.Sprintf("replica%d", r.id), bin, args...)
 }
 
 // procCluster is three "tessera replica" processes, a watcher and a
@@ -209,11 +215,21 @@ type procCluster struct {
 // gwArgs are extra gateway flags.
 func startProcCluster(t *testing.T, gwArgs ...string) *procCluster {
 	t.Helper()
+	return startProcClusterOn(t, nil, gwArgs...)
+}
+
+// startProcClusterOn is startProcCluster with replica i in hosts[i] (its
+// own network namespace, on etcd's ports) when hosts is not nil.
+func startProcClusterOn(t *testing.T, hosts []*netns.Host, gwArgs ...string) *procCluster {
+	t.Helper()
 	base := t.TempDir()
 	pc := &procCluster{url: "http://" + freePort(t), watcherAddr: freePort(t), watcherListen: freePort(t), gwArgs: gwArgs}
 	var members []string
 	for i := 0; i < 3; i++ {
 		r := &replicaNode{id: i + 1, dataDir: fmt.Sprintf("%s/store%d", base, i+1), raft: freePort(t), api: freePort(t)}
+		if hosts != nil {
+			r.host, r.raft, r.api = hosts[i], hosts[i].IP+":2380", hosts[i].IP+":2379"
+		}
 		pc.reps = append(pc.reps, r)
 		members = append(members, fmt.Sprintf("%d=%s/%s", i+1, r.raft, r.api))
 		pc.apis = append(pc.apis, r.api)

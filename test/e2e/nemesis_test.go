@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	hist "github.com/tessera-kv/tessera/test/history"
+	"github.com/tessera-kv/tessera/test/netns"
 )
 
 // nemesisDuration is how long the process nemesis tests drive load:
@@ -121,4 +122,99 @@ func pauseLeader(t *testing.T, pc *procCluster, shard uint64, stop time.Time) st
 		time.Sleep(time.Second)
 	}
 	return fmt.Sprintf("SIGSTOP of the shard %d leader for 2.5 s, then SIGCONT: %s", shard, strings.Join(did, ", "))
+}
+
+// TestNetworkNemesis runs the same workload and checks with each replica
+// process in its own network namespace (test/netns) while the network
+// fails: a random replica isolated from everything, or deafened (it hears
+// nothing, both its peers' and the watcher's and gateway's packets
+// dropped), the meta leader isolated, or the Raft port alone cut so that
+// the watcher still reaches a replica that no longer hears its leader.
+// In that last case, the watch must keep up: every acknowledged write's
+// event arrives within 5 s.
+func TestNetworkNemesis(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network faults between namespaces: not in -short")
+	}
+	if why := netns.Available(); why != "" {
+		t.Skip(why)
+	}
+	const raftPort = 2380
+	type nemesis func(nw *netns.Network, pc *procCluster, rng *rand.Rand, stop time.Time) string
+	each := func(what string, cut func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int) nemesis {
+		return func(nw *netns.Network, pc *procCluster, rng *rand.Rand, stop time.Time) string {
+			var did []string
+			for time.Now().Add(3 * time.Second).Before(stop) {
+				i := cut(nw, pc, rng)
+				time.Sleep(2 * time.Second)
+				nw.Heal()
+				time.Sleep(time.Second)
+				did = append(did, fmt.Sprintf("replica%d", i+1))
+			}
+			return what + " for 2 s: " + strings.Join(did, ", ")
+		}
+	}
+	cases := []struct {
+		name       string
+		nem        nemesis
+		maxLatency time.Duration // 0: not checked
+	}{
+		{"isolate-random-replica", each("isolated", func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int {
+			i := rng.Intn(len(pc.reps))
+			nw.Isolate(pc.reps[i].host)
+			return i
+		}), 0},
+		{"deafen-random-replica", each("deafened (hears nothing)", func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int {
+			i := rng.Intn(len(pc.reps))
+			pc.reps[i].host.Deafen(pc.reps[i].host.Others())
+			return i
+		}), 0},
+		{"isolate-meta-leader", each("isolated the meta leader", func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int {
+			i := leaderIndex(pc, 1)
+			nw.Isolate(pc.reps[i].host)
+			return i
+		}), 0},
+		{"cut-raft-only", each("cut from its peers' Raft traffic, reachable by the watcher", func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int {
+			i := rng.Intn(len(pc.reps))
+			nw.Isolate(pc.reps[i].host, raftPort)
+			return i
+		}), 5 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := netns.New(t, 3)
+			pc := startProcClusterOn(t, nw.Hosts())
+			var clients []*clientv3.Client
+			for range 5 {
+				clients = append(clients, newClient(t, pc.url))
+			}
+			dur := max(nemesisDuration(t), 10*time.Second)
+			stop := time.Now().Add(dur)
+			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop)
+			did := tc.nem(nw, pc, rand.New(rand.NewSource(time.Now().UnixNano())), stop)
+			nw.Heal()
+			run.Wait()
+			pc.restartAll(t)
+			summary := run.Check(t, newClient(t, pc.url))
+			lat := run.Latency()
+			t.Logf("%s of load; nemesis: %s; then every process restarted: %s; write-to-event latency p50 %s p99 %s max %s",
+				dur, did, summary, hist.Percentile(lat, 0.5), hist.Percentile(lat, 0.99), hist.Percentile(lat, 1))
+			if worst := hist.Percentile(lat, 1); tc.maxLatency > 0 && worst > tc.maxLatency {
+				t.Fatalf("a write's event took %s to reach the watch (limit %s)", worst, tc.maxLatency)
+			}
+		})
+	}
+}
+
+// leaderIndex is the index of the replica leading shard, as the first
+// replica that answers sees it (0 if none knows).
+func leaderIndex(pc *procCluster, shard uint64) int {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		for _, r := range pc.reps {
+			if id, err := shardLeader(r.api, shard); err == nil && id != 0 {
+				return int(id) - 1
+			}
+		}
+	}
+	return 0
 }

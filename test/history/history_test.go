@@ -71,6 +71,31 @@ func TestKVModel(t *testing.T) {
 			op(0, 0, math.MaxInt64, put("x", "1"), Output{Unknown: true}),
 			op(1, 5, 6, get("x"), Output{Rev: 1}),
 		}, porcupine.Ok},
+		// Found by the network nemesis (a false "Illegal" before the model
+		// knew that a CAS expecting absence fails on a key written by an
+		// unknown-outcome write, whatever its unlearned mod revision).
+		{"a CAS on a key an unknown write created", []porcupine.Operation{
+			op(0, 0, math.MaxInt64, cas("x", 0, "u"), Output{Unknown: true}),
+			op(1, 5, 6, cas("x", 0, "v"), Output{Rev: 12}),
+			op(1, 7, 8, Input{Kind: Delete, Key: "x"}, Output{Rev: 14, Deleted: 1}),
+			op(1, 9, 10, get("x"), Output{Rev: 14}),
+		}, porcupine.Ok},
+		{"a CAS on the unlearned revision of an unknown write may hold", []porcupine.Operation{
+			op(0, 0, math.MaxInt64, put("x", "u"), Output{Unknown: true}),
+			op(1, 5, 6, cas("x", 9, "v"), Output{Rev: 10, Succeeded: true}),
+			op(1, 7, 8, get("x"), Output{Rev: 10, Found: true, Value: "v", ModRev: 10}),
+		}, porcupine.Ok},
+		{"a CAS below what an unknown write could have set cannot hold", []porcupine.Operation{
+			op(0, 0, 1, put("x", "1"), Output{Rev: 5}),
+			op(0, 2, math.MaxInt64, put("x", "u"), Output{Unknown: true}),
+			op(1, 5, 6, get("x"), Output{Rev: 8, Found: true, Value: "u", ModRev: 8}),
+			op(1, 7, 8, cas("x", 5, "v"), Output{Rev: 9, Succeeded: true}),
+		}, porcupine.Illegal},
+		{"an unknown write's key then deleted twice", []porcupine.Operation{
+			op(0, 0, math.MaxInt64, cas("x", 0, "u"), Output{Unknown: true}),
+			op(1, 5, 6, Input{Kind: Delete, Key: "x"}, Output{Rev: 12, Deleted: 1}),
+			op(1, 7, 8, Input{Kind: Delete, Key: "x"}, Output{Rev: 13, Deleted: 1}),
+		}, porcupine.Illegal},
 		{"a delete of a missing key changes nothing", []porcupine.Operation{
 			op(0, 0, 1, Input{Kind: Delete, Key: "x"}, Output{Rev: 1}),
 			op(0, 2, 3, Input{Kind: Range, Key: ""}, Output{Rev: 1}),

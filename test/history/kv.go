@@ -202,16 +202,13 @@ func step(s state, i Input, o Output) (state, bool) {
 	case Put:
 		return write(s, o.Rev, i.Key, i.Value)
 	case CAS:
-		kv, found := s.kvs[i.Key]
-		cur := int64(0)
-		if found {
-			cur = kv.ModRev
-		}
-		if cur < 0 {
-			return s, false // compared against a revision nobody learned: not modelled
-		}
-		if cur != i.ExpectMod {
+		switch casMatch(s, i) {
+		case no:
 			return s, !o.Succeeded && s.revOK(o.Rev)
+		case maybe:
+			if !o.Succeeded {
+				return s, s.revOK(o.Rev) // the unlearned mod revision is another
+			}
 		}
 		if !o.Succeeded {
 			return s, false
@@ -279,13 +276,8 @@ func applyUnknown(s state, i Input) (state, bool) {
 	case Put:
 		n.kvs[i.Key] = KV{Key: i.Key, Value: i.Value, ModRev: -1, above: n.floor}
 	case CAS:
-		kv, found := s.kvs[i.Key]
-		cur := int64(0)
-		if found {
-			cur = kv.ModRev
-		}
-		if cur != i.ExpectMod || cur < 0 {
-			return s, false // failed, or not modelled: same as never happened
+		if casMatch(s, i) == no {
+			return s, false // failed: same as never happened
 		}
 		n.kvs[i.Key] = KV{Key: i.Key, Value: i.Value, ModRev: -1, above: n.floor}
 	case Delete:
@@ -298,6 +290,30 @@ func applyUnknown(s state, i Input) (state, bool) {
 	}
 	n.rev = -1
 	return n, true
+}
+
+type match int
+
+const (
+	no match = iota
+	yes
+	maybe
+)
+
+// casMatch tells whether a CAS's compare (mod revision == ExpectMod; 0: the
+// key is absent) holds in s. A key written by an operation of unknown
+// outcome has a mod revision the model has not learned, only that it is
+// above kv.above: the compare then certainly fails for an expected
+// revision at or below that (0 included), and may hold above it.
+func casMatch(s state, i Input) match {
+	kv, found := s.kvs[i.Key]
+	switch {
+	case !found && i.ExpectMod == 0, found && kv.ModRev >= 0 && kv.ModRev == i.ExpectMod:
+		return yes
+	case found && kv.ModRev < 0 && i.ExpectMod > kv.above:
+		return maybe
+	}
+	return no
 }
 
 // under lists the keys under prefix in key order.

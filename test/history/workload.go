@@ -1,9 +1,16 @@
 package history
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,9 +39,15 @@ type Run struct {
 	cancel context.CancelFunc
 	wdone  chan struct{}
 
-	mu   sync.Mutex
-	wlog WatchLog
-	werr error // why the watch ended, if it did
+	mu      sync.Mutex
+	wlog    WatchLog
+	werr    error             // why the watch ended, if it did
+	arrived map[eventID]int64 // when each event arrived, on the recorder's clock
+}
+
+type eventID struct {
+	rev int64
+	key string
 }
 
 // Start begins the load; clients stop issuing operations at stop.
@@ -46,7 +59,7 @@ func (w Workload) Start(t testing.TB, stop time.Time) *Run {
 	if err != nil {
 		t.Fatalf("workload: read the start revision: %v", err)
 	}
-	r := &Run{w: w, rec: NewRecorder(), wdone: make(chan struct{})}
+	r := &Run{w: w, rec: NewRecorder(), wdone: make(chan struct{}), arrived: map[eventID]int64{}}
 	r.wlog = WatchLog{Prefix: w.Prefix, From: g.Header.Revision + 1}
 	wctx, wcancel := context.WithCancel(context.Background())
 	r.cancel = wcancel
@@ -72,7 +85,11 @@ func (r *Run) watch(ctx context.Context) {
 		if err := resp.Err(); err != nil {
 			r.werr = err
 		}
+		now := r.rec.now()
 		for _, ev := range resp.Events {
+			if id := (eventID{ev.Kv.ModRevision, string(ev.Kv.Key)}); r.arrived[id] == 0 {
+				r.arrived[id] = now
+			}
 			r.wlog.Events = append(r.wlog.Events, Event{Rev: ev.Kv.ModRevision, Key: string(ev.Kv.Key),
 				Deleted: ev.Type == clientv3.EventTypeDelete, Value: string(ev.Kv.Value)})
 		}
@@ -112,6 +129,67 @@ func (r *Run) drive(client int, cli *clientv3.Client, keys []string, stop time.T
 	}
 }
 
+// dump writes a failed history where a person can look at it: porcupine's
+// visualization and one line per operation, in call order, in a directory
+// that outlives the test. It returns a sentence naming the files.
+func dump(ops []porcupine.Operation) string {
+	dir, err := os.MkdirTemp("", "tessera-history-")
+	if err != nil {
+		return ""
+	}
+	_, info := porcupine.CheckOperationsVerbose(KVModel.ToModel(), ops, time.Minute)
+	html := filepath.Join(dir, "history.html")
+	if err := porcupine.VisualizePath(KVModel.ToModel(), info, html); err != nil {
+		html = err.Error()
+	}
+	sorted := slices.Clone(ops)
+	slices.SortFunc(sorted, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+	var b strings.Builder
+	for _, op := range sorted {
+		ret := "?"
+		if op.Return != math.MaxInt64 {
+			ret = time.Duration(op.Return).String()
+		}
+		fmt.Fprintf(&b, "%s..%s client %d: %s\n", time.Duration(op.Call), ret, op.ClientId, KVModel.DescribeOperation(op.Input, op.Output))
+	}
+	if js, err := json.Marshal(ops); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "history.json"), js, 0o644)
+	}
+	text := filepath.Join(dir, "history.txt")
+	if err := os.WriteFile(text, []byte(b.String()), 0o644); err != nil {
+		text = err.Error()
+	}
+	return fmt.Sprintf("; see %s and %s", html, text)
+}
+
+// Latency returns, sorted, the time from each acknowledged write's
+// acknowledgement to its event's arrival at the watch (0 if the event came
+// first); call it after Check.
+func (r *Run) Latency() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []time.Duration
+	for _, op := range r.rec.Operations() {
+		in, o := op.Input.(Input), op.Output.(Output)
+		if o.Unknown || !(in.Kind == Put || in.Kind == CAS && o.Succeeded || in.Kind == Delete && o.Deleted == 1) {
+			continue
+		}
+		if at, ok := r.arrived[eventID{o.Rev, in.Key}]; ok {
+			out = append(out, time.Duration(max(at-op.Return, 0)))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Percentile is the p-th percentile (0 < p <= 1) of sorted durations.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(int(float64(len(sorted))*p), len(sorted)-1)]
+}
+
 // Wait waits for the clients to stop.
 func (r *Run) Wait() { r.wg.Wait() }
 
@@ -131,7 +209,7 @@ func (r *Run) Check(t testing.TB, final *clientv3.Client) string {
 	}
 	ops := r.rec.Operations()
 	if res := CheckKV(ops, time.Minute); res != porcupine.Ok {
-		t.Fatalf("the history of %d operations is not linearizable (%s)", len(ops), res)
+		t.Fatalf("the history of %d operations is not linearizable (%s)%s", len(ops), res, dump(ops))
 	}
 	var acked, maybe []Write
 	var last int64

@@ -33,7 +33,7 @@ var errCompacted = errors.New("feed: resume point compacted")
 // the closed revision every second, so silence means the replica or the
 // link to it is gone, even if the connection looks open (a blackholed
 // network holds it open for minutes).
-const idleTimeout = 4 * time.Second
+const idleTimeout = 3 * time.Second
 
 var errIdle = errors.New("feed: no message from the replica for " + idleTimeout.String())
 
