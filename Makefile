@@ -6,7 +6,7 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build test test-short test-compat test-large fuzz generate generate-check lint bench dev
+.PHONY: build test test-short test-compat test-large nemesis fuzz generate generate-check lint bench dev
 
 build:
 	mkdir -p bin
@@ -37,6 +37,12 @@ test-compat:
 # every process) against tessera dev and a 3-process cluster: minutes.
 test-large:
 	$(GO) test -count=1 -v -timeout 20m -run 'TestLargeRequests' ./test/e2e/ -e2e.large
+
+# The fault tests (test/integration and test/e2e) under a longer load.
+NEMESIS_DURATION ?= 60s
+NEMESIS_TESTS := TestNemesis|TestWatchLatencyWhileAReplicaIsCutOff|TestProcessNemesis|TestNetworkNemesis
+nemesis:
+	NEMESIS_DURATION=$(NEMESIS_DURATION) $(GO) test -count=1 -v -timeout 60m -run '$(NEMESIS_TESTS)' ./test/integration/ ./test/e2e/
 
 # Every fuzz target for FUZZTIME each (its seed corpus also runs in make test).
 FUZZTIME ?= 20s
