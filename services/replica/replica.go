@@ -270,7 +270,7 @@ func (r *Replica) start() error {
 	if err != nil {
 		return fmt.Errorf("replica: listen %s: %w", r.cfg.APIAddress, err)
 	}
-	r.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))
+	r.grpcSrv = grpc.NewServer(append(rpcconn.ServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))...)
 	shardpb.RegisterShardServer(r.grpcSrv, &shardService{r: r})
 	metapb.RegisterMetaServer(r.grpcSrv, &metaService{r: r})
 	go func() {

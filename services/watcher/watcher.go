@@ -103,7 +103,7 @@ func Start(cfg Config) (*Watcher, error) {
 		w.Close()
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
-	w.grpcSrv = grpc.NewServer(grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))
+	w.grpcSrv = grpc.NewServer(append(rpcconn.ServerOptions(), grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))...)
 	w.server = &watchServer{cache: w.cache, maxResponseBytes: w.cache.Config().MaxResponseBytes}
 	pb.RegisterWatchServer(w.grpcSrv, w.server)
 	go w.grpcSrv.Serve(w.apiLis)

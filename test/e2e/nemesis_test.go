@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"math/rand"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,19 +14,6 @@ import (
 	"github.com/tessera-kv/tessera/test/netns"
 )
 
-// nemesisDuration is how long the process nemesis tests drive load:
-// NEMESIS_DURATION overrides the short default CI runs.
-func nemesisDuration(t *testing.T) time.Duration {
-	if v := os.Getenv("NEMESIS_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("NEMESIS_DURATION: %v", err)
-		}
-		return d
-	}
-	return 8 * time.Second
-}
-
 // Pause stops the process (SIGSTOP): its timers, goroutines and sockets
 // freeze while the others go on.
 func (p *proc) Pause() { _ = p.cmd.Process.Signal(syscall.SIGSTOP) }
@@ -37,8 +23,9 @@ func (p *proc) Resume() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }
 
 // TestProcessNemesis runs etcd's workload (history.Workload: five clients,
 // a watch) against three replica processes, a watcher and a gateway while
-// real processes are killed with SIGKILL and restarted, or a shard leader
-// is paused with SIGSTOP for longer than an election; then every process
+// real processes are killed with SIGKILL and restarted, restarted one by
+// one, or a shard leader is paused with SIGSTOP for longer than an
+// election; then every process
 // restarts and the history must be linearizable, the watch complete and in
 // order, and every acknowledged write read back.
 func TestProcessNemesis(t *testing.T) {
@@ -73,6 +60,20 @@ func TestProcessNemesis(t *testing.T) {
 			}
 			return "kill -9 then restart of " + strings.Join(did, ", ")
 		}},
+		{"rolling-restart", func(t *testing.T, pc *procCluster, _ *rand.Rand, stop time.Time) string {
+			step := time.Until(stop) / time.Duration(len(pc.reps)+3)
+			for _, r := range pc.reps {
+				r.p.Stop()
+				r.start(t)
+				time.Sleep(step)
+			}
+			pc.watcher.Stop()
+			pc.startWatcher(t)
+			time.Sleep(step)
+			pc.gw.Stop()
+			pc.startGateway(t)
+			return "SIGTERM and restart of every replica in turn, then the watcher, then the gateway"
+		}},
 		{"pause-data-leader", func(t *testing.T, pc *procCluster, _ *rand.Rand, stop time.Time) string {
 			return pauseLeader(t, pc, dataShardID, stop)
 		}},
@@ -87,7 +88,7 @@ func TestProcessNemesis(t *testing.T) {
 			for range 5 {
 				clients = append(clients, newClient(t, pc.url))
 			}
-			dur := nemesisDuration(t)
+			dur := hist.Duration(t, 8*time.Second)
 			stop := time.Now().Add(dur)
 			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop)
 			did := tc.nem(t, pc, rand.New(rand.NewSource(time.Now().UnixNano())), stop)
@@ -174,11 +175,19 @@ func TestNetworkNemesis(t *testing.T) {
 			nw.Isolate(pc.reps[i].host)
 			return i
 		}), 0},
-		{"cut-raft-only", each("cut from its peers' Raft traffic, reachable by the watcher", func(nw *netns.Network, pc *procCluster, rng *rand.Rand) int {
-			i := rng.Intn(len(pc.reps))
-			nw.Isolate(pc.reps[i].host, raftPort)
-			return i
-		}), 5 * time.Second},
+		// Each replica in turn, with time to recover between cuts: the
+		// latency bound is about one cut, not cuts in a row.
+		{"cut-raft-only", func(nw *netns.Network, pc *procCluster, _ *rand.Rand, stop time.Time) string {
+			var did []string
+			for i := 0; time.Now().Add(5 * time.Second).Before(stop); i = (i + 1) % len(pc.reps) {
+				nw.Isolate(pc.reps[i].host, raftPort)
+				time.Sleep(2500 * time.Millisecond)
+				nw.Heal()
+				time.Sleep(2500 * time.Millisecond)
+				did = append(did, fmt.Sprintf("replica%d", i+1))
+			}
+			return "cut from its peers' Raft traffic for 2.5 s, reachable by the watcher: " + strings.Join(did, ", ")
+		}, 5 * time.Second},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,7 +197,7 @@ func TestNetworkNemesis(t *testing.T) {
 			for range 5 {
 				clients = append(clients, newClient(t, pc.url))
 			}
-			dur := max(nemesisDuration(t), 10*time.Second)
+			dur := hist.Duration(t, 16*time.Second)
 			stop := time.Now().Add(dur)
 			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop)
 			did := tc.nem(nw, pc, rand.New(rand.NewSource(time.Now().UnixNano())), stop)

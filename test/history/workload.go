@@ -19,6 +19,21 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// Duration is how long a fault test drives load: NEMESIS_DURATION if set
+// (make nemesis), else def (the short run of make test).
+func Duration(t testing.TB, def time.Duration) time.Duration {
+	t.Helper()
+	v := os.Getenv("NEMESIS_DURATION")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("NEMESIS_DURATION: %v", err)
+	}
+	return d
+}
+
 // Workload is the load the fault tests drive while a nemesis breaks the
 // cluster: each client loops over gets, puts, deletes, prefix ranges and
 // kube-apiserver's read-then-CAS update on a few keys under Prefix, and one

@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"math/rand"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,19 +13,6 @@ import (
 	hist "github.com/tessera-kv/tessera/test/history"
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
-
-// historyDuration is how long the nemesis tests drive load:
-// NEMESIS_DURATION overrides the short default CI runs.
-func historyDuration(t *testing.T) time.Duration {
-	if v := os.Getenv("NEMESIS_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("NEMESIS_DURATION: %v", err)
-		}
-		return d
-	}
-	return 5 * time.Second
-}
 
 // A nemesis breaks the cluster until stop, then heals it, and says what it
 // did.
@@ -95,7 +81,7 @@ func TestNemesis(t *testing.T) {
 			for range 5 {
 				clients = append(clients, c.Client(t))
 			}
-			dur := historyDuration(t)
+			dur := hist.Duration(t, 5*time.Second)
 			stop := time.Now().Add(dur)
 			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: c.Client(t)}.Start(t, stop)
 			did := tc.nem(c, rand.New(rand.NewSource(time.Now().UnixNano())), stop)
