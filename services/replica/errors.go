@@ -99,8 +99,11 @@ func (r *Replica) requireLeader(shardID uint64) (uint64, error) {
 	return term, nil
 }
 
-func electionBackoff(c Config) time.Duration {
-	return time.Duration(c.RTTMillisecond*c.ElectionRTT/2) * time.Millisecond
+func electionBackoff(c Config) time.Duration { return electionTimeout(c) / 2 }
+
+// electionTimeout is the Raft election timeout of every shard.
+func electionTimeout(c Config) time.Duration {
+	return time.Duration(c.RTTMillisecond*c.ElectionRTT) * time.Millisecond
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -226,10 +226,10 @@ func (r *Replica) start() error {
 	}
 	// The oracle's leader lease: half an election timeout.
 	r.oracle = tso.New(&metaLog{r: r}, tso.Config{Window: r.cfg.TSOWindow,
-		Lease: time.Duration(r.cfg.RTTMillisecond*r.cfg.ElectionRTT) * time.Millisecond / 2})
+		Lease: electionTimeout(r.cfg) / 2})
 	r.revs = newRevisionRouter(r)
 	// etcd's shortest lease: 1.5 election timeouts, in whole seconds.
-	election := time.Duration(r.cfg.RTTMillisecond*r.cfg.ElectionRTT) * time.Millisecond
+	election := electionTimeout(r.cfg)
 	minTTL := int64(math.Ceil((election * 3 / 2).Seconds()))
 	r.lessor = lessor.New(lessor.Config{MinTTL: minTTL, Logger: r.log}, leaseStore{r: r, metaLog: &metaLog{r: r}})
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/lni/dragonboat/v4"
 	"google.golang.org/grpc"
@@ -120,6 +121,11 @@ func (rr *revisionRouter) remote(ctx context.Context, leader uint64, n int64) (i
 	if err != nil {
 		return 0, err
 	}
+	// One attempt gets two election timeouts: a meta leader cut off from
+	// this store must not hold the write until the request times out, and
+	// asking the next leader again only leaves a gap of revisions.
+	ctx, cancel := context.WithTimeout(ctx, max(2*electionTimeout(rr.r.cfg), time.Second))
+	defer cancel()
 	resp, err := metapb.NewMetaClient(conn).AllocateRevisions(ctx, &metapb.AllocateRevisionsRequest{Count: uint32(n)})
 	if err != nil {
 		return 0, err

@@ -173,6 +173,13 @@ func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mu
 		if _, ok := detail[*shardpb.WrongShard](st); ok {
 			return err // the caller re-resolves the keys; descriptors changed
 		}
+		if ctx.Err() != nil {
+			// The caller gave up waiting on this store (a blackholed link
+			// holds a connection open): the next call finds the leader
+			// again instead of waiting on it too.
+			r.m.SetLeader(shard.Id, 0)
+			return err
+		}
 		if st.Code() == codes.Unavailable && !isEtcdError(st) {
 			r.m.SetLeader(shard.Id, 0)
 			if mutating {
