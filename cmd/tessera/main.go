@@ -30,6 +30,7 @@ Usage:
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
   tessera snapshot restore FILE --data-dir DIR    restore a backup (etcdctl snapshot save FILE) into a new cluster
   tessera snapshot status FILE                    check a backup and describe it
+  tessera certs    [--dir DIR] [--hosts LIST]     create a CA and server, peer and client certificates
 
 Run "tessera COMMAND --help" for the flags of a command.
 `
@@ -52,6 +53,8 @@ func main() {
 		err = runWatcher(os.Args[2:], log)
 	case "snapshot":
 		err = runSnapshot(os.Args[2:])
+	case "certs":
+		err = runCerts(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -291,5 +296,49 @@ func TestEtcdctlMaintenance(t *testing.T) {
 	}
 	if out := ctl("alarm", "list"); out != "" {
 		t.Errorf("alarm list: %q", out)
+	}
+}
+
+// TestCertsCommand: "tessera certs" writes a CA and server, peer and
+// client certificates that chain to it, and prints the etcdctl flags.
+func TestCertsCommand(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(tesseraBin, "certs", "--dir", dir, "--hosts", "127.0.0.1,localhost", "--client-cn", "alice").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tessera certs: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--cacert "+filepath.Join(dir, "ca.crt")) {
+		t.Fatalf("no etcdctl flags in the output:\n%s", out)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	for _, c := range []struct {
+		name  string
+		usage x509.ExtKeyUsage
+		cn    string
+	}{{"server", x509.ExtKeyUsageServerAuth, "tessera-server"}, {"peer", x509.ExtKeyUsageClientAuth, "tessera-peer"}, {"client", x509.ExtKeyUsageClientAuth, "alice"}} {
+		pair, err := tls.LoadX509KeyPair(filepath.Join(dir, c.name+".crt"), filepath.Join(dir, c.name+".key"))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		cert, err := x509.ParseCertificate(pair.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{c.usage}}); err != nil {
+			t.Fatalf("%s does not chain to the CA for its use: %v", c.name, err)
+		}
+		if cert.Subject.CommonName != c.cn {
+			t.Fatalf("%s CN %q, want %q", c.name, cert.Subject.CommonName, c.cn)
+		}
+		if st, err := os.Stat(filepath.Join(dir, c.name+".key")); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s.key mode %v, %v: want 0600", c.name, st.Mode().Perm(), err)
+		}
 	}
 }
