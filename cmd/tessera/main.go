@@ -97,9 +97,21 @@ func runDev(args []string, log *slog.Logger) error {
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
+	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run")
+	tlsFlags := registerClientTLS(fs)
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
 		return err
+	}
+	urls := splitList(*clientURLs)
+	serverTLS, err := tlsFlags.server()
+	if err != nil {
+		return err
+	}
+	if *useTLS {
+		if serverTLS, urls, err = devTLS(*dataDir, urls); err != nil {
+			return err
+		}
 	}
 
 	cfg := replica.DefaultConfig()
@@ -125,8 +137,8 @@ func runDev(args []string, log *slog.Logger) error {
 		return err
 	}
 	defer w.Close()
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
-		ClusterName: "tessera-dev", Name: "dev", Limits: lim, Logger: log.With("tier", "gateway")})
+	g, err := gateway.Start(gateway.Config{ListenClientURLs: urls, Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
+		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}
@@ -195,13 +207,18 @@ func runGateway(args []string, log *slog.Logger) error {
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
+	tlsFlags := registerClientTLS(fs)
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
 		return err
 	}
+	serverTLS, err := tlsFlags.server()
+	if err != nil {
+		return err
+	}
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
-		ClusterName: *clusterName, Name: *name, Limits: lim, Logger: log.With("tier", "gateway")})
+		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}

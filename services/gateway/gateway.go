@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tessera-kv/tessera/pkg/limits"
@@ -55,6 +57,9 @@ type Config struct {
 	Limits Limits
 	// Dialer opens connections to replicas and watchers (nil: plain TCP).
 	Dialer rpcconn.Dialer
+	// TLS serves the https:// client URLs (pkg/tlsconf.ServerConfig: the
+	// certificate, and with client-cert-auth the CA clients must chain to).
+	TLS *tls.Config
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -77,8 +82,11 @@ func (c *Config) Validate() error {
 		if err != nil || p.Host == "" {
 			return fmt.Errorf("gateway: bad client URL %q", u)
 		}
-		if p.Scheme != "http" {
-			return fmt.Errorf("gateway: client URL %q: only http is served yet", u)
+		switch {
+		case p.Scheme == "https" && c.TLS == nil:
+			return fmt.Errorf("gateway: client URL %q needs a certificate (--cert-file, --key-file)", u)
+		case p.Scheme != "http" && p.Scheme != "https":
+			return fmt.Errorf("gateway: client URL %q: http or https only", u)
 		}
 	}
 	return nil
@@ -93,6 +101,8 @@ type Gateway struct {
 	https   []*http.Server
 	muxes   []cmux.CMux
 	addrs   []string
+	schemes []string // per address: http or https
+	loop    *bufconn.Listener
 	gwConn  *grpc.ClientConn
 	wConns  []*grpc.ClientConn
 	kv      *etcdapi.KV
@@ -165,7 +175,11 @@ func Start(cfg Config) (*Gateway, error) {
 			g.Close()
 			return nil, fmt.Errorf("gateway: listen %s: %w", p.Host, err)
 		}
-		g.addrs = append(g.addrs, l.Addr().String())
+		g.addrs, g.schemes = append(g.addrs, l.Addr().String()), append(g.schemes, p.Scheme)
+		if p.Scheme == "https" {
+			// TLS first, then gRPC and REST told apart on the plaintext.
+			l = tls.NewListener(l, cfg.TLS)
+		}
 		m := cmux.New(l)
 		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
 		httpL := m.Match(cmux.Any())
@@ -201,10 +215,15 @@ func Start(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
-// httpHandler serves etcd's REST gateway at /v3/ (through a loopback gRPC
-// connection, as etcd does, so streams work) and health endpoints.
+// httpHandler serves etcd's REST gateway at /v3/ (through a gRPC
+// connection to this gateway's own server, as etcd does, so streams work)
+// and health endpoints. The connection is in memory: it needs no port, and
+// so opens none that would skip the client port's TLS.
 func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
-	conn, err := grpc.NewClient(g.addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
+	g.loop = bufconn.Listen(1 << 20)
+	go g.grpcSrv.Serve(g.loop)
+	conn, err := grpc.NewClient("passthrough:///tessera-gateway-loopback", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return g.loop.DialContext(ctx) }),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
 	if err != nil {
 		return nil, err
@@ -263,7 +282,7 @@ func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) ClientURLs() []string {
 	out := make([]string, len(g.addrs))
 	for i, a := range g.addrs {
-		out[i] = "http://" + a
+		out[i] = g.schemes[i] + "://" + a
 	}
 	return out
 }
@@ -284,6 +303,9 @@ func (g *Gateway) Close() {
 	}
 	if g.gwConn != nil {
 		g.gwConn.Close()
+	}
+	if g.loop != nil {
+		g.loop.Close()
 	}
 	for _, c := range g.wConns {
 		c.Close()
