@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
 	"github.com/tessera-kv/tessera/services/watcher"
@@ -97,8 +98,9 @@ func runDev(args []string, log *slog.Logger) error {
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
-	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run")
+	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run, and use mutual TLS between the tiers")
 	tlsFlags := registerClientTLS(fs)
+	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
 		return err
@@ -108,8 +110,16 @@ func runDev(args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	peer, raftTLS, err := peerFlags.peer()
+	if err != nil {
+		return err
+	}
 	if *useTLS {
-		if serverTLS, urls, err = devTLS(*dataDir, urls); err != nil {
+		var files tlsconf.Files
+		if serverTLS, urls, files, err = devTLS(*dataDir, urls); err != nil {
+			return err
+		}
+		if peer, raftTLS, err = peerFrom(files); err != nil {
 			return err
 		}
 	}
@@ -124,6 +134,7 @@ func runDev(args []string, log *slog.Logger) error {
 	// One voter: elections need not wait for peers.
 	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
 	cfg.Logger = log.With("tier", "replica")
+	cfg.Peer, cfg.RaftTLS = peer, raftTLS
 	r, err := replica.Start(cfg)
 	if err != nil {
 		return err
@@ -132,13 +143,13 @@ func runDev(args []string, log *slog.Logger) error {
 	cc := watcher.DefaultCacheConfig()
 	cc.ProgressInterval, cc.MaxResponseBytes = *progress, lim.MaxRequestBytes // etcd fragments at its max request size
 	cc.MaxWatchesPerStream = *maxWatches
-	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Logger: log.With("tier", "watcher")})
+	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Peer: peer, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: urls, Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
-		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Logger: log.With("tier", "gateway")})
+		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Peer: peer, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}
@@ -178,8 +189,13 @@ func runReplica(args []string, log *slog.Logger) error {
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
+	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
 	members, err := parseCluster(*cluster)
+	if err != nil {
+		return err
+	}
+	peer, raftTLS, err := peerFlags.peer()
 	if err != nil {
 		return err
 	}
@@ -187,6 +203,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
 	cfg.RTTMillisecond, cfg.QuotaBytes, cfg.HTTPAddress = *rtt, *quota, *httpAddr
 	cfg.FreeSpaceReserveBytes = *reserve
+	cfg.Peer, cfg.RaftTLS = peer, raftTLS
 	cfg.Logger = log.With("tier", "replica")
 	r, err := replica.Start(cfg)
 	if err != nil {
@@ -208,6 +225,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
 	tlsFlags := registerClientTLS(fs)
+	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
 	if err := lim.Validate(); err != nil {
 		return err
@@ -216,9 +234,13 @@ func runGateway(args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	peer, _, err := peerFlags.peer()
+	if err != nil {
+		return err
+	}
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
-		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Logger: log.With("tier", "gateway")})
+		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}
@@ -237,11 +259,16 @@ func runWatcher(args []string, log *slog.Logger) error {
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "size at which responses of watches that ask for fragments are cut (etcd's max request bytes)")
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
+	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
+	peer, _, err := peerFlags.peer()
+	if err != nil {
+		return err
+	}
 	cc := watcher.DefaultCacheConfig()
 	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval, cc.MaxResponseBytes = *historyRevs, *historyBytes, *progress, *maxReq
 	cc.MaxWatchesPerStream = *maxWatches
-	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Logger: log.With("tier", "watcher")})
+	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Peer: peer, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
 	}

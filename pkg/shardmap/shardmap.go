@@ -25,7 +25,7 @@ const fetchTimeout = 2 * time.Second
 // Cache is the cached shard map and the connections to replicas.
 type Cache struct {
 	seeds []string
-	dial  rpcconn.Dialer
+	peer  rpcconn.Peer
 
 	refreshMu sync.Mutex // serializes refreshes: concurrent misses share one
 
@@ -41,9 +41,9 @@ type Cache struct {
 }
 
 // New returns a cache that bootstraps from the given replica API addresses
-// and connects to replicas through dial (nil: plain TCP).
-func New(seeds []string, dial rpcconn.Dialer) *Cache {
-	c := &Cache{seeds: seeds, dial: dial}
+// and connects to replicas through peer.
+func New(seeds []string, peer rpcconn.Peer) *Cache {
+	c := &Cache{seeds: seeds, peer: peer}
 	c.mu.stores = map[uint64]string{}
 	c.mu.leaders = map[uint64]uint64{}
 	c.mu.conns = map[string]*grpc.ClientConn{}
@@ -73,7 +73,7 @@ func (c *Cache) Conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.mu.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := rpcconn.Dial(addr, c.dial)
+	cc, err := c.peer.Dial(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -55,8 +55,8 @@ type Config struct {
 	Name string
 	// Limits bound client requests; the zero value means DefaultLimits().
 	Limits Limits
-	// Dialer opens connections to replicas and watchers (nil: plain TCP).
-	Dialer rpcconn.Dialer
+	// Peer is the transport to replicas and watchers (zero: plaintext TCP).
+	Peer rpcconn.Peer
 	// TLS serves the https:// client URLs (pkg/tlsconf.ServerConfig: the
 	// certificate, and with client-cert-auth the CA clients must chain to).
 	TLS *tls.Config
@@ -125,7 +125,7 @@ func Start(cfg Config) (*Gateway, error) {
 	lim := cfg.Limits
 	apiLimits := reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Dialer, cfg.Logger)}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Peer, cfg.Logger)}
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
 	// the too-large error, not a transport error, answers moderate excess.
 	// The codec lets watch responses from the watcher tier pass through
@@ -157,7 +157,7 @@ func Start(cfg Config) (*Gateway, error) {
 	cluster := &clusterRef{}
 	pb.RegisterClusterServer(g.grpcSrv, cluster)
 	for _, a := range cfg.Watchers {
-		c, err := rpcconn.Dial(a, cfg.Dialer)
+		c, err := cfg.Peer.Dial(a)
 		if err != nil {
 			g.Close()
 			return nil, fmt.Errorf("gateway: watcher %s: %w", a, err)

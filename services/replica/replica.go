@@ -9,12 +9,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +30,7 @@ import (
 
 	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/pkg/rpcconn"
+	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
@@ -87,8 +91,12 @@ type Config struct {
 	FreeSpaceReserveBytes int64
 	// Store sizes the Badger DB.
 	Store mvcc.Options
-	// Dialer opens connections to other replicas' APIs (nil: plain TCP).
-	Dialer rpcconn.Dialer
+	// Peer is the transport of the internal API, to and from other
+	// processes (zero: plaintext TCP).
+	Peer rpcconn.Peer
+	// RaftTLS is dragonboat's mutual TLS between stores (PEM files;
+	// empty: plaintext), from the same peer certificate as Peer.
+	RaftTLS tlsconf.Files
 	// RaftTransport replaces dragonboat's TCP transport (nil: TCP). Tests
 	// use it to cut, delay or drop Raft traffic between stores.
 	RaftTransport config.TransportFactory
@@ -133,16 +141,17 @@ func (c *Config) Validate() error {
 
 // Replica is a running replica process.
 type Replica struct {
-	cfg     Config
-	log     *slog.Logger
-	nh      *dragonboat.NodeHost
-	store   *mvcc.Store
-	oracle  *tso.Oracle
-	revs    *revisionRouter
-	lessor  *lessor.Lessor
-	grpcSrv *grpc.Server
-	lis     net.Listener
-	httpSrv *http.Server
+	cfg          Config
+	deploymentID uint64
+	log          *slog.Logger
+	nh           *dragonboat.NodeHost
+	store        *mvcc.Store
+	oracle       *tso.Oracle
+	revs         *revisionRouter
+	lessor       *lessor.Lessor
+	grpcSrv      *grpc.Server
+	lis          net.Listener
+	httpSrv      *http.Server
 	// metricsReg is the metrics callback, unregistered at Close.
 	metricsReg metric.Registration
 
@@ -193,12 +202,17 @@ func Start(cfg Config) (*Replica, error) {
 			dblogger.GetLogger(p).SetLevel(dblogger.ERROR)
 		}
 	})
+	_, statErr := os.Stat(filepath.Join(cfg.DataDir, "cluster.json"))
 	members, err := loadOrSaveCluster(cfg.DataDir, cfg.Cluster)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Cluster = members
-	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{}),
+	did, err := loadOrSaveDeploymentID(cfg.DataDir, members, statErr == nil)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{}), deploymentID: did,
 		quotaPoke: make(chan struct{}, 1)}
 	if err := r.start(); err != nil {
 		r.Close()
@@ -215,12 +229,17 @@ func (r *Replica) start() error {
 		return err
 	}
 	logdb := config.GetTinyMemLogDBConfig()
-	r.nh, err = dragonboat.NewNodeHost(config.NodeHostConfig{
+	nhc := config.NodeHostConfig{
 		NodeHostDir:    filepath.Join(r.cfg.DataDir, "raft"),
 		RTTMillisecond: r.cfg.RTTMillisecond,
 		RaftAddress:    r.cfg.RaftAddress,
+		DeploymentID:   r.deploymentID,
 		Expert:         config.ExpertConfig{LogDB: logdb, TransportFactory: r.cfg.RaftTransport},
-	})
+	}
+	if f := r.cfg.RaftTLS; f.Cert != "" {
+		nhc.MutualTLS, nhc.CAFile, nhc.CertFile, nhc.KeyFile = true, f.CA, f.Cert, f.Key
+	}
+	r.nh, err = dragonboat.NewNodeHost(nhc)
 	if err != nil {
 		return fmt.Errorf("replica: start raft: %w", err)
 	}
@@ -270,7 +289,7 @@ func (r *Replica) start() error {
 	if err != nil {
 		return fmt.Errorf("replica: listen %s: %w", r.cfg.APIAddress, err)
 	}
-	r.grpcSrv = grpc.NewServer(append(rpcconn.ServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))...)
+	r.grpcSrv = grpc.NewServer(append(r.cfg.Peer.ServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))...)
 	shardpb.RegisterShardServer(r.grpcSrv, &shardService{r: r})
 	metapb.RegisterMetaServer(r.grpcSrv, &metaService{r: r})
 	go func() {
@@ -433,6 +452,38 @@ func loadOrSaveCluster(dir string, members []Member) ([]Member, error) {
 		return nil, err
 	}
 	return members, os.Rename(tmp, path)
+}
+
+// loadOrSaveDeploymentID pins dragonboat's deployment ID in the data dir:
+// on a new store, a hash of the initial cluster (the same on every member,
+// so stores of two clusters never exchange Raft messages); 0 for a store
+// created before the ID was set (dragonboat keeps its data under the ID).
+func loadOrSaveDeploymentID(dir string, members []Member, existed bool) (uint64, error) {
+	path := filepath.Join(dir, "deployment-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		id, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if perr != nil {
+			return 0, fmt.Errorf("replica: %s: %w", path, perr)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	if existed {
+		return 0, nil
+	}
+	h := fnv.New64a()
+	for _, m := range members {
+		fmt.Fprintf(h, "%d=%s;", m.ID, m.RaftAddress)
+	}
+	id := h.Sum64() | 1
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(id, 10)+"\n"), 0o644); err != nil {
+		return 0, err
+	}
+	return id, os.Rename(tmp, path)
 }
 
 // withTimeout bounds a Raft operation by the proposal timeout.

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
@@ -142,7 +141,7 @@ func (rr *revisionRouter) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := rr.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := rpcconn.Dial(addr, rr.r.cfg.Dialer)
+	c, err := rr.r.cfg.Peer.Dial(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -46,8 +46,9 @@ type Config struct {
 	// Cache bounds the history and the streams (watchcache.DefaultConfig
 	// for zero fields).
 	Cache CacheConfig
-	// Dialer opens connections to replicas (nil: plain TCP).
-	Dialer rpcconn.Dialer
+	// Peer is the transport to replicas and of the Watch API gateways call
+	// (zero: plaintext TCP).
+	Peer   rpcconn.Peer
 	Logger *slog.Logger
 }
 
@@ -87,7 +88,7 @@ func Start(cfg Config) (*Watcher, error) {
 		cfg.RefreshInterval = 5 * time.Second
 	}
 	cfg.Cache.Logger = cfg.Logger
-	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas, cfg.Dialer), followed: map[uint64]bool{}}
+	w := &Watcher{cfg: cfg, log: cfg.Logger, smap: shardmap.New(cfg.Replicas, cfg.Peer), followed: map[uint64]bool{}}
 	w.cache = watchcache.New(cfg.Cache, feed.Source{M: w.smap})
 	metricsHandler, err := telemetry.Handler()
 	if err != nil {
@@ -103,7 +104,7 @@ func Start(cfg Config) (*Watcher, error) {
 		w.Close()
 		return nil, fmt.Errorf("watcher: listen %s: %w", cfg.APIAddress, err)
 	}
-	w.grpcSrv = grpc.NewServer(append(rpcconn.ServerOptions(), grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))...)
+	w.grpcSrv = grpc.NewServer(append(cfg.Peer.ServerOptions(), grpc.MaxSendMsgSize(1<<31-1), grpc.ForceServerCodecV2(wirecodec.New()))...)
 	w.server = &watchServer{cache: w.cache, maxResponseBytes: w.cache.Config().MaxResponseBytes}
 	pb.RegisterWatchServer(w.grpcSrv, w.server)
 	go w.grpcSrv.Serve(w.apiLis)

@@ -186,6 +186,7 @@ type replicaNode struct {
 	p                   *proc
 	initialClusterValue string
 	host                *netns.Host // the namespace it runs in; nil: the test's own
+	extraArgs           []string
 }
 
 func (r *replicaNode) start(t *testing.T) {
@@ -193,6 +194,7 @@ func (r *replicaNode) start(t *testing.T) {
 	bin, args := tesseraBin, []string{"replica", "--id", fmt.Sprint(r.id),
 		"--data-dir", r.dataDir, "--raft-address", r.raft, "--api-address", r.api,
 		"--initial-cluster", r.initialClusterValue}
+	args = append(args, r.extraArgs...)
 	if r.host != nil {
 		bin, args = r.host.Command(bin, args...)
 	}
@@ -209,6 +211,7 @@ type procCluster struct {
 	watcherAddr   string
 	watcherListen string
 	gwArgs        []string
+	tierArgs      []string // for the watcher and the gateway
 }
 
 // startProcCluster starts the cluster and waits until the gateway serves;
@@ -222,13 +225,23 @@ func startProcCluster(t *testing.T, gwArgs ...string) *procCluster {
 // own network namespace, on etcd's ports) when hosts is not nil.
 func startProcClusterOn(t *testing.T, hosts []*netns.Host, gwArgs ...string) *procCluster {
 	t.Helper()
+	return startProcClusterWith(t, hosts, nil, nil, gwArgs...)
+}
+
+// startProcClusterWith is startProcClusterOn with extra flags for each
+// replica (replicaArgs[i], if any) and for the watcher and the gateway.
+func startProcClusterWith(t *testing.T, hosts []*netns.Host, replicaArgs [][]string, tierArgs []string, gwArgs ...string) *procCluster {
+	t.Helper()
 	base := t.TempDir()
-	pc := &procCluster{url: "http://" + freePort(t), watcherAddr: freePort(t), watcherListen: freePort(t), gwArgs: gwArgs}
+	pc := &procCluster{url: "http://" + freePort(t), watcherAddr: freePort(t), watcherListen: freePort(t), gwArgs: gwArgs, tierArgs: tierArgs}
 	var members []string
 	for i := 0; i < 3; i++ {
 		r := &replicaNode{id: i + 1, dataDir: fmt.Sprintf("%s/store%d", base, i+1), raft: freePort(t), api: freePort(t)}
 		if hosts != nil {
 			r.host, r.raft, r.api = hosts[i], hosts[i].IP+":2380", hosts[i].IP+":2379"
+		}
+		if i < len(replicaArgs) {
+			r.extraArgs = replicaArgs[i]
 		}
 		pc.reps = append(pc.reps, r)
 		members = append(members, fmt.Sprintf("%d=%s/%s", i+1, r.raft, r.api))
@@ -253,15 +266,15 @@ func (pc *procCluster) startServing(t *testing.T) {
 // startWatcher (re)starts the watcher process on its addresses.
 func (pc *procCluster) startWatcher(t *testing.T) {
 	t.Helper()
-	pc.watcher = startProc(t, "watcher", tesseraBin, "watcher", "--replicas", strings.Join(pc.apis, ","),
-		"--api-address", pc.watcherAddr, "--listen-address", pc.watcherListen)
+	pc.watcher = startProc(t, "watcher", tesseraBin, append([]string{"watcher", "--replicas", strings.Join(pc.apis, ","),
+		"--api-address", pc.watcherAddr, "--listen-address", pc.watcherListen}, pc.tierArgs...)...)
 }
 
 // startGateway (re)starts the gateway process on its client URL.
 func (pc *procCluster) startGateway(t *testing.T) {
 	t.Helper()
-	pc.gw = startProc(t, "gateway", tesseraBin, append([]string{"gateway", "--listen-client-urls", pc.url,
-		"--replicas", strings.Join(pc.apis, ","), "--watchers", pc.watcherAddr}, pc.gwArgs...)...)
+	pc.gw = startProc(t, "gateway", tesseraBin, append(append([]string{"gateway", "--listen-client-urls", pc.url,
+		"--replicas", strings.Join(pc.apis, ","), "--watchers", pc.watcherAddr}, pc.gwArgs...), pc.tierArgs...)...)
 }
 
 // restartAll stops every process and starts them again on the same data.

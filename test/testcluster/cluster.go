@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
 	"github.com/tessera-kv/tessera/services/watcher"
@@ -104,11 +105,11 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		apis = append(apis, m.APIAddress)
 	}
 	c.wcfg = watcher.Config{Replicas: apis, APIAddress: FreePort(t), Cache: o.Cache, RefreshInterval: time.Second,
-		Dialer: c.net.Dialer(WatcherName), Logger: c.log}
+		Peer: rpcconn.Peer{Dialer: c.net.Dialer(WatcherName)}, Logger: c.log}
 	c.net.Register(c.wcfg.APIAddress, WatcherName)
 	c.StartWatcher()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
-		ClusterName: "test", Name: "gw0", Limits: o.Limits, Dialer: c.net.Dialer(GatewayName), Logger: c.log})
+		ClusterName: "test", Name: "gw0", Limits: o.Limits, Peer: rpcconn.Peer{Dialer: c.net.Dialer(GatewayName)}, Logger: c.log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func (c *Cluster) StartReplica(i int) {
 		cfg.QuotaBytes = c.quota
 	}
 	cfg.Logger = c.log
-	cfg.RaftTransport, cfg.Dialer = c.net.RaftTransport(c.StoreName(i)), c.net.Dialer(c.StoreName(i))
+	cfg.RaftTransport, cfg.Peer.Dialer = c.net.RaftTransport(c.StoreName(i)), c.net.Dialer(c.StoreName(i))
 	r, err := replica.Start(cfg)
 	if err != nil {
 		c.t.Fatalf("start store %d: %v", m.ID, err)

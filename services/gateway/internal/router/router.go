@@ -30,9 +30,9 @@ type Router struct {
 }
 
 // New returns a router that bootstraps from the given replica API addresses
-// and reaches replicas through dial (nil: plain TCP).
-func New(seeds []string, dial rpcconn.Dialer, log *slog.Logger) *Router {
-	return &Router{m: shardmap.New(seeds, dial), log: log}
+// and reaches replicas through peer.
+func New(seeds []string, peer rpcconn.Peer, log *slog.Logger) *Router {
+	return &Router{m: shardmap.New(seeds, peer), log: log}
 }
 
 // Close closes every connection.
