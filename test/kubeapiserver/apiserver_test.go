@@ -130,7 +130,7 @@ type apiserver struct {
 
 const adminToken = "tessera-test-admin-token"
 
-func newAPIServer(t *testing.T, etcd string) *apiserver {
+func newAPIServer(t *testing.T, etcd string, etcdTLS ...string) *apiserver {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -175,6 +175,7 @@ func newAPIServer(t *testing.T, etcd string) *apiserver {
 		// the tests only ever reach this server on loopback.
 		"--endpoint-reconciler-type=none",
 	}}
+	a.args = append(a.args, etcdTLS...)
 	a.start(t)
 	return a
 }
@@ -215,12 +216,17 @@ func (a *apiserver) client(t *testing.T) *kubernetes.Clientset {
 // it through its REST API with client-go: namespaces, paginated lists,
 // update conflicts, watches from a resourceVersion, events that expire by
 // TTL (leases), compaction then 410 Gone, and a restart with data intact.
+// kube-apiserver reaches Tessera over mutual TLS (tessera dev --tls, with
+// the client certificate it made), as it reaches etcd in production.
 func TestKubeAPIServer(t *testing.T) {
 	dataDir := t.TempDir()
 	client, raft, api, watcher := freePort(t), freePort(t), freePort(t), freePort(t)
-	start(t, "tessera", tesseraBin, "dev", "--data-dir", dataDir, "--listen-client-urls", "http://"+client,
+	start(t, "tessera", tesseraBin, "dev", "--tls", "--data-dir", dataDir, "--listen-client-urls", "http://"+client,
 		"--raft-address", raft, "--api-address", api, "--watcher-address", watcher)
-	a := newAPIServer(t, "http://"+client)
+	certs := filepath.Join(dataDir, "certs")
+	waitForFile(t, filepath.Join(certs, "client.key"))
+	a := newAPIServer(t, "https://"+client, "--etcd-cafile="+filepath.Join(certs, "ca.crt"),
+		"--etcd-certfile="+filepath.Join(certs, "client.crt"), "--etcd-keyfile="+filepath.Join(certs, "client.key"))
 	cs := a.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -360,4 +366,17 @@ func TestKubeAPIServer(t *testing.T) {
 			t.Fatalf("%d configmaps after the restart, want at least %d", len(l.Items), n)
 		}
 	})
+}
+
+// waitForFile waits until path exists (a process writes it at start).
+func waitForFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not written within 30 s", path)
+		}
+	}
 }
