@@ -46,6 +46,11 @@ const restoreFile = "restored-meta.pb"
 // then every data shard it holds.
 func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_BackupServer) error {
 	ctx := stream.Context()
+	leave, err := s.r.maintenance.enter(ctx, s.r.cfg.StoreID, "Snapshot")
+	if err != nil {
+		return err
+	}
+	defer leave()
 	rctx, cancel := s.r.withTimeout(ctx)
 	v, err := s.r.nh.SyncRead(rctx, MetaShardID, metasm.StateQuery{})
 	cancel()

@@ -9,12 +9,37 @@ import (
 	"github.com/tessera-kv/tessera/proto/shardpb"
 )
 
+// maintenanceGate lets one expensive maintenance call (defragment, backup,
+// hash) run at a time on a store: each reads or rewrites the whole store,
+// two defragments at once race in Badger, and a client looping them must
+// not starve the store. A call waits its turn as long as its context lets
+// it.
+type maintenanceGate chan struct{}
+
+func newMaintenanceGate() maintenanceGate { return make(maintenanceGate, 1) }
+
+// enter waits for the gate; the returned func leaves it.
+func (g maintenanceGate) enter(ctx context.Context, store uint64, what string) (func(), error) {
+	select {
+	case g <- struct{}{}:
+		return func() { <-g }, nil
+	case <-ctx.Done():
+		return nil, status.Errorf(status.FromContextError(ctx.Err()).Code(),
+			"tessera: %s on store %d gave up waiting for another defragment, snapshot or hash to finish", what, store)
+	}
+}
+
 // HashKV hashes this replica's copy of the shard from its applied state.
-func (s *shardService) HashKV(_ context.Context, req *shardpb.HashKVRequest) (*shardpb.HashKVResponse, error) {
+func (s *shardService) HashKV(ctx context.Context, req *shardpb.HashKVRequest) (*shardpb.HashKVResponse, error) {
 	sh, err := s.openShard(req.ShardId)
 	if err != nil {
 		return nil, err
 	}
+	leave, err := s.r.maintenance.enter(ctx, s.r.cfg.StoreID, "HashKV")
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	h, compacted, rev, err := sh.HashKV(req.Revision)
 	if err != nil {
 		return nil, toStatus(err)
@@ -23,7 +48,12 @@ func (s *shardService) HashKV(_ context.Context, req *shardpb.HashKVRequest) (*s
 }
 
 // Defragment compacts this store's Badger files.
-func (s *shardService) Defragment(context.Context, *shardpb.DefragmentRequest) (*shardpb.DefragmentResponse, error) {
+func (s *shardService) Defragment(ctx context.Context, _ *shardpb.DefragmentRequest) (*shardpb.DefragmentResponse, error) {
+	leave, err := s.r.maintenance.enter(ctx, s.r.cfg.StoreID, "Defragment")
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	before, after, err := s.r.store.Defragment()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "tessera: defragment store %d: %v", s.r.cfg.StoreID, err)

@@ -143,6 +143,7 @@ func (c *Config) Validate() error {
 type Replica struct {
 	cfg          Config
 	deploymentID uint64
+	maintenance  maintenanceGate
 	log          *slog.Logger
 	nh           *dragonboat.NodeHost
 	store        *mvcc.Store
@@ -213,7 +214,7 @@ func Start(cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	r := &Replica{cfg: cfg, log: cfg.Logger.With("store", cfg.StoreID), shards: map[uint64]*dataShard{}, stopc: make(chan struct{}), deploymentID: did,
-		quotaPoke: make(chan struct{}, 1)}
+		quotaPoke: make(chan struct{}, 1), maintenance: newMaintenanceGate()}
 	if err := r.start(); err != nil {
 		r.Close()
 		return nil, err

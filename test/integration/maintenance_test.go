@@ -89,6 +89,25 @@ func TestMaintenance(t *testing.T) {
 		if g, err := cli.Get(ctxT(t), "/m/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || g.Count != 12 {
 			t.Fatalf("after defragment: %v %v", g, err)
 		}
+		// Clients asking at once are served one at a time per store, all
+		// of them (two Badger defragments at once would race).
+		errc := make(chan error, 6)
+		for i := 0; i < 6; i++ {
+			go func() {
+				var err error
+				if i%2 == 0 {
+					_, err = cli.Defragment(ctxT(t), ep)
+				} else {
+					_, err = cli.HashKV(ctxT(t), ep, 0)
+				}
+				errc <- err
+			}()
+		}
+		for i := 0; i < 6; i++ {
+			if err := <-errc; err != nil {
+				t.Fatalf("concurrent defragment and hash: %v", err)
+			}
+		}
 	})
 
 	t.Run("move leader", func(t *testing.T) {
