@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -97,6 +98,47 @@ func TestDevTLS(t *testing.T) {
 	if resp, err := noCert.Get(https + "/health"); err == nil {
 		resp.Body.Close()
 		t.Fatalf("REST without a client certificate: %s", resp.Status)
+	}
+
+	// Rotation: a new server certificate (of a second CA, added to the
+	// bundle first) is served to new connections without a restart, while
+	// the clientv3 connection made before goes on.
+	ca2, err := tlsconf.NewAuthority("tessera-ca-2", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ca2.Issue("tessera-server", []string{"127.0.0.1", "localhost"}, tlsconf.Server, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ca+".new", append(bundle, ca2.PEM...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(ca+".new", ca); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := next.Write(certs, "server"); err != nil {
+		t.Fatal(err)
+	}
+	served := func() string {
+		c, err := tls.Dial("tcp", d.client, &tls.Config{InsecureSkipVerify: true, GetClientCertificate: cfg.GetClientCertificate})
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Issuer.CommonName
+	}
+	for deadline := time.Now().Add(10 * time.Second); served() != "tessera-ca-2"; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the rotated server certificate was not served within 10 s (served: %s)", served())
+		}
+	}
+	if _, err := cli.Put(ctx, "/tls/c", "3"); err != nil {
+		t.Fatalf("the client connected before the rotation: %v", err)
 	}
 }
 
