@@ -84,13 +84,8 @@ func TestProcessNemesis(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			pc := startProcCluster(t)
-			var clients []*clientv3.Client
-			for range 5 {
-				clients = append(clients, newClient(t, pc.url))
-			}
 			dur := hist.Duration(t, 8*time.Second)
-			stop := time.Now().Add(dur)
-			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop)
+			run, stop := workloadOn(t, pc, dur)
 			did := tc.nem(t, pc, rand.New(rand.NewSource(time.Now().UnixNano())), stop)
 			run.Wait()
 			pc.restartAll(t)
@@ -98,6 +93,17 @@ func TestProcessNemesis(t *testing.T) {
 			t.Logf("%s of load; nemesis: %s; then every process restarted: %s", dur, did, summary)
 		})
 	}
+}
+
+// workloadOn starts the fault tests' workload (five clients and a watch,
+// history.Workload) on the cluster's gateway, for dur from now.
+func workloadOn(t *testing.T, pc *procCluster, dur time.Duration) (*hist.Run, time.Time) {
+	var clients []*clientv3.Client
+	for range 5 {
+		clients = append(clients, newClient(t, pc.url))
+	}
+	stop := time.Now().Add(dur)
+	return hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop), stop
 }
 
 // pauseLeader pauses the shard's leader process with SIGSTOP for 2.5 s (five
@@ -193,13 +199,8 @@ func TestNetworkNemesis(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			nw := netns.New(t, 3)
 			pc := startProcClusterOn(t, nw.Hosts())
-			var clients []*clientv3.Client
-			for range 5 {
-				clients = append(clients, newClient(t, pc.url))
-			}
 			dur := hist.Duration(t, 16*time.Second)
-			stop := time.Now().Add(dur)
-			run := hist.Workload{Prefix: "/nem/", Keys: 3, Clients: clients, Watch: newClient(t, pc.url)}.Start(t, stop)
+			run, stop := workloadOn(t, pc, dur)
 			did := tc.nem(nw, pc, rand.New(rand.NewSource(time.Now().UnixNano())), stop)
 			nw.Heal()
 			run.Wait()
