@@ -60,10 +60,7 @@ func (f clientTLSFlags) server() (*tls.Config, error) {
 // The internal hops use the set's peer certificate.
 func devTLS(dataDir string, urls []string) (*tls.Config, []string, tlsconf.Files, error) {
 	dir := filepath.Join(dataDir, "certs")
-	set := tlsconf.Set{CA: filepath.Join(dir, "ca.crt"),
-		Server: tlsconf.Files{Cert: filepath.Join(dir, "server.crt"), Key: filepath.Join(dir, "server.key")},
-		Peer:   tlsconf.Files{Cert: filepath.Join(dir, "peer.crt"), Key: filepath.Join(dir, "peer.key")},
-		Client: tlsconf.Files{Cert: filepath.Join(dir, "client.crt"), Key: filepath.Join(dir, "client.key")}}
+	set := tlsconf.SetIn(dir)
 	var out []string
 	hosts := []string{"127.0.0.1", "localhost"}
 	for _, u := range urls {

@@ -156,6 +156,14 @@ type Set struct {
 	Server, Peer, Client Files
 }
 
+// SetIn is where WriteSet puts a set's files in dir.
+func SetIn(dir string) Set {
+	files := func(name string) Files {
+		return Files{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
+	}
+	return Set{CA: filepath.Join(dir, "ca.crt"), Server: files("server"), Peer: files("peer"), Client: files("client")}
+}
+
 // WriteSet creates a CA and server, peer and client certificates for
 // hosts in dir (created if missing), valid for validity; the client
 // certificate's CN is clientCN (with auth on, the etcd user, e.g. root).
@@ -167,7 +175,7 @@ func WriteSet(dir string, hosts []string, clientCN string, validity time.Duratio
 	if err != nil {
 		return Set{}, err
 	}
-	s := Set{CA: filepath.Join(dir, "ca.crt")}
+	s := SetIn(dir)
 	if err := writeAtomic(s.CA, ca.PEM, 0o644); err != nil {
 		return Set{}, err
 	}
@@ -175,17 +183,16 @@ func WriteSet(dir string, hosts []string, clientCN string, validity time.Duratio
 		name, cn string
 		usage    Usage
 		hosts    []string
-		out      *Files
 	}{
-		{"server", "tessera-server", Server, hosts, &s.Server},
-		{"peer", "tessera-peer", Peer, hosts, &s.Peer},
-		{"client", clientCN, Client, nil, &s.Client},
+		{"server", "tessera-server", Server, hosts},
+		{"peer", "tessera-peer", Peer, hosts},
+		{"client", clientCN, Client, nil},
 	} {
 		is, err := ca.Issue(c.cn, c.hosts, c.usage, validity)
 		if err != nil {
 			return Set{}, err
 		}
-		if *c.out, err = is.Write(dir, c.name); err != nil {
+		if _, err := is.Write(dir, c.name); err != nil {
 			return Set{}, err
 		}
 	}

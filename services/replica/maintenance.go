@@ -11,9 +11,9 @@ import (
 
 // maintenanceGate lets one expensive maintenance call (defragment, backup,
 // hash) run at a time on a store: each reads or rewrites the whole store,
-// two defragments at once race in Badger, and a client looping them must
-// not starve the store. A call waits its turn as long as its context lets
-// it.
+// Badger's Flatten and value-log GC are not meant to run twice at once, and
+// a client looping them must not starve the store. A call waits its turn as
+// long as its context lets it.
 type maintenanceGate chan struct{}
 
 func newMaintenanceGate() maintenanceGate { return make(maintenanceGate, 1) }
