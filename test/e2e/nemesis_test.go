@@ -186,11 +186,12 @@ func TestNetworkNemesis(t *testing.T) {
 		{"cut-raft-only", func(nw *netns.Network, pc *procCluster, _ *rand.Rand, stop time.Time) string {
 			var did []string
 			for i := 0; time.Now().Add(5 * time.Second).Before(stop); i = (i + 1) % len(pc.reps) {
+				began := time.Now().UTC()
 				nw.Isolate(pc.reps[i].host, raftPort)
 				time.Sleep(2500 * time.Millisecond)
 				nw.Heal()
 				time.Sleep(2500 * time.Millisecond)
-				did = append(did, fmt.Sprintf("replica%d", i+1))
+				did = append(did, fmt.Sprintf("replica%d at %s", i+1, began.Format("15:04:05.000")))
 			}
 			return "cut from its peers' Raft traffic for 2.5 s, reachable by the watcher: " + strings.Join(did, ", ")
 		}, 5 * time.Second},
@@ -210,7 +211,7 @@ func TestNetworkNemesis(t *testing.T) {
 			t.Logf("%s of load; nemesis: %s; then every process restarted: %s; write-to-event latency p50 %s p99 %s max %s",
 				dur, did, summary, hist.Percentile(lat, 0.5), hist.Percentile(lat, 0.99), hist.Percentile(lat, 1))
 			if worst := hist.Percentile(lat, 1); tc.maxLatency > 0 && worst > tc.maxLatency {
-				t.Fatalf("a write's event took %s to reach the watch (limit %s)", worst, tc.maxLatency)
+				t.Fatalf("a write's event took %s to reach the watch (limit %s):\n%s", worst, tc.maxLatency, strings.Join(run.Slow(tc.maxLatency), "\n"))
 			}
 		})
 	}

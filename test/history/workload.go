@@ -186,7 +186,7 @@ func (r *Run) Latency() []time.Duration {
 	var out []time.Duration
 	for _, op := range r.rec.Operations() {
 		in, o := op.Input.(Input), op.Output.(Output)
-		if o.Unknown || !(in.Kind == Put || in.Kind == CAS && o.Succeeded || in.Kind == Delete && o.Deleted == 1) {
+		if !acknowledgedWrite(in, o) {
 			continue
 		}
 		if at, ok := r.arrived[eventID{o.Rev, in.Key}]; ok {
@@ -194,6 +194,26 @@ func (r *Run) Latency() []time.Duration {
 		}
 	}
 	slices.Sort(out)
+	return out
+}
+
+// Slow describes each acknowledged write whose event reached the watch
+// more than limit after its acknowledgement, with wall-clock times to match
+// against the processes' logs; call it after Check.
+func (r *Run) Slow(limit time.Duration) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at := func(ns int64) string { return r.rec.start.Add(time.Duration(ns)).UTC().Format("15:04:05.000") }
+	var out []string
+	for _, op := range r.rec.Operations() {
+		in, o := op.Input.(Input), op.Output.(Output)
+		if !acknowledgedWrite(in, o) {
+			continue
+		}
+		if ev, ok := r.arrived[eventID{o.Rev, in.Key}]; ok && time.Duration(ev-op.Return) > limit {
+			out = append(out, fmt.Sprintf("%s@%d: called %s, acknowledged %s, event %s", in.Key, o.Rev, at(op.Call), at(op.Return), at(ev)))
+		}
+	}
 	return out
 }
 
@@ -205,8 +225,34 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(int(float64(len(sorted))*p), len(sorted)-1)]
 }
 
-// Wait waits for the clients to stop.
-func (r *Run) Wait() { r.wg.Wait() }
+// Wait waits for the clients to stop, then up to 10 s for the watch to
+// deliver every acknowledged write, so that what the caller does next (a
+// restart of every process) does not count in the write-to-event latency.
+func (r *Run) Wait() {
+	r.wg.Wait()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && r.undelivered() > 0; {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// undelivered counts the acknowledged writes whose event has not arrived.
+func (r *Run) undelivered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, op := range r.rec.Operations() {
+		if in, o := op.Input.(Input), op.Output.(Output); acknowledgedWrite(in, o) && r.arrived[eventID{o.Rev, in.Key}] == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// acknowledgedWrite: the operation is known to have changed a key (and so
+// has exactly one event).
+func acknowledgedWrite(in Input, o Output) bool {
+	return !o.Unknown && (in.Kind == Put || in.Kind == CAS && o.Succeeded || in.Kind == Delete && o.Deleted == 1)
+}
 
 // Check ends the run after the cluster has healed: it reads the prefix
 // once more through final (every acknowledged write must be there, which
