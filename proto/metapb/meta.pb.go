@@ -240,7 +240,9 @@ type MetaState struct {
 	// The next server-chosen lease ID to try.
 	NextLeaseId int64 `protobuf:"varint,4,opt,name=next_lease_id,json=nextLeaseId,proto3" json:"next_lease_id,omitempty"`
 	// Active alarms (etcd's NOSPACE and CORRUPT), raised by stores.
-	Alarms        []*Alarm `protobuf:"bytes,5,rep,name=alarms,proto3" json:"alarms,omitempty"`
+	Alarms []*Alarm `protobuf:"bytes,5,rep,name=alarms,proto3" json:"alarms,omitempty"`
+	// etcd's auth store.
+	Auth          *AuthState `protobuf:"bytes,6,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -310,6 +312,292 @@ func (x *MetaState) GetAlarms() []*Alarm {
 	return nil
 }
 
+func (x *MetaState) GetAuth() *AuthState {
+	if x != nil {
+		return x.Auth
+	}
+	return nil
+}
+
+// AuthState is etcd's auth store: its users, roles and switch.
+type AuthState struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Enabled bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// etcd's auth revision: bumped by every change to users, roles and by a
+	// disable (not by an enable, as etcd). JWTs carry it.
+	Revision uint64               `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Users    map[string]*AuthUser `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Roles    map[string]*AuthRole `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The HMAC key of simple tokens, chosen by the gateway that enabled auth:
+	// a new one at each enable, so tokens do not outlive a disable.
+	TokenKey []byte `protobuf:"bytes,5,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	// Bumped by every change, an enable too: gateways compare it to tell a
+	// changed store from their copy.
+	Generation    uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthState) Reset() {
+	*x = AuthState{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthState) ProtoMessage() {}
+
+func (x *AuthState) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
+func (*AuthState) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AuthState) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuthState) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuthState) GetUsers() map[string]*AuthUser {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *AuthState) GetRoles() map[string]*AuthRole {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthState) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
+}
+
+func (x *AuthState) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type AuthUser struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A bcrypt hash in base64 (etcd's hashedPassword), computed by the
+	// gateway before the request reached Raft.
+	PasswordHash string `protobuf:"bytes,2,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	// Sorted.
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// The user has no password and can only authenticate by its client
+	// certificate's common name.
+	NoPassword    bool `protobuf:"varint,4,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthUser) Reset() {
+	*x = AuthUser{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthUser) ProtoMessage() {}
+
+func (x *AuthUser) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthUser.ProtoReflect.Descriptor instead.
+func (*AuthUser) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AuthUser) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthUser) GetPasswordHash() string {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return ""
+}
+
+func (x *AuthUser) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthUser) GetNoPassword() bool {
+	if x != nil {
+		return x.NoPassword
+	}
+	return false
+}
+
+type AuthRole struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Sorted by key, then range end.
+	Permissions   []*AuthPermission `protobuf:"bytes,2,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthRole) Reset() {
+	*x = AuthRole{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthRole) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthRole) ProtoMessage() {}
+
+func (x *AuthRole) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthRole.ProtoReflect.Descriptor instead.
+func (*AuthRole) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AuthRole) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthRole) GetPermissions() []*AuthPermission {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+// AuthPermission is etcd's key permission: type is authpb.Permission_Type
+// (READ, WRITE, READWRITE); key and range_end have etcd's range encoding.
+type AuthPermission struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          int32                  `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd      []byte                 `protobuf:"bytes,3,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthPermission) Reset() {
+	*x = AuthPermission{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthPermission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthPermission) ProtoMessage() {}
+
+func (x *AuthPermission) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthPermission.ProtoReflect.Descriptor instead.
+func (*AuthPermission) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AuthPermission) GetType() int32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *AuthPermission) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *AuthPermission) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
 // Alarm is an active alarm of a store; type is etcd's AlarmType value.
 type Alarm struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -321,7 +609,7 @@ type Alarm struct {
 
 func (x *Alarm) Reset() {
 	*x = Alarm{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +621,7 @@ func (x *Alarm) String() string {
 func (*Alarm) ProtoMessage() {}
 
 func (x *Alarm) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +634,7 @@ func (x *Alarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alarm.ProtoReflect.Descriptor instead.
 func (*Alarm) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Alarm) GetStoreId() uint64 {
@@ -386,7 +674,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +686,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +699,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Lease) GetId() int64 {
@@ -457,7 +745,7 @@ type GetShardMapRequest struct {
 
 func (x *GetShardMapRequest) Reset() {
 	*x = GetShardMapRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +757,7 @@ func (x *GetShardMapRequest) String() string {
 func (*GetShardMapRequest) ProtoMessage() {}
 
 func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +770,7 @@ func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
 func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
 }
 
 type GetShardMapResponse struct {
@@ -496,7 +784,7 @@ type GetShardMapResponse struct {
 
 func (x *GetShardMapResponse) Reset() {
 	*x = GetShardMapResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +796,7 @@ func (x *GetShardMapResponse) String() string {
 func (*GetShardMapResponse) ProtoMessage() {}
 
 func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +809,7 @@ func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapResponse.ProtoReflect.Descriptor instead.
 func (*GetShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetShardMapResponse) GetShardMap() *ShardMap {
@@ -547,7 +835,7 @@ type AllocateRevisionsRequest struct {
 
 func (x *AllocateRevisionsRequest) Reset() {
 	*x = AllocateRevisionsRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +847,7 @@ func (x *AllocateRevisionsRequest) String() string {
 func (*AllocateRevisionsRequest) ProtoMessage() {}
 
 func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +860,7 @@ func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AllocateRevisionsRequest) GetCount() uint32 {
@@ -593,7 +881,7 @@ type AllocateRevisionsResponse struct {
 
 func (x *AllocateRevisionsResponse) Reset() {
 	*x = AllocateRevisionsResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +893,7 @@ func (x *AllocateRevisionsResponse) String() string {
 func (*AllocateRevisionsResponse) ProtoMessage() {}
 
 func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +906,7 @@ func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AllocateRevisionsResponse) GetFirst() int64 {
@@ -654,7 +942,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +954,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +967,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseRequest) GetOp() isLeaseRequest_Op {
@@ -781,7 +1069,7 @@ type AlarmRequest struct {
 
 func (x *AlarmRequest) Reset() {
 	*x = AlarmRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +1081,7 @@ func (x *AlarmRequest) String() string {
 func (*AlarmRequest) ProtoMessage() {}
 
 func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +1094,7 @@ func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
 func (*AlarmRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{11}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AlarmRequest) GetRequest() []byte {
@@ -826,7 +1114,7 @@ type AlarmResponse struct {
 
 func (x *AlarmResponse) Reset() {
 	*x = AlarmResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1126,7 @@ func (x *AlarmResponse) String() string {
 func (*AlarmResponse) ProtoMessage() {}
 
 func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,12 +1139,478 @@ func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
 func (*AlarmResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{12}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AlarmResponse) GetResponse() []byte {
 	if x != nil {
 		return x.Response
+	}
+	return nil
+}
+
+// AuthRequest is one etcd Auth call, etcd's own message serialized. The
+// gateway has checked that the caller may make it and has replaced every
+// password by its bcrypt hash (etcd's hashedPassword field).
+type AuthRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*AuthRequest_Enable
+	//	*AuthRequest_Disable
+	//	*AuthRequest_Status
+	//	*AuthRequest_UserAdd
+	//	*AuthRequest_UserGet
+	//	*AuthRequest_UserList
+	//	*AuthRequest_UserDelete
+	//	*AuthRequest_UserChangePassword
+	//	*AuthRequest_UserGrantRole
+	//	*AuthRequest_UserRevokeRole
+	//	*AuthRequest_RoleAdd
+	//	*AuthRequest_RoleGet
+	//	*AuthRequest_RoleList
+	//	*AuthRequest_RoleDelete
+	//	*AuthRequest_RoleGrantPermission
+	//	*AuthRequest_RoleRevokePermission
+	Op isAuthRequest_Op `protobuf_oneof:"op"`
+	// For enable: the new simple-token key (random, from the gateway, so
+	// that applying the entry is deterministic).
+	TokenKey      []byte `protobuf:"bytes,17,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthRequest) Reset() {
+	*x = AuthRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthRequest) ProtoMessage() {}
+
+func (x *AuthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthRequest.ProtoReflect.Descriptor instead.
+func (*AuthRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AuthRequest) GetOp() isAuthRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetEnable() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_Enable); ok {
+			return x.Enable
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetDisable() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_Disable); ok {
+			return x.Disable
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetStatus() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_Status); ok {
+			return x.Status
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserAdd() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserAdd); ok {
+			return x.UserAdd
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserGet() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserGet); ok {
+			return x.UserGet
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserList() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserList); ok {
+			return x.UserList
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserDelete() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserDelete); ok {
+			return x.UserDelete
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserChangePassword() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserChangePassword); ok {
+			return x.UserChangePassword
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserGrantRole() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserGrantRole); ok {
+			return x.UserGrantRole
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetUserRevokeRole() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_UserRevokeRole); ok {
+			return x.UserRevokeRole
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleAdd() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleAdd); ok {
+			return x.RoleAdd
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleGet() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleGet); ok {
+			return x.RoleGet
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleList() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleList); ok {
+			return x.RoleList
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleDelete() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleDelete); ok {
+			return x.RoleDelete
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleGrantPermission() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleGrantPermission); ok {
+			return x.RoleGrantPermission
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetRoleRevokePermission() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*AuthRequest_RoleRevokePermission); ok {
+			return x.RoleRevokePermission
+		}
+	}
+	return nil
+}
+
+func (x *AuthRequest) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
+}
+
+type isAuthRequest_Op interface {
+	isAuthRequest_Op()
+}
+
+type AuthRequest_Enable struct {
+	Enable []byte `protobuf:"bytes,1,opt,name=enable,proto3,oneof"`
+}
+
+type AuthRequest_Disable struct {
+	Disable []byte `protobuf:"bytes,2,opt,name=disable,proto3,oneof"`
+}
+
+type AuthRequest_Status struct {
+	Status []byte `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
+}
+
+type AuthRequest_UserAdd struct {
+	UserAdd []byte `protobuf:"bytes,4,opt,name=user_add,json=userAdd,proto3,oneof"`
+}
+
+type AuthRequest_UserGet struct {
+	UserGet []byte `protobuf:"bytes,5,opt,name=user_get,json=userGet,proto3,oneof"`
+}
+
+type AuthRequest_UserList struct {
+	UserList []byte `protobuf:"bytes,6,opt,name=user_list,json=userList,proto3,oneof"`
+}
+
+type AuthRequest_UserDelete struct {
+	UserDelete []byte `protobuf:"bytes,7,opt,name=user_delete,json=userDelete,proto3,oneof"`
+}
+
+type AuthRequest_UserChangePassword struct {
+	UserChangePassword []byte `protobuf:"bytes,8,opt,name=user_change_password,json=userChangePassword,proto3,oneof"`
+}
+
+type AuthRequest_UserGrantRole struct {
+	UserGrantRole []byte `protobuf:"bytes,9,opt,name=user_grant_role,json=userGrantRole,proto3,oneof"`
+}
+
+type AuthRequest_UserRevokeRole struct {
+	UserRevokeRole []byte `protobuf:"bytes,10,opt,name=user_revoke_role,json=userRevokeRole,proto3,oneof"`
+}
+
+type AuthRequest_RoleAdd struct {
+	RoleAdd []byte `protobuf:"bytes,11,opt,name=role_add,json=roleAdd,proto3,oneof"`
+}
+
+type AuthRequest_RoleGet struct {
+	RoleGet []byte `protobuf:"bytes,12,opt,name=role_get,json=roleGet,proto3,oneof"`
+}
+
+type AuthRequest_RoleList struct {
+	RoleList []byte `protobuf:"bytes,13,opt,name=role_list,json=roleList,proto3,oneof"`
+}
+
+type AuthRequest_RoleDelete struct {
+	RoleDelete []byte `protobuf:"bytes,14,opt,name=role_delete,json=roleDelete,proto3,oneof"`
+}
+
+type AuthRequest_RoleGrantPermission struct {
+	RoleGrantPermission []byte `protobuf:"bytes,15,opt,name=role_grant_permission,json=roleGrantPermission,proto3,oneof"`
+}
+
+type AuthRequest_RoleRevokePermission struct {
+	RoleRevokePermission []byte `protobuf:"bytes,16,opt,name=role_revoke_permission,json=roleRevokePermission,proto3,oneof"`
+}
+
+func (*AuthRequest_Enable) isAuthRequest_Op() {}
+
+func (*AuthRequest_Disable) isAuthRequest_Op() {}
+
+func (*AuthRequest_Status) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserAdd) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserGet) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserList) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserDelete) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserChangePassword) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserGrantRole) isAuthRequest_Op() {}
+
+func (*AuthRequest_UserRevokeRole) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleAdd) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleGet) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleList) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleDelete) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleGrantPermission) isAuthRequest_Op() {}
+
+func (*AuthRequest_RoleRevokePermission) isAuthRequest_Op() {}
+
+// AuthResponse is the serialized etcd response of the call.
+type AuthResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthResponse) Reset() {
+	*x = AuthResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthResponse) ProtoMessage() {}
+
+func (x *AuthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthResponse.ProtoReflect.Descriptor instead.
+func (*AuthResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AuthResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+type GetAuthStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The generation the caller holds: if it is current, the state is left
+	// out.
+	KnownGeneration uint64 `protobuf:"varint,1,opt,name=known_generation,json=knownGeneration,proto3" json:"known_generation,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetAuthStateRequest) Reset() {
+	*x = GetAuthStateRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAuthStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAuthStateRequest) ProtoMessage() {}
+
+func (x *GetAuthStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAuthStateRequest.ProtoReflect.Descriptor instead.
+func (*GetAuthStateRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetAuthStateRequest) GetKnownGeneration() uint64 {
+	if x != nil {
+		return x.KnownGeneration
+	}
+	return 0
+}
+
+// GetAuthStateResponse is the auth store after a ReadIndex of the meta
+// shard: a gateway that sent the request at time t may rely on it until
+// t plus the staleness bound the auth calls wait out (see pkg/auth).
+type GetAuthStateResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Unset when known_generation is current.
+	State         *AuthState `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAuthStateResponse) Reset() {
+	*x = GetAuthStateResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAuthStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAuthStateResponse) ProtoMessage() {}
+
+func (x *GetAuthStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAuthStateResponse.ProtoReflect.Descriptor instead.
+func (*GetAuthStateResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetAuthStateResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GetAuthStateResponse) GetState() *AuthState {
+	if x != nil {
+		return x.State
 	}
 	return nil
 }
@@ -874,7 +1628,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1640,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1653,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{13}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaseResponse) GetResponse() []byte {
@@ -937,16 +1691,47 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\bShardMap\x12\"\n" +
 	"\rmeta_shard_id\x18\x01 \x01(\x04R\vmetaShardId\x128\n" +
 	"\x06shards\x18\x02 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shards\x12.\n" +
-	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\xc7\x02\n" +
+	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\xf7\x02\n" +
 	"\tMetaState\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12\x1b\n" +
 	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\x12>\n" +
 	"\x06leases\x18\x03 \x03(\v2&.tessera.meta.v1.MetaState.LeasesEntryR\x06leases\x12\"\n" +
 	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x12.\n" +
-	"\x06alarms\x18\x05 \x03(\v2\x16.tessera.meta.v1.AlarmR\x06alarms\x1aQ\n" +
+	"\x06alarms\x18\x05 \x03(\v2\x16.tessera.meta.v1.AlarmR\x06alarms\x12.\n" +
+	"\x04auth\x18\x06 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x04auth\x1aQ\n" +
 	"\vLeasesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12,\n" +
-	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\"6\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\"\xa2\x03\n" +
+	"\tAuthState\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12;\n" +
+	"\x05users\x18\x03 \x03(\v2%.tessera.meta.v1.AuthState.UsersEntryR\x05users\x12;\n" +
+	"\x05roles\x18\x04 \x03(\v2%.tessera.meta.v1.AuthState.RolesEntryR\x05roles\x12\x1b\n" +
+	"\ttoken_key\x18\x05 \x01(\fR\btokenKey\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x06 \x01(\x04R\n" +
+	"generation\x1aS\n" +
+	"\n" +
+	"UsersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.tessera.meta.v1.AuthUserR\x05value:\x028\x01\x1aS\n" +
+	"\n" +
+	"RolesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.tessera.meta.v1.AuthRoleR\x05value:\x028\x01\"z\n" +
+	"\bAuthUser\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rpassword_hash\x18\x02 \x01(\tR\fpasswordHash\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x1f\n" +
+	"\vno_password\x18\x04 \x01(\bR\n" +
+	"noPassword\"a\n" +
+	"\bAuthRole\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12A\n" +
+	"\vpermissions\x18\x02 \x03(\v2\x1f.tessera.meta.v1.AuthPermissionR\vpermissions\"S\n" +
+	"\x0eAuthPermission\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\x05R\x04type\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x03 \x01(\fR\brangeEnd\"6\n" +
 	"\x05Alarm\x12\x19\n" +
 	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\x05R\x04type\"\x80\x01\n" +
@@ -980,15 +1765,48 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\fAlarmRequest\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\"+\n" +
 	"\rAlarmResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse\"A\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"\xf0\x04\n" +
+	"\vAuthRequest\x12\x18\n" +
+	"\x06enable\x18\x01 \x01(\fH\x00R\x06enable\x12\x1a\n" +
+	"\adisable\x18\x02 \x01(\fH\x00R\adisable\x12\x18\n" +
+	"\x06status\x18\x03 \x01(\fH\x00R\x06status\x12\x1b\n" +
+	"\buser_add\x18\x04 \x01(\fH\x00R\auserAdd\x12\x1b\n" +
+	"\buser_get\x18\x05 \x01(\fH\x00R\auserGet\x12\x1d\n" +
+	"\tuser_list\x18\x06 \x01(\fH\x00R\buserList\x12!\n" +
+	"\vuser_delete\x18\a \x01(\fH\x00R\n" +
+	"userDelete\x122\n" +
+	"\x14user_change_password\x18\b \x01(\fH\x00R\x12userChangePassword\x12(\n" +
+	"\x0fuser_grant_role\x18\t \x01(\fH\x00R\ruserGrantRole\x12*\n" +
+	"\x10user_revoke_role\x18\n" +
+	" \x01(\fH\x00R\x0euserRevokeRole\x12\x1b\n" +
+	"\brole_add\x18\v \x01(\fH\x00R\aroleAdd\x12\x1b\n" +
+	"\brole_get\x18\f \x01(\fH\x00R\aroleGet\x12\x1d\n" +
+	"\trole_list\x18\r \x01(\fH\x00R\broleList\x12!\n" +
+	"\vrole_delete\x18\x0e \x01(\fH\x00R\n" +
+	"roleDelete\x124\n" +
+	"\x15role_grant_permission\x18\x0f \x01(\fH\x00R\x13roleGrantPermission\x126\n" +
+	"\x16role_revoke_permission\x18\x10 \x01(\fH\x00R\x14roleRevokePermission\x12\x1b\n" +
+	"\ttoken_key\x18\x11 \x01(\fR\btokenKeyB\x04\n" +
+	"\x02op\"*\n" +
+	"\fAuthResponse\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"@\n" +
+	"\x13GetAuthStateRequest\x12)\n" +
+	"\x10known_generation\x18\x01 \x01(\x04R\x0fknownGeneration\"h\n" +
+	"\x14GetAuthStateResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x120\n" +
+	"\x05state\x18\x02 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x05state\"A\n" +
 	"\rLeaseResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xdc\x02\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xfe\x03\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
 	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +
 	"\x05Lease\x12\x1d.tessera.meta.v1.LeaseRequest\x1a\x1e.tessera.meta.v1.LeaseResponse\x12F\n" +
-	"\x05Alarm\x12\x1d.tessera.meta.v1.AlarmRequest\x1a\x1e.tessera.meta.v1.AlarmResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
+	"\x05Alarm\x12\x1d.tessera.meta.v1.AlarmRequest\x1a\x1e.tessera.meta.v1.AlarmResponse\x12C\n" +
+	"\x04Auth\x12\x1c.tessera.meta.v1.AuthRequest\x1a\x1d.tessera.meta.v1.AuthResponse\x12[\n" +
+	"\fGetAuthState\x12$.tessera.meta.v1.GetAuthStateRequest\x1a%.tessera.meta.v1.GetAuthStateResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
 
 var (
 	file_tessera_meta_v1_meta_proto_rawDescOnce sync.Once
@@ -1002,47 +1820,68 @@ func file_tessera_meta_v1_meta_proto_rawDescGZIP() []byte {
 	return file_tessera_meta_v1_meta_proto_rawDescData
 }
 
-var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tessera_meta_v1_meta_proto_goTypes = []any{
 	(*ShardDescriptor)(nil),           // 0: tessera.meta.v1.ShardDescriptor
 	(*Store)(nil),                     // 1: tessera.meta.v1.Store
 	(*ShardMap)(nil),                  // 2: tessera.meta.v1.ShardMap
 	(*MetaState)(nil),                 // 3: tessera.meta.v1.MetaState
-	(*Alarm)(nil),                     // 4: tessera.meta.v1.Alarm
-	(*Lease)(nil),                     // 5: tessera.meta.v1.Lease
-	(*GetShardMapRequest)(nil),        // 6: tessera.meta.v1.GetShardMapRequest
-	(*GetShardMapResponse)(nil),       // 7: tessera.meta.v1.GetShardMapResponse
-	(*AllocateRevisionsRequest)(nil),  // 8: tessera.meta.v1.AllocateRevisionsRequest
-	(*AllocateRevisionsResponse)(nil), // 9: tessera.meta.v1.AllocateRevisionsResponse
-	(*LeaseRequest)(nil),              // 10: tessera.meta.v1.LeaseRequest
-	(*AlarmRequest)(nil),              // 11: tessera.meta.v1.AlarmRequest
-	(*AlarmResponse)(nil),             // 12: tessera.meta.v1.AlarmResponse
-	(*LeaseResponse)(nil),             // 13: tessera.meta.v1.LeaseResponse
-	nil,                               // 14: tessera.meta.v1.MetaState.LeasesEntry
-	nil,                               // 15: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	(*AuthState)(nil),                 // 4: tessera.meta.v1.AuthState
+	(*AuthUser)(nil),                  // 5: tessera.meta.v1.AuthUser
+	(*AuthRole)(nil),                  // 6: tessera.meta.v1.AuthRole
+	(*AuthPermission)(nil),            // 7: tessera.meta.v1.AuthPermission
+	(*Alarm)(nil),                     // 8: tessera.meta.v1.Alarm
+	(*Lease)(nil),                     // 9: tessera.meta.v1.Lease
+	(*GetShardMapRequest)(nil),        // 10: tessera.meta.v1.GetShardMapRequest
+	(*GetShardMapResponse)(nil),       // 11: tessera.meta.v1.GetShardMapResponse
+	(*AllocateRevisionsRequest)(nil),  // 12: tessera.meta.v1.AllocateRevisionsRequest
+	(*AllocateRevisionsResponse)(nil), // 13: tessera.meta.v1.AllocateRevisionsResponse
+	(*LeaseRequest)(nil),              // 14: tessera.meta.v1.LeaseRequest
+	(*AlarmRequest)(nil),              // 15: tessera.meta.v1.AlarmRequest
+	(*AlarmResponse)(nil),             // 16: tessera.meta.v1.AlarmResponse
+	(*AuthRequest)(nil),               // 17: tessera.meta.v1.AuthRequest
+	(*AuthResponse)(nil),              // 18: tessera.meta.v1.AuthResponse
+	(*GetAuthStateRequest)(nil),       // 19: tessera.meta.v1.GetAuthStateRequest
+	(*GetAuthStateResponse)(nil),      // 20: tessera.meta.v1.GetAuthStateResponse
+	(*LeaseResponse)(nil),             // 21: tessera.meta.v1.LeaseResponse
+	nil,                               // 22: tessera.meta.v1.MetaState.LeasesEntry
+	nil,                               // 23: tessera.meta.v1.AuthState.UsersEntry
+	nil,                               // 24: tessera.meta.v1.AuthState.RolesEntry
+	nil,                               // 25: tessera.meta.v1.GetShardMapResponse.LeadersEntry
 }
 var file_tessera_meta_v1_meta_proto_depIdxs = []int32{
 	0,  // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
 	1,  // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
 	2,  // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
-	14, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
-	4,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
-	2,  // 5: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
-	15, // 6: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
-	5,  // 7: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
-	6,  // 8: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
-	8,  // 9: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
-	10, // 10: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
-	11, // 11: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
-	7,  // 12: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
-	9,  // 13: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
-	13, // 14: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
-	12, // 15: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	22, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
+	8,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
+	4,  // 5: tessera.meta.v1.MetaState.auth:type_name -> tessera.meta.v1.AuthState
+	23, // 6: tessera.meta.v1.AuthState.users:type_name -> tessera.meta.v1.AuthState.UsersEntry
+	24, // 7: tessera.meta.v1.AuthState.roles:type_name -> tessera.meta.v1.AuthState.RolesEntry
+	7,  // 8: tessera.meta.v1.AuthRole.permissions:type_name -> tessera.meta.v1.AuthPermission
+	2,  // 9: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
+	25, // 10: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	4,  // 11: tessera.meta.v1.GetAuthStateResponse.state:type_name -> tessera.meta.v1.AuthState
+	9,  // 12: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
+	5,  // 13: tessera.meta.v1.AuthState.UsersEntry.value:type_name -> tessera.meta.v1.AuthUser
+	6,  // 14: tessera.meta.v1.AuthState.RolesEntry.value:type_name -> tessera.meta.v1.AuthRole
+	10, // 15: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
+	12, // 16: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
+	14, // 17: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
+	15, // 18: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
+	17, // 19: tessera.meta.v1.Meta.Auth:input_type -> tessera.meta.v1.AuthRequest
+	19, // 20: tessera.meta.v1.Meta.GetAuthState:input_type -> tessera.meta.v1.GetAuthStateRequest
+	11, // 21: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
+	13, // 22: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
+	21, // 23: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
+	16, // 24: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
+	18, // 25: tessera.meta.v1.Meta.Auth:output_type -> tessera.meta.v1.AuthResponse
+	20, // 26: tessera.meta.v1.Meta.GetAuthState:output_type -> tessera.meta.v1.GetAuthStateResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_tessera_meta_v1_meta_proto_init() }
@@ -1050,12 +1889,30 @@ func file_tessera_meta_v1_meta_proto_init() {
 	if File_tessera_meta_v1_meta_proto != nil {
 		return
 	}
-	file_tessera_meta_v1_meta_proto_msgTypes[10].OneofWrappers = []any{
+	file_tessera_meta_v1_meta_proto_msgTypes[14].OneofWrappers = []any{
 		(*LeaseRequest_Grant)(nil),
 		(*LeaseRequest_Revoke)(nil),
 		(*LeaseRequest_KeepAlive)(nil),
 		(*LeaseRequest_TimeToLive)(nil),
 		(*LeaseRequest_Leases)(nil),
+	}
+	file_tessera_meta_v1_meta_proto_msgTypes[17].OneofWrappers = []any{
+		(*AuthRequest_Enable)(nil),
+		(*AuthRequest_Disable)(nil),
+		(*AuthRequest_Status)(nil),
+		(*AuthRequest_UserAdd)(nil),
+		(*AuthRequest_UserGet)(nil),
+		(*AuthRequest_UserList)(nil),
+		(*AuthRequest_UserDelete)(nil),
+		(*AuthRequest_UserChangePassword)(nil),
+		(*AuthRequest_UserGrantRole)(nil),
+		(*AuthRequest_UserRevokeRole)(nil),
+		(*AuthRequest_RoleAdd)(nil),
+		(*AuthRequest_RoleGet)(nil),
+		(*AuthRequest_RoleList)(nil),
+		(*AuthRequest_RoleDelete)(nil),
+		(*AuthRequest_RoleGrantPermission)(nil),
+		(*AuthRequest_RoleRevokePermission)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1063,7 +1920,7 @@ func file_tessera_meta_v1_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_meta_v1_meta_proto_rawDesc), len(file_tessera_meta_v1_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

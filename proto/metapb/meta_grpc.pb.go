@@ -25,6 +25,8 @@ const (
 	Meta_AllocateRevisions_FullMethodName = "/tessera.meta.v1.Meta/AllocateRevisions"
 	Meta_Lease_FullMethodName             = "/tessera.meta.v1.Meta/Lease"
 	Meta_Alarm_FullMethodName             = "/tessera.meta.v1.Meta/Alarm"
+	Meta_Auth_FullMethodName              = "/tessera.meta.v1.Meta/Auth"
+	Meta_GetAuthState_FullMethodName      = "/tessera.meta.v1.Meta/GetAuthState"
 )
 
 // MetaClient is the client API for Meta service.
@@ -41,6 +43,10 @@ type MetaClient interface {
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 	// etcd's Alarm: list, raise or clear alarms.
 	Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.CallOption) (*AlarmResponse, error)
+	// etcd's Auth calls, but Authenticate (the gateway issues tokens).
+	Auth(ctx context.Context, in *AuthRequest, opts ...grpc.CallOption) (*AuthResponse, error)
+	// The auth store, for the gateways' permission checks.
+	GetAuthState(ctx context.Context, in *GetAuthStateRequest, opts ...grpc.CallOption) (*GetAuthStateResponse, error)
 }
 
 type metaClient struct {
@@ -91,6 +97,26 @@ func (c *metaClient) Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *metaClient) Auth(ctx context.Context, in *AuthRequest, opts ...grpc.CallOption) (*AuthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthResponse)
+	err := c.cc.Invoke(ctx, Meta_Auth_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *metaClient) GetAuthState(ctx context.Context, in *GetAuthStateRequest, opts ...grpc.CallOption) (*GetAuthStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAuthStateResponse)
+	err := c.cc.Invoke(ctx, Meta_GetAuthState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MetaServer is the server API for Meta service.
 // All implementations must embed UnimplementedMetaServer
 // for forward compatibility.
@@ -105,6 +131,10 @@ type MetaServer interface {
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	// etcd's Alarm: list, raise or clear alarms.
 	Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error)
+	// etcd's Auth calls, but Authenticate (the gateway issues tokens).
+	Auth(context.Context, *AuthRequest) (*AuthResponse, error)
+	// The auth store, for the gateways' permission checks.
+	GetAuthState(context.Context, *GetAuthStateRequest) (*GetAuthStateResponse, error)
 	mustEmbedUnimplementedMetaServer()
 }
 
@@ -126,6 +156,12 @@ func (UnimplementedMetaServer) Lease(context.Context, *LeaseRequest) (*LeaseResp
 }
 func (UnimplementedMetaServer) Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Alarm not implemented")
+}
+func (UnimplementedMetaServer) Auth(context.Context, *AuthRequest) (*AuthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Auth not implemented")
+}
+func (UnimplementedMetaServer) GetAuthState(context.Context, *GetAuthStateRequest) (*GetAuthStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAuthState not implemented")
 }
 func (UnimplementedMetaServer) mustEmbedUnimplementedMetaServer() {}
 func (UnimplementedMetaServer) testEmbeddedByValue()              {}
@@ -220,6 +256,42 @@ func _Meta_Alarm_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Meta_Auth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).Auth(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_Auth_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).Auth(ctx, req.(*AuthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Meta_GetAuthState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAuthStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).GetAuthState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_GetAuthState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).GetAuthState(ctx, req.(*GetAuthStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Meta_ServiceDesc is the grpc.ServiceDesc for Meta service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +314,14 @@ var Meta_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Alarm",
 			Handler:    _Meta_Alarm_Handler,
+		},
+		{
+			MethodName: "Auth",
+			Handler:    _Meta_Auth_Handler,
+		},
+		{
+			MethodName: "GetAuthState",
+			Handler:    _Meta_GetAuthState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -9,6 +9,7 @@
 package raftcmdpb
 
 import (
+	metapb "github.com/tessera-kv/tessera/proto/metapb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -451,6 +452,7 @@ type MetaCommand struct {
 	//	*MetaCommand_SetAlarm
 	//	*MetaCommand_StartRevoke
 	//	*MetaCommand_CheckpointLeases
+	//	*MetaCommand_Auth
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -556,6 +558,15 @@ func (x *MetaCommand) GetCheckpointLeases() *CheckpointLeases {
 	return nil
 }
 
+func (x *MetaCommand) GetAuth() *metapb.AuthRequest {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -588,6 +599,11 @@ type MetaCommand_CheckpointLeases struct {
 	CheckpointLeases *CheckpointLeases `protobuf:"bytes,7,opt,name=checkpoint_leases,json=checkpointLeases,proto3,oneof"`
 }
 
+type MetaCommand_Auth struct {
+	// A change to the auth store (never a read, never Authenticate).
+	Auth *metapb.AuthRequest `protobuf:"bytes,8,opt,name=auth,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
@@ -602,6 +618,63 @@ func (*MetaCommand_StartRevoke) isMetaCommand_Op() {}
 
 func (*MetaCommand_CheckpointLeases) isMetaCommand_Op() {}
 
+func (*MetaCommand_Auth) isMetaCommand_Op() {}
+
+// AuthResult is the meta state machine's answer to an auth entry: etcd's
+// serialized response, or etcd's error message (rpctypes) if the change was
+// refused and nothing changed.
+type AuthResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthResult) Reset() {
+	*x = AuthResult{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthResult) ProtoMessage() {}
+
+func (x *AuthResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthResult.ProtoReflect.Descriptor instead.
+func (*AuthResult) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AuthResult) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *AuthResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // CheckpointLeases records the leader's remaining TTL of leases (parallel
 // lists; 0 resets a lease to its full TTL), as etcd's lease checkpoints.
 type CheckpointLeases struct {
@@ -614,7 +687,7 @@ type CheckpointLeases struct {
 
 func (x *CheckpointLeases) Reset() {
 	*x = CheckpointLeases{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +699,7 @@ func (x *CheckpointLeases) String() string {
 func (*CheckpointLeases) ProtoMessage() {}
 
 func (x *CheckpointLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +712,7 @@ func (x *CheckpointLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointLeases.ProtoReflect.Descriptor instead.
 func (*CheckpointLeases) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckpointLeases) GetIds() []int64 {
@@ -668,7 +741,7 @@ type StartRevoke struct {
 
 func (x *StartRevoke) Reset() {
 	*x = StartRevoke{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +753,7 @@ func (x *StartRevoke) String() string {
 func (*StartRevoke) ProtoMessage() {}
 
 func (x *StartRevoke) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +766,7 @@ func (x *StartRevoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRevoke.ProtoReflect.Descriptor instead.
 func (*StartRevoke) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StartRevoke) GetIds() []int64 {
@@ -716,7 +789,7 @@ type SetAlarm struct {
 
 func (x *SetAlarm) Reset() {
 	*x = SetAlarm{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +801,7 @@ func (x *SetAlarm) String() string {
 func (*SetAlarm) ProtoMessage() {}
 
 func (x *SetAlarm) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +814,7 @@ func (x *SetAlarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAlarm.ProtoReflect.Descriptor instead.
 func (*SetAlarm) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetAlarm) GetStoreId() uint64 {
@@ -777,7 +850,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +862,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +875,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GrantLease) GetId() int64 {
@@ -829,7 +902,7 @@ type DropLease struct {
 
 func (x *DropLease) Reset() {
 	*x = DropLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +914,7 @@ func (x *DropLease) String() string {
 func (*DropLease) ProtoMessage() {}
 
 func (x *DropLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +927,7 @@ func (x *DropLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropLease.ProtoReflect.Descriptor instead.
 func (*DropLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DropLease) GetIds() []int64 {
@@ -881,7 +954,7 @@ type ExtendTSO struct {
 
 func (x *ExtendTSO) Reset() {
 	*x = ExtendTSO{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +966,7 @@ func (x *ExtendTSO) String() string {
 func (*ExtendTSO) ProtoMessage() {}
 
 func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +979,7 @@ func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendTSO.ProtoReflect.Descriptor instead.
 func (*ExtendTSO) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{11}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExtendTSO) GetLimit() int64 {
@@ -935,7 +1008,7 @@ type RegisterStore struct {
 
 func (x *RegisterStore) Reset() {
 	*x = RegisterStore{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1020,7 @@ func (x *RegisterStore) String() string {
 func (*RegisterStore) ProtoMessage() {}
 
 func (x *RegisterStore) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1033,7 @@ func (x *RegisterStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterStore.ProtoReflect.Descriptor instead.
 func (*RegisterStore) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{12}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RegisterStore) GetStoreId() uint64 {
@@ -988,7 +1061,7 @@ var File_tessera_raftcmd_v1_raftcmd_proto protoreflect.FileDescriptor
 
 const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\n" +
-	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\"\x87\x03\n" +
+	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\x1a\x1atessera/meta/v1/meta.proto\"\x87\x03\n" +
 	"\vDataCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x03txn\x18\x02 \x01(\fH\x00R\x03txn\x127\n" +
@@ -1020,7 +1093,7 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
 	"\fCODE_INVALID\x10\x06\x12\x18\n" +
-	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xfa\x03\n" +
+	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xae\x04\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
@@ -1031,8 +1104,13 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"drop_lease\x18\x04 \x01(\v2\x1d.tessera.raftcmd.v1.DropLeaseH\x00R\tdropLease\x12;\n" +
 	"\tset_alarm\x18\x05 \x01(\v2\x1c.tessera.raftcmd.v1.SetAlarmH\x00R\bsetAlarm\x12D\n" +
 	"\fstart_revoke\x18\x06 \x01(\v2\x1f.tessera.raftcmd.v1.StartRevokeH\x00R\vstartRevoke\x12S\n" +
-	"\x11checkpoint_leases\x18\a \x01(\v2$.tessera.raftcmd.v1.CheckpointLeasesH\x00R\x10checkpointLeasesB\x04\n" +
-	"\x02op\"K\n" +
+	"\x11checkpoint_leases\x18\a \x01(\v2$.tessera.raftcmd.v1.CheckpointLeasesH\x00R\x10checkpointLeases\x122\n" +
+	"\x04auth\x18\b \x01(\v2\x1c.tessera.meta.v1.AuthRequestH\x00R\x04authB\x04\n" +
+	"\x02op\">\n" +
+	"\n" +
+	"AuthResult\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"K\n" +
 	"\x10CheckpointLeases\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x03R\x03ids\x12%\n" +
 	"\x0eremaining_ttls\x18\x02 \x03(\x03R\rremainingTtls\"\x1f\n" +
@@ -1070,42 +1148,45 @@ func file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP() []byte {
 }
 
 var file_tessera_raftcmd_v1_raftcmd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
-	(DataResult_Code)(0),     // 0: tessera.raftcmd.v1.DataResult.Code
-	(*DataCommand)(nil),      // 1: tessera.raftcmd.v1.DataCommand
-	(*RevokeLease)(nil),      // 2: tessera.raftcmd.v1.RevokeLease
-	(*Compact)(nil),          // 3: tessera.raftcmd.v1.Compact
-	(*Tick)(nil),             // 4: tessera.raftcmd.v1.Tick
-	(*DataResult)(nil),       // 5: tessera.raftcmd.v1.DataResult
-	(*MetaCommand)(nil),      // 6: tessera.raftcmd.v1.MetaCommand
-	(*CheckpointLeases)(nil), // 7: tessera.raftcmd.v1.CheckpointLeases
-	(*StartRevoke)(nil),      // 8: tessera.raftcmd.v1.StartRevoke
-	(*SetAlarm)(nil),         // 9: tessera.raftcmd.v1.SetAlarm
-	(*GrantLease)(nil),       // 10: tessera.raftcmd.v1.GrantLease
-	(*DropLease)(nil),        // 11: tessera.raftcmd.v1.DropLease
-	(*ExtendTSO)(nil),        // 12: tessera.raftcmd.v1.ExtendTSO
-	(*RegisterStore)(nil),    // 13: tessera.raftcmd.v1.RegisterStore
-	nil,                      // 14: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	(DataResult_Code)(0),       // 0: tessera.raftcmd.v1.DataResult.Code
+	(*DataCommand)(nil),        // 1: tessera.raftcmd.v1.DataCommand
+	(*RevokeLease)(nil),        // 2: tessera.raftcmd.v1.RevokeLease
+	(*Compact)(nil),            // 3: tessera.raftcmd.v1.Compact
+	(*Tick)(nil),               // 4: tessera.raftcmd.v1.Tick
+	(*DataResult)(nil),         // 5: tessera.raftcmd.v1.DataResult
+	(*MetaCommand)(nil),        // 6: tessera.raftcmd.v1.MetaCommand
+	(*AuthResult)(nil),         // 7: tessera.raftcmd.v1.AuthResult
+	(*CheckpointLeases)(nil),   // 8: tessera.raftcmd.v1.CheckpointLeases
+	(*StartRevoke)(nil),        // 9: tessera.raftcmd.v1.StartRevoke
+	(*SetAlarm)(nil),           // 10: tessera.raftcmd.v1.SetAlarm
+	(*GrantLease)(nil),         // 11: tessera.raftcmd.v1.GrantLease
+	(*DropLease)(nil),          // 12: tessera.raftcmd.v1.DropLease
+	(*ExtendTSO)(nil),          // 13: tessera.raftcmd.v1.ExtendTSO
+	(*RegisterStore)(nil),      // 14: tessera.raftcmd.v1.RegisterStore
+	nil,                        // 15: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	(*metapb.AuthRequest)(nil), // 16: tessera.meta.v1.AuthRequest
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
 	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
 	4,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
 	2,  // 2: tessera.raftcmd.v1.DataCommand.revoke_lease:type_name -> tessera.raftcmd.v1.RevokeLease
-	14, // 3: tessera.raftcmd.v1.DataCommand.lease_epochs:type_name -> tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	15, // 3: tessera.raftcmd.v1.DataCommand.lease_epochs:type_name -> tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
 	0,  // 4: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
-	12, // 5: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
-	13, // 6: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
-	10, // 7: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
-	11, // 8: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
-	9,  // 9: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
-	8,  // 10: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
-	7,  // 11: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	13, // 5: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
+	14, // 6: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
+	11, // 7: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
+	12, // 8: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
+	10, // 9: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
+	9,  // 10: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
+	8,  // 11: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
+	16, // 12: tessera.raftcmd.v1.MetaCommand.auth:type_name -> tessera.meta.v1.AuthRequest
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -1127,6 +1208,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*MetaCommand_SetAlarm)(nil),
 		(*MetaCommand_StartRevoke)(nil),
 		(*MetaCommand_CheckpointLeases)(nil),
+		(*MetaCommand_Auth)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1134,7 +1216,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc), len(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,7 +1,7 @@
 // Package metasm is the state machine of the meta shard: the shard map, the
-// revision oracle's high-water mark, and the leases. Its state is small, so it lives in
-// memory and is rebuilt from the Raft log and snapshots (dragonboat
-// IStateMachine); Update is deterministic.
+// revision oracle's high-water mark, the leases, alarms and the auth store.
+// Its state is small, so it lives in memory and is rebuilt from the Raft
+// log and snapshots (dragonboat IStateMachine); Update is deterministic.
 package metasm
 
 import (
@@ -11,8 +11,10 @@ import (
 	"sync"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/auth"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 )
@@ -91,6 +93,20 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	case *raftcmdpb.MetaCommand_SetAlarm:
 		s.setAlarmLocked(op.SetAlarm)
 		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_Auth:
+		// Data is an AuthResult: etcd's response, or the error that left
+		// the store unchanged.
+		if s.state.Auth == nil {
+			s.state.Auth = &metapb.AuthState{}
+		}
+		var res raftcmdpb.AuthResult
+		if resp, err := auth.Apply(s.state.Auth, op.Auth); err != nil {
+			res.Error = rpctypes.ErrorDesc(err)
+		} else if res.Response, err = proto.Marshal(resp); err != nil {
+			res.Error = err.Error()
+		}
+		b, _ := proto.Marshal(&res)
+		return sm.Result{Value: 1, Data: b}, nil
 	}
 	return sm.Result{}, nil
 }
@@ -115,6 +131,9 @@ func (s *StateMachine) setAlarmLocked(a *raftcmdpb.SetAlarm) {
 
 // AlarmsQuery asks Lookup for the active alarms ([]*metapb.Alarm, a copy).
 type AlarmsQuery struct{}
+
+// AuthQuery asks Lookup for a copy of the auth store (*metapb.AuthState).
+type AuthQuery struct{}
 
 // grantLocked creates a lease and returns its ID, or 0 if the requested ID
 // is taken. A server-chosen ID is the next free one from a counter kept in
@@ -152,6 +171,11 @@ func (s *StateMachine) Lookup(q any) (any, error) {
 			out[i] = proto.Clone(a).(*metapb.Alarm)
 		}
 		return out, nil
+	case AuthQuery:
+		if s.state.Auth == nil {
+			return &metapb.AuthState{}, nil
+		}
+		return proto.Clone(s.state.Auth), nil
 	}
 	return nil, fmt.Errorf("metasm: unknown query %T", q)
 }
