@@ -98,6 +98,7 @@ func runDev(args []string, log *slog.Logger) error {
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
+	authCfg := registerAuth(fs)
 	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run, and use mutual TLS between the tiers")
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
@@ -149,7 +150,7 @@ func runDev(args []string, log *slog.Logger) error {
 	}
 	defer w.Close()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: urls, Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
-		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Peer: peer, Logger: log.With("tier", "gateway")})
+		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}
@@ -224,6 +225,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
+	authCfg := registerAuth(fs)
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
@@ -240,7 +242,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	}
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
-		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Logger: log.With("tier", "gateway")})
+		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}

@@ -21,17 +21,23 @@ import (
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tessera-kv/tessera/pkg/auth"
 	"github.com/tessera-kv/tessera/pkg/limits"
 	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/authgate"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
 	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
@@ -60,8 +66,21 @@ type Config struct {
 	// TLS serves the https:// client URLs (pkg/tlsconf.ServerConfig: the
 	// certificate, and with client-cert-auth the CA clients must chain to).
 	TLS *tls.Config
+	// Auth configures etcd's auth (tokens, password hashing).
+	Auth AuthConfig
 	// Logger is the component logger; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// AuthConfig is etcd's auth flags.
+type AuthConfig struct {
+	// Token is --auth-token: "simple" (the default) or
+	// "jwt,pub-key=...,priv-key=...,sign-method=...[,ttl=...]".
+	Token string
+	// TokenTTL is --auth-token-ttl, the life of a simple token (0: 300 s).
+	TokenTTL time.Duration
+	// BcryptCost is --bcrypt-cost (0: bcrypt's default, 10, as etcd).
+	BcryptCost int
 }
 
 // Validate checks the config.
@@ -71,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Replicas) == 0 {
 		return errors.New("gateway: at least one replica address required")
+	}
+	if c.Auth.BcryptCost != 0 && (c.Auth.BcryptCost < bcrypt.MinCost || c.Auth.BcryptCost > bcrypt.MaxCost) {
+		return fmt.Errorf("gateway: --bcrypt-cost %d: want %d to %d", c.Auth.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	if c.Limits != (Limits{}) {
 		if err := c.Limits.Validate(); err != nil {
@@ -106,6 +128,7 @@ type Gateway struct {
 	gwConn  *grpc.ClientConn
 	wConns  []*grpc.ClientConn
 	kv      *etcdapi.KV
+	gate    *authgate.Gate
 
 	metricsHandler http.Handler
 	cancel         context.CancelFunc
@@ -140,6 +163,17 @@ func Start(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	tokens, err := auth.ParseTokens(cfg.Auth.Token, cfg.Auth.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	g.gate = authgate.New(func(ctx context.Context, known uint64) (resp *metapb.GetAuthStateResponse, err error) {
+		err = g.router.CallMeta(ctx, false, func(ctx context.Context, c metapb.MetaClient) error {
+			resp, err = c.GetAuthState(ctx, &metapb.GetAuthStateRequest{KnownGeneration: known})
+			return err
+		})
+		return resp, err
+	}, tokens, cfg.Logger)
 	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		// etcd's keepalive rules, so clients that ping every 30 s (as
@@ -148,8 +182,14 @@ func Start(cfg Config) (*Gateway, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.KeepAliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: orInfinity(lim.KeepAliveInterval), Timeout: lim.KeepAliveTimeout}),
 		grpc.ForceServerCodecV2(wirecodec.New()),
-		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize), grpc.ChainStreamInterceptor(metrics.stream))
+		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize, g.gate.Unary), grpc.ChainStreamInterceptor(metrics.stream, g.gate.Stream))
 	leases := etcdapi.NewLease(g.router, hdr)
+	g.gate.SetLeaseKeys(leases)
+	cost := cfg.Auth.BcryptCost
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	pb.RegisterAuthServer(g.grpcSrv, etcdapi.NewAuth(g.router, g.gate, cost, hdr))
 	g.kv = etcdapi.NewKV(g.router, leases, apiLimits, hdr)
 	pb.RegisterKVServer(g.grpcSrv, g.kv)
 	pb.RegisterLeaseServer(g.grpcSrv, leases)
@@ -164,10 +204,11 @@ func Start(cfg Config) (*Gateway, error) {
 		}
 		g.wConns = append(g.wConns, c)
 	}
-	pb.RegisterWatchServer(g.grpcSrv, etcdapi.NewWatch(etcdapi.NewWatchers(g.wConns), g.router, hdr))
+	pb.RegisterWatchServer(g.grpcSrv, etcdapi.NewWatch(etcdapi.NewWatchers(g.wConns), g.router, g.gate, hdr))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
+	go g.gate.Run(ctx)
 	for _, u := range cfg.ListenClientURLs {
 		p, _ := url.Parse(u)
 		l, err := net.Listen("tcp", p.Host)
@@ -237,6 +278,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	}))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		gw.RegisterKVHandler, gw.RegisterMaintenanceHandler, gw.RegisterWatchHandler, gw.RegisterLeaseHandler, gw.RegisterClusterHandler,
+		gw.RegisterAuthHandler,
 	} {
 		if err := reg(ctx, gwmux, conn); err != nil {
 			return nil, err
@@ -249,7 +291,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v3/", restLimits(gwmux, g.cfg.Limits.MaxRequestBytes+limits.GRPCOverheadBytes))
-	mux.Handle("/tessera/", admin)
+	mux.Handle("/tessera/", g.adminOnly(admin))
 	mux.HandleFunc("/health", g.health)
 	mux.Handle("/metrics", g.metricsHandler)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -261,6 +303,29 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux, nil
+}
+
+// adminOnly lets only root reach Tessera's admin API once auth is on (a
+// token in the Authorization header, as etcd's REST gateway takes it).
+func (g *Gateway) adminOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := metadata.NewIncomingContext(r.Context(), metadata.Pairs(rpctypes.TokenFieldNameSwagger, r.Header.Get("Authorization")))
+		if r.Header.Get("Authorization") == "" {
+			ctx = r.Context()
+		}
+		v, id, err := g.gate.Who(ctx)
+		if err == nil {
+			err = v.CheckAdmin(id)
+		}
+		if err != nil {
+			st := status.Convert(err)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(runtime.HTTPStatusFromCode(st.Code()))
+			json.NewEncoder(w).Encode(map[string]any{"code": st.Code(), "message": st.Message(), "error": st.Message()})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // health answers etcd's /health: healthy when a linearizable read goes

@@ -34,7 +34,9 @@ type Cluster struct {
 	members  []replica.Member
 	replicas []*replica.Replica // nil while stopped
 	gateway  *gateway.Gateway
-	watcher  *watcher.Watcher // nil while stopped
+	gcfg     gateway.Config
+	extra    []*gateway.Gateway // StartGateway's
+	watcher  *watcher.Watcher   // nil while stopped
 	wcfg     watcher.Config
 	quota    int64
 	log      *slog.Logger
@@ -49,6 +51,9 @@ type Options struct {
 	Cache watcher.CacheConfig
 	// QuotaBytes is each store's space quota (etcd's default if zero).
 	QuotaBytes int64
+	// Auth passes through to the gateways (bcrypt cost 4 if zero: tests
+	// need not pay for strong hashes).
+	Auth gateway.AuthConfig
 }
 
 var handedOut struct {
@@ -108,14 +113,47 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		Peer: rpcconn.Peer{Dialer: c.net.Dialer(WatcherName)}, Logger: c.log}
 	c.net.Register(c.wcfg.APIAddress, WatcherName)
 	c.StartWatcher()
-	g, err := gateway.Start(gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
-		ClusterName: "test", Name: "gw0", Limits: o.Limits, Peer: rpcconn.Peer{Dialer: c.net.Dialer(GatewayName)}, Logger: c.log})
+	if o.Auth.BcryptCost == 0 {
+		o.Auth.BcryptCost = 4
+	}
+	c.gcfg = gateway.Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, Replicas: apis, Watchers: []string{c.wcfg.APIAddress},
+		ClusterName: "test", Name: "gw0", Limits: o.Limits, Auth: o.Auth, Peer: rpcconn.Peer{Dialer: c.net.Dialer(GatewayName)}, Logger: c.log}
+	g, err := gateway.Start(c.gcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.gateway = g
 	c.WaitReady()
 	return c
+}
+
+// StartGateway starts one more gateway, like the first, stopped at cleanup,
+// and returns its client URLs.
+func (c *Cluster) StartGateway() []string {
+	c.t.Helper()
+	cfg := c.gcfg
+	cfg.Name = fmt.Sprintf("gw%d", len(c.extra)+1)
+	g, err := gateway.Start(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.extra = append(c.extra, g)
+	return g.ClientURLs()
+}
+
+// ClientAs returns a client of the given endpoints (the first gateway's if
+// none) that authenticates as user, closed at cleanup.
+func (c *Cluster) ClientAs(t testing.TB, user, password string, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	if len(endpoints) == 0 {
+		endpoints = c.Endpoints()
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Username: user, Password: password, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 // Names of the nodes on the fault network besides the stores.
@@ -285,6 +323,10 @@ func logger() *slog.Logger {
 // Close stops everything.
 func (c *Cluster) Close() {
 	c.net.Heal()
+	for _, g := range c.extra {
+		g.Close()
+	}
+	c.extra = nil
 	if c.gateway != nil {
 		c.gateway.Close()
 		c.gateway = nil

@@ -190,3 +190,22 @@ func mustMarshal(m proto.Message) []byte {
 	}
 	return b
 }
+
+// LeaseKeys lists a lease's keys, for auth's lease checks (none for an
+// unknown lease).
+func (s *Lease) LeaseKeys(ctx context.Context, id int64) ([][]byte, error) {
+	return s.leaseKeys(ctx, id)
+}
+
+// LeaseIDs lists the live leases, for auth's lease checks.
+func (s *Lease) LeaseIDs(ctx context.Context) ([]int64, error) {
+	resp, err := s.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int64, len(resp.Leases))
+	for i, l := range resp.Leases {
+		ids[i] = l.ID
+	}
+	return ids, nil
+}

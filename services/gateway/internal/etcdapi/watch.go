@@ -18,6 +18,7 @@ import (
 	"github.com/tessera-kv/tessera/pkg/streammeta"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
 	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/authgate"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
 
@@ -57,6 +58,7 @@ type Watch struct {
 	pb.UnsafeWatchServer
 	watchers *Watchers
 	router   *router.Router
+	gate     *authgate.Gate
 	hdr      Header
 
 	// The last leader check, shared by every require-leader stream so that
@@ -78,8 +80,8 @@ const (
 var _ pb.WatchServer = (*Watch)(nil)
 
 // NewWatch returns the Watch service.
-func NewWatch(w *Watchers, r *router.Router, h Header) *Watch {
-	return &Watch{watchers: w, router: r, hdr: h}
+func NewWatch(w *Watchers, r *router.Router, g *authgate.Gate, h Header) *Watch {
+	return &Watch{watchers: w, router: r, gate: g, hdr: h}
 }
 
 func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
@@ -98,12 +100,27 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 		return err
 	}
 	errc := make(chan error, 3) // receiver, sender, leader monitor
+	var sendMu sync.Mutex       // the stream has two senders: refusals and the watcher's responses
 	go func() {
 		for {
 			req, err := stream.Recv()
 			if errors.Is(err, io.EOF) {
 				up.CloseSend() // the stream goes on: responses still flow
 				return
+			}
+			if c := req.GetCreateRequest(); err == nil && c != nil {
+				if aerr := s.gate.CheckWatch(ctx, c.Key, c.RangeEnd); aerr != nil {
+					// etcd's refusal: a watch created and cancelled at once.
+					sendMu.Lock()
+					err = stream.Send(&pb.WatchResponse{Header: s.hdr.fill(nil, 0), WatchId: clientv3InvalidWatchID,
+						Created: true, Canceled: true, CancelReason: aerr.Error()})
+					sendMu.Unlock()
+					if err != nil {
+						errc <- err
+						return
+					}
+					continue
+				}
 			}
 			if err == nil {
 				err = up.Send(req)
@@ -121,7 +138,9 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 			var f wirecodec.Frame
 			err := up.RecvMsg(&f)
 			if err == nil {
+				sendMu.Lock()
 				err = stream.SendMsg(&f)
+				sendMu.Unlock()
 			}
 			if err != nil {
 				errc <- err
@@ -146,6 +165,9 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 	// clients to re-create their watches.
 	return status.Errorf(codes.Unavailable, "tessera: watch stream to the watcher tier lost: %v", err)
 }
+
+// clientv3InvalidWatchID is the watch ID etcd gives a refused watch.
+const clientv3InvalidWatchID = -1
 
 // requireLeader reports whether the client asked for etcd's require-leader
 // behaviour (clientv3.WithRequireLeader).
