@@ -227,14 +227,15 @@ func (c *Cache) SetLeader(shardID, store uint64) {
 	c.mu.leaders[shardID] = store
 }
 
-// Replicas returns the API addresses of a shard's replicas, followers
-// first (reads that any replica can serve keep load off the leader).
+// Replicas returns the API addresses of a shard's replicas (the meta
+// shard's too), followers first (reads that any replica can serve keep
+// load off the leader).
 func (c *Cache) Replicas(shardID uint64) []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var followers, leader []string
-	for _, d := range c.mu.shards {
-		if d.Id != shardID {
+	for _, d := range append(c.mu.shards[:len(c.mu.shards):len(c.mu.shards)], c.mu.meta) {
+		if d == nil || d.Id != shardID {
 			continue
 		}
 		for _, id := range d.Replicas {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tessera-kv/tessera/pkg/auth"
 	"github.com/tessera-kv/tessera/pkg/limits"
@@ -167,14 +169,8 @@ func Start(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.gate = authgate.New(func(ctx context.Context, known uint64) (resp *metapb.GetAuthStateResponse, err error) {
-		err = g.router.CallMeta(ctx, false, func(ctx context.Context, c metapb.MetaClient) error {
-			resp, err = c.GetAuthState(ctx, &metapb.GetAuthStateRequest{KnownGeneration: known})
-			return err
-		})
-		return resp, err
-	}, tokens, cfg.Logger)
-	g.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
+	g.gate = authgate.New(g.fetchAuthState, tokens, cfg.Logger)
+	g.grpcSrv = grpc.NewServer(grpc.Creds(tlsInfo{}), grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		// etcd's keepalive rules, so clients that ping every 30 s (as
 		// kube-apiserver does) are never told too_many_pings. Unlike etcd,
@@ -285,7 +281,20 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		}
 	}
 	// Tessera's own admin API (the shard map) is proxied to the replicas.
-	admin := runtime.NewServeMux()
+	// With TLS on the client port the internal addresses stay internal:
+	// clients learn shards and store IDs, not where stores listen.
+	var adminOpts []runtime.ServeMuxOption
+	if g.cfg.TLS != nil {
+		adminOpts = append(adminOpts, runtime.WithForwardResponseOption(func(_ context.Context, _ http.ResponseWriter, m proto.Message) error {
+			if r, ok := m.(*metapb.GetShardMapResponse); ok {
+				for _, st := range r.GetShardMap().GetStores() {
+					st.ApiAddress, st.RaftAddress = "", ""
+				}
+			}
+			return nil
+		}))
+	}
+	admin := runtime.NewServeMux(adminOpts...)
 	if err := metapb.RegisterMetaHandlerClient(ctx, admin, metapb.NewMetaClient(g.router.AnyReplica())); err != nil {
 		return nil, err
 	}
@@ -303,6 +312,37 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux, nil
+}
+
+// authFetchTimeout bounds one replica's answer to GetAuthState: a replica
+// cut off from the meta shard (its ReadIndex hangs) costs this long before
+// the next one is asked, not the whole request's deadline.
+const authFetchTimeout = time.Second
+
+// fetchAuthState reads the auth store from the meta shard's replicas, the
+// leader first.
+func (g *Gateway) fetchAuthState(ctx context.Context, known uint64) (*metapb.GetAuthStateResponse, error) {
+	meta := g.router.MetaShard()
+	if meta == nil {
+		return nil, rpctypes.ErrGRPCNoLeader
+	}
+	err := error(rpctypes.ErrGRPCNoLeader)
+	for _, addr := range slices.Backward(g.router.Replicas(meta.Id)) {
+		var resp *metapb.GetAuthStateResponse
+		rctx, cancel := context.WithTimeout(ctx, authFetchTimeout)
+		err = g.router.CallStore(rctx, addr, func(ctx context.Context, c grpc.ClientConnInterface) (err error) {
+			resp, err = metapb.NewMetaClient(c).GetAuthState(ctx, &metapb.GetAuthStateRequest{KnownGeneration: known})
+			return err
+		})
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
 }
 
 // adminOnly lets only root reach Tessera's admin API once auth is on (a

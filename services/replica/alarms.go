@@ -143,9 +143,13 @@ func (m *metaService) Alarm(ctx context.Context, req *metapb.AlarmRequest) (*met
 			return nil, status.Error(codes.InvalidArgument, "tessera: alarm type required")
 		}
 		active := ar.Action == pb.AlarmRequest_ACTIVATE
-		if _, err := m.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
-			StoreId: ar.MemberID, Type: int32(ar.Alarm), Active: active}}}); err != nil {
+		res, err := m.r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
+			StoreId: ar.MemberID, Type: int32(ar.Alarm), Active: active}}})
+		if err != nil {
 			return nil, toStatus(err)
+		}
+		if res.Value == 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "tessera: cannot raise %v for member %x: only NOSPACE and CORRUPT, for a store of the cluster", ar.Alarm, ar.MemberID)
 		}
 		resp.Alarms = []*pb.AlarmMember{{MemberID: ar.MemberID, Alarm: ar.Alarm}}
 	default:

@@ -9,6 +9,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
@@ -76,6 +78,19 @@ func TestAlarmActivateDeactivate(t *testing.T) {
 	cli := c.Client(t)
 	store := c.Replica(0).StoreID()
 	mc := pb.NewMaintenanceClient(cli.ActiveConnection())
+	// Only etcd's alarms, only for stores that exist: the list cannot be
+	// filled with junk.
+	for _, bad := range []*pb.AlarmRequest{
+		{Action: pb.AlarmRequest_ACTIVATE, MemberID: store + 1000, Alarm: pb.AlarmType_NOSPACE},
+		{Action: pb.AlarmRequest_ACTIVATE, MemberID: store, Alarm: pb.AlarmType(77)},
+	} {
+		if _, err := mc.Alarm(ctxT(t), bad); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("raising %v for %d: %v, want InvalidArgument", bad.Alarm, bad.MemberID, err)
+		}
+	}
+	if r, err := cli.AlarmList(ctxT(t)); err != nil || len(r.Alarms) != 0 {
+		t.Fatalf("alarms after refused raises: %v %v", r, err)
+	}
 	if _, err := mc.Alarm(ctxT(t), &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: store, Alarm: pb.AlarmType_NOSPACE}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -217,7 +220,8 @@ func (a *apiserver) client(t *testing.T) *kubernetes.Clientset {
 // update conflicts, watches from a resourceVersion, events that expire by
 // TTL (leases), compaction then 410 Gone, and a restart with data intact.
 // kube-apiserver reaches Tessera over mutual TLS (tessera dev --tls, with
-// the client certificate it made), as it reaches etcd in production.
+// the client certificate it made), as it reaches etcd in production, with
+// etcd's auth on: the certificate's common name (root) is its user.
 func TestKubeAPIServer(t *testing.T) {
 	dataDir := t.TempDir()
 	client, raft, api, watcher := freePort(t), freePort(t), freePort(t), freePort(t)
@@ -225,6 +229,7 @@ func TestKubeAPIServer(t *testing.T) {
 		"--raft-address", raft, "--api-address", api, "--watcher-address", watcher)
 	certs := filepath.Join(dataDir, "certs")
 	waitForFile(t, filepath.Join(certs, "client.key"))
+	enableAuth(t, "https://"+client, certs)
 	a := newAPIServer(t, "https://"+client, "--etcd-cafile="+filepath.Join(certs, "ca.crt"),
 		"--etcd-certfile="+filepath.Join(certs, "client.crt"), "--etcd-keyfile="+filepath.Join(certs, "client.key"))
 	cs := a.client(t)
@@ -369,6 +374,44 @@ func TestKubeAPIServer(t *testing.T) {
 }
 
 // waitForFile waits until path exists (a process writes it at start).
+// enableAuth turns etcd's auth on, with root (the dev client
+// certificate's common name) as the only user, over mutual TLS.
+func enableAuth(t *testing.T, endpoint, certs string) {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(certs, "client.crt"), filepath.Join(certs, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(certs, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 10 * time.Second,
+		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	password := make([]byte, 16)
+	rand.Read(password)
+	if _, err := cli.UserAdd(ctx, "root", fmt.Sprintf("%x", password)); err != nil {
+		t.Fatalf("user add root: %v", err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatalf("grant root: %v", err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		t.Fatalf("auth enable: %v", err)
+	}
+	if _, err := cli.Put(ctx, "/tessera-test/auth", "on"); err != nil {
+		t.Fatalf("put as the certificate's user with auth on: %v", err)
+	}
+}
+
 func waitForFile(t *testing.T, path string) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -12,7 +12,6 @@ package authgate
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/tessera-kv/tessera/pkg/auth"
+	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/proto/metapb"
 )
 
@@ -72,8 +72,14 @@ func (g *Gate) Run(ctx context.Context) {
 	}
 }
 
+// patience bounds how long a request without a deadline waits for the
+// auth store (as a watch creation waits for the current revision).
+const patience = 10 * time.Second
+
 // View returns a copy of the auth store fresh enough to check a request
-// that starts now, fetching one if needed.
+// that starts now, fetching one if needed. While the meta shard cannot
+// answer (an election), it keeps trying until ctx ends; the error is then
+// Unavailable (retryable), never a decision about the request.
 func (g *Gate) View(ctx context.Context) (*auth.View, error) {
 	g.mu.Lock()
 	if g.view != nil && g.now().Before(g.validUntil) {
@@ -82,7 +88,24 @@ func (g *Gate) View(ctx context.Context) (*auth.View, error) {
 		return v, nil
 	}
 	g.mu.Unlock()
-	return g.refresh(ctx)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, patience)
+		defer cancel()
+	}
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		v, err := g.refresh(ctx)
+		if err == nil {
+			return v, nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
 }
 
 // refresh fetches the store (joining a fetch already running).
@@ -196,21 +219,12 @@ func (g *Gate) Identity(ctx context.Context, v *auth.View) (auth.Identity, error
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			if cn := commonName(ti.State); cn != "" {
+			if cn := tlsconf.CommonName(ti.State); cn != "" {
 				return auth.Identity{User: cn}, nil
 			}
 		}
 	}
 	return auth.Identity{}, nil
-}
-
-func commonName(cs tls.ConnectionState) string {
-	for _, chain := range cs.VerifiedChains {
-		if len(chain) > 0 {
-			return chain[0].Subject.CommonName
-		}
-	}
-	return ""
 }
 
 // Who returns a fresh view and the request's identity.

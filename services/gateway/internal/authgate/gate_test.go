@@ -65,8 +65,18 @@ func TestViewFreshness(t *testing.T) {
 	}
 	m.fail.Store(true)
 	now = now.Add(auth.MaxStaleness)
-	if _, err := g.View(ctx); err != rpctypes.ErrGRPCTimeout {
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	before := m.fetches.Load()
+	if _, err := g.View(short); err != rpctypes.ErrGRPCTimeout {
 		t.Fatalf("stale copy, meta unreachable: %v, want a timeout", err)
+	}
+	if n := m.fetches.Load() - before; n < 2 {
+		t.Fatalf("%d fetches while the meta shard was out of reach: the gate should keep trying until the deadline", n)
+	}
+	m.fail.Store(false)
+	if v, err := g.View(ctx); err != nil || v.Generation() != 2 {
+		t.Fatalf("meta back: %v %v", v, err)
 	}
 }
 

@@ -109,7 +109,12 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 				return
 			}
 			if c := req.GetCreateRequest(); err == nil && c != nil {
-				if aerr := s.gate.CheckWatch(ctx, c.Key, c.RangeEnd); aerr != nil {
+				aerr := s.gate.CheckWatch(ctx, c.Key, c.RangeEnd)
+				if status.Code(aerr) == codes.Unavailable {
+					errc <- aerr // no decision (the auth store is out of reach): the client re-creates its watches
+					return
+				}
+				if aerr != nil {
 					// etcd's refusal: a watch created and cancelled at once.
 					sendMu.Lock()
 					err = stream.Send(&pb.WatchResponse{Header: s.hdr.fill(nil, 0), WatchId: clientv3InvalidWatchID,

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/protobuf/proto"
 
@@ -91,7 +92,13 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		}
 		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_SetAlarm:
-		s.setAlarmLocked(op.SetAlarm)
+		// Only etcd's two alarms, for stores that exist: the list stays
+		// bounded by twice the number of stores. Value 0: refused.
+		a := op.SetAlarm
+		if a.Active && !(a.Type == int32(pb.AlarmType_NOSPACE) || a.Type == int32(pb.AlarmType_CORRUPT)) || a.Active && !s.hasStoreLocked(a.StoreId) {
+			return sm.Result{}, nil
+		}
+		s.setAlarmLocked(a)
 		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_Auth:
 		// Data is an AuthResult: etcd's response, or the error that left
@@ -109,6 +116,15 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		return sm.Result{Value: 1, Data: b}, nil
 	}
 	return sm.Result{}, nil
+}
+
+func (s *StateMachine) hasStoreLocked(id uint64) bool {
+	for _, st := range s.state.ShardMap.GetStores() {
+		if st.Id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // setAlarmLocked raises or clears an alarm; raising one twice keeps one.
