@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
@@ -171,32 +172,17 @@ func parseJWT(opts string) (Tokens, error) {
 		}
 		t.sign, t.verify = priv, priv
 	case *jwt.SigningMethodRSA, *jwt.SigningMethodRSAPSS:
-		err = t.keys(pub, priv, func(b []byte) (any, error) { return jwt.ParseRSAPublicKeyFromPEM(b) },
-			func(b []byte) (any, any, error) {
-				k, err := jwt.ParseRSAPrivateKeyFromPEM(b)
-				if err != nil {
-					return nil, nil, err
-				}
-				return k, &k.PublicKey, nil
-			})
+		err = t.keys(pub, priv, anyKey(jwt.ParseRSAPublicKeyFromPEM), signer(jwt.ParseRSAPrivateKeyFromPEM))
 	case *jwt.SigningMethodECDSA:
-		err = t.keys(pub, priv, func(b []byte) (any, error) { return jwt.ParseECPublicKeyFromPEM(b) },
-			func(b []byte) (any, any, error) {
-				k, err := jwt.ParseECPrivateKeyFromPEM(b)
-				if err != nil {
-					return nil, nil, err
-				}
-				return k, &k.PublicKey, nil
-			})
+		err = t.keys(pub, priv, anyKey(jwt.ParseECPublicKeyFromPEM), signer(jwt.ParseECPrivateKeyFromPEM))
 	case *jwt.SigningMethodEd25519:
-		err = t.keys(pub, priv, func(b []byte) (any, error) { return jwt.ParseEdPublicKeyFromPEM(b) },
-			func(b []byte) (any, any, error) {
-				k, err := jwt.ParseEdPrivateKeyFromPEM(b)
-				if err != nil {
-					return nil, nil, err
-				}
-				return k, k.(ed25519.PrivateKey).Public(), nil
-			})
+		err = t.keys(pub, priv, anyKey(jwt.ParseEdPublicKeyFromPEM), func(b []byte) (crypto.Signer, error) {
+			k, err := jwt.ParseEdPrivateKeyFromPEM(b)
+			if err != nil {
+				return nil, err
+			}
+			return k.(ed25519.PrivateKey), nil
+		})
 	default:
 		err = fmt.Errorf("unsupported sign-method %s", method)
 	}
@@ -207,13 +193,13 @@ func parseJWT(opts string) (Tokens, error) {
 }
 
 // keys loads a key pair; a public key alone makes a verify-only provider.
-func (t *jwtTokens) keys(pub, priv []byte, parsePub func([]byte) (any, error), parsePriv func([]byte) (any, any, error)) error {
+func (t *jwtTokens) keys(pub, priv []byte, parsePub func([]byte) (any, error), parsePriv func([]byte) (crypto.Signer, error)) error {
 	if len(priv) > 0 {
-		s, v, err := parsePriv(priv)
+		k, err := parsePriv(priv)
 		if err != nil {
 			return fmt.Errorf("priv-key: %w", err)
 		}
-		t.sign, t.verify = s, v
+		t.sign, t.verify = k, k.Public()
 	}
 	if len(pub) > 0 {
 		v, err := parsePub(pub)
@@ -227,6 +213,14 @@ func (t *jwtTokens) keys(pub, priv []byte, parsePub func([]byte) (any, error), p
 	}
 	t.verifyOnly = t.sign == nil
 	return nil
+}
+
+func anyKey[K any](parse func([]byte) (K, error)) func([]byte) (any, error) {
+	return func(b []byte) (any, error) { return parse(b) }
+}
+
+func signer[K crypto.Signer](parse func([]byte) (K, error)) func([]byte) (crypto.Signer, error) {
+	return func(b []byte) (crypto.Signer, error) { return parse(b) }
 }
 
 func (t *jwtTokens) Issue(v *View, user string, now time.Time) (string, error) {

@@ -2,8 +2,10 @@ package auth
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -116,6 +118,45 @@ func TestJWTTokens(t *testing.T) {
 	for _, bad := range []string{"jwt", "jwt,sign-method=ES256", "jwt,pub-key=" + pub + ",sign-method=none", "jwt,sign-method=ES256,bogus=1", "magic"} {
 		if _, err := ParseTokens(bad, 0); err == nil {
 			t.Errorf("--auth-token=%s accepted", bad)
+		}
+	}
+}
+
+// Every key family etcd supports signs and verifies.
+func TestJWTKeyFamilies(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	rpriv := write("rsa.key", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk))
+	_, ek, _ := ed25519.GenerateKey(rand.Reader)
+	eder, _ := x509.MarshalPKCS8PrivateKey(ek)
+	epriv := write("ed.key", "PRIVATE KEY", eder)
+	secret := filepath.Join(dir, "hmac")
+	os.WriteFile(secret, []byte("a shared secret of some length"), 0o600)
+	st := storeWith(t, "alice")
+	v := NewView(st)
+	for _, flag := range []string{
+		"jwt,priv-key=" + rpriv + ",sign-method=RS256",
+		"jwt,priv-key=" + rpriv + ",sign-method=PS384",
+		"jwt,priv-key=" + epriv + ",sign-method=EdDSA",
+		"jwt,priv-key=" + secret + ",sign-method=HS256",
+	} {
+		tokens, err := ParseTokens(flag, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", flag, err)
+		}
+		tok, err := tokens.Issue(v, "alice", time.Now())
+		if err != nil {
+			t.Fatalf("%s: issue: %v", flag, err)
+		}
+		if id, err := tokens.Verify(v, tok, time.Now()); err != nil || id.User != "alice" {
+			t.Errorf("%s: verify: %+v %v", flag, id, err)
 		}
 	}
 }
