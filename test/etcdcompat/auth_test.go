@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
@@ -307,6 +309,12 @@ func TestAuthMatchesEtcd(t *testing.T) {
 			}
 			return fmt.Sprintf("ok enabled=%v", r.Enabled)
 		}},
+		{"auth status with a bad token", "", func(ctx context.Context, c *clientv3.Client, _ *session) string {
+			return errOf(pb.NewAuthClient(c.ActiveConnection()).AuthStatus(metadata.AppendToOutgoingContext(ctx, "token", "not-a-token"), &pb.AuthStatusRequest{}))
+		}},
+		{"alice changes her own password", alice, func(ctx context.Context, c *clientv3.Client, _ *session) string {
+			return errOf(c.UserChangePassword(ctx, "alice", "x"))
+		}},
 		{"alice disables auth", alice, func(ctx context.Context, c *clientv3.Client, _ *session) string { return errOf(c.AuthDisable(ctx)) }},
 		{"bob writes his prefix with prev kv", bob, func(ctx context.Context, c *clientv3.Client, _ *session) string {
 			r, err := c.Put(ctx, "/app/w/y", "5", clientv3.WithPrevKV())
@@ -351,6 +359,13 @@ func TestAuthMatchesEtcd(t *testing.T) {
 		}},
 		{"bob asks about root's lease", bob, func(ctx context.Context, c *clientv3.Client, s *session) string {
 			return errOf(c.TimeToLive(ctx, s.leases["root"], clientv3.WithAttachedKeys()))
+		}},
+		{"bob asks about root's lease without its keys", bob, func(ctx context.Context, c *clientv3.Client, s *session) string {
+			r, err := c.TimeToLive(ctx, s.leases["root"])
+			if err != nil {
+				return errText(err)
+			}
+			return fmt.Sprintf("ok granted=%d", r.GrantedTTL)
 		}},
 		{"bob keeps root's lease alive", bob, func(ctx context.Context, c *clientv3.Client, s *session) string {
 			return errOf(c.KeepAliveOnce(ctx, s.leases["root"]))
