@@ -6,11 +6,28 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build test test-short test-compat test-large nemesis fuzz generate generate-check lint bench dev
+.PHONY: build image test test-short test-compat test-large nemesis fuzz generate generate-check lint bench dev
+
+# The version is the git revision (with -dirty for uncommitted changes):
+# the same tree gives the same tag.
+VERSION ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo devel)
+LDFLAGS := -s -w -X main.version=$(VERSION)
 
 build:
 	mkdir -p bin
-	$(GO) build -o bin/tessera ./cmd/tessera
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/tessera ./cmd/tessera
+
+# The container image tessera:$(VERSION) (also tagged tessera:latest): a
+# static binary built here, copied into an image FROM scratch
+# (deploy/image/Dockerfile), so nothing is pulled from a registry.
+IMAGE ?= tessera
+image:
+	rm -rf build/image && mkdir -p build/image/tmp build/image/data
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o build/image/tessera ./cmd/tessera
+	cp /etc/ssl/certs/ca-certificates.crt deploy/image/Dockerfile build/image/
+	chmod 1777 build/image/tmp
+	docker build -q -t $(IMAGE):$(VERSION) -t $(IMAGE):latest build/image
+	@echo "built $(IMAGE):$(VERSION)"
 
 # test/k8s (Kubernetes' storage conformance tests) and test/kubeapiserver (a
 # real kube-apiserver on Tessera) are modules outside the workspace, so that
