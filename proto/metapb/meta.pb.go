@@ -242,7 +242,10 @@ type MetaState struct {
 	// Active alarms (etcd's NOSPACE and CORRUPT), raised by stores.
 	Alarms []*Alarm `protobuf:"bytes,5,rep,name=alarms,proto3" json:"alarms,omitempty"`
 	// etcd's auth store.
-	Auth          *AuthState `protobuf:"bytes,6,opt,name=auth,proto3" json:"auth,omitempty"`
+	Auth *AuthState `protobuf:"bytes,6,opt,name=auth,proto3" json:"auth,omitempty"`
+	// The gateways that registered, by member ID: etcd's members, as clients
+	// see them (MemberList).
+	Gateways      map[uint64]*Gateway `protobuf:"bytes,7,rep,name=gateways,proto3" json:"gateways,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -319,6 +322,106 @@ func (x *MetaState) GetAuth() *AuthState {
 	return nil
 }
 
+func (x *MetaState) GetGateways() map[uint64]*Gateway {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// Gateway is one registered gateway. It renews its registration while it
+// runs; one not renewed by expires_unix_ms is gone (clients no longer list
+// it) and is dropped from the state an hour later.
+type Gateway struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	MemberId   uint64                 `protobuf:"varint,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ClientUrls []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	// Wall-clock expiry in milliseconds, from the registering gateway's clock.
+	ExpiresUnixMs int64 `protobuf:"varint,4,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	// The meta log index of its registration (kept by renewals while it is
+	// live): the live gateway that registered first is the one every gateway
+	// reports as etcd's leader.
+	SinceIndex uint64 `protobuf:"varint,5,opt,name=since_index,json=sinceIndex,proto3" json:"since_index,omitempty"`
+	// How long a registration lives unless renewed: expires_unix_ms minus
+	// ttl_ms is when the gateway wrote it.
+	TtlMs         int64 `protobuf:"varint,6,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Gateway) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
+func (x *Gateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Gateway) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
+
+func (x *Gateway) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *Gateway) GetSinceIndex() uint64 {
+	if x != nil {
+		return x.SinceIndex
+	}
+	return 0
+}
+
+func (x *Gateway) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
 // AuthState is etcd's auth store: its users, roles and switch.
 type AuthState struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -340,7 +443,7 @@ type AuthState struct {
 
 func (x *AuthState) Reset() {
 	*x = AuthState{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +455,7 @@ func (x *AuthState) String() string {
 func (*AuthState) ProtoMessage() {}
 
 func (x *AuthState) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[4]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +468,7 @@ func (x *AuthState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
 func (*AuthState) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{4}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AuthState) GetEnabled() bool {
@@ -427,7 +530,7 @@ type AuthUser struct {
 
 func (x *AuthUser) Reset() {
 	*x = AuthUser{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +542,7 @@ func (x *AuthUser) String() string {
 func (*AuthUser) ProtoMessage() {}
 
 func (x *AuthUser) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[5]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +555,7 @@ func (x *AuthUser) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthUser.ProtoReflect.Descriptor instead.
 func (*AuthUser) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{5}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AuthUser) GetName() string {
@@ -494,7 +597,7 @@ type AuthRole struct {
 
 func (x *AuthRole) Reset() {
 	*x = AuthRole{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +609,7 @@ func (x *AuthRole) String() string {
 func (*AuthRole) ProtoMessage() {}
 
 func (x *AuthRole) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[6]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +622,7 @@ func (x *AuthRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRole.ProtoReflect.Descriptor instead.
 func (*AuthRole) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{6}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AuthRole) GetName() string {
@@ -549,7 +652,7 @@ type AuthPermission struct {
 
 func (x *AuthPermission) Reset() {
 	*x = AuthPermission{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +664,7 @@ func (x *AuthPermission) String() string {
 func (*AuthPermission) ProtoMessage() {}
 
 func (x *AuthPermission) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[7]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +677,7 @@ func (x *AuthPermission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthPermission.ProtoReflect.Descriptor instead.
 func (*AuthPermission) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{7}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuthPermission) GetType() int32 {
@@ -609,7 +712,7 @@ type Alarm struct {
 
 func (x *Alarm) Reset() {
 	*x = Alarm{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +724,7 @@ func (x *Alarm) String() string {
 func (*Alarm) ProtoMessage() {}
 
 func (x *Alarm) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[8]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +737,7 @@ func (x *Alarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alarm.ProtoReflect.Descriptor instead.
 func (*Alarm) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{8}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Alarm) GetStoreId() uint64 {
@@ -674,7 +777,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +789,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[9]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +802,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{9}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Lease) GetId() int64 {
@@ -745,7 +848,7 @@ type GetShardMapRequest struct {
 
 func (x *GetShardMapRequest) Reset() {
 	*x = GetShardMapRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +860,7 @@ func (x *GetShardMapRequest) String() string {
 func (*GetShardMapRequest) ProtoMessage() {}
 
 func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[10]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +873,7 @@ func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
 func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{10}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{11}
 }
 
 type GetShardMapResponse struct {
@@ -784,7 +887,7 @@ type GetShardMapResponse struct {
 
 func (x *GetShardMapResponse) Reset() {
 	*x = GetShardMapResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +899,7 @@ func (x *GetShardMapResponse) String() string {
 func (*GetShardMapResponse) ProtoMessage() {}
 
 func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[11]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +912,7 @@ func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapResponse.ProtoReflect.Descriptor instead.
 func (*GetShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{11}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetShardMapResponse) GetShardMap() *ShardMap {
@@ -835,7 +938,7 @@ type AllocateRevisionsRequest struct {
 
 func (x *AllocateRevisionsRequest) Reset() {
 	*x = AllocateRevisionsRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +950,7 @@ func (x *AllocateRevisionsRequest) String() string {
 func (*AllocateRevisionsRequest) ProtoMessage() {}
 
 func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[12]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +963,7 @@ func (x *AllocateRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{12}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AllocateRevisionsRequest) GetCount() uint32 {
@@ -881,7 +984,7 @@ type AllocateRevisionsResponse struct {
 
 func (x *AllocateRevisionsResponse) Reset() {
 	*x = AllocateRevisionsResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +996,7 @@ func (x *AllocateRevisionsResponse) String() string {
 func (*AllocateRevisionsResponse) ProtoMessage() {}
 
 func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[13]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1009,7 @@ func (x *AllocateRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*AllocateRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{13}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AllocateRevisionsResponse) GetFirst() int64 {
@@ -942,7 +1045,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1057,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[14]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1070,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{14}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaseRequest) GetOp() isLeaseRequest_Op {
@@ -1069,7 +1172,7 @@ type AlarmRequest struct {
 
 func (x *AlarmRequest) Reset() {
 	*x = AlarmRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1184,7 @@ func (x *AlarmRequest) String() string {
 func (*AlarmRequest) ProtoMessage() {}
 
 func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[15]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1197,7 @@ func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
 func (*AlarmRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{15}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AlarmRequest) GetRequest() []byte {
@@ -1114,7 +1217,7 @@ type AlarmResponse struct {
 
 func (x *AlarmResponse) Reset() {
 	*x = AlarmResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1229,7 @@ func (x *AlarmResponse) String() string {
 func (*AlarmResponse) ProtoMessage() {}
 
 func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[16]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1242,7 @@ func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
 func (*AlarmResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{16}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AlarmResponse) GetResponse() []byte {
@@ -1182,7 +1285,7 @@ type AuthRequest struct {
 
 func (x *AuthRequest) Reset() {
 	*x = AuthRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1297,7 @@ func (x *AuthRequest) String() string {
 func (*AuthRequest) ProtoMessage() {}
 
 func (x *AuthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[17]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1310,7 @@ func (x *AuthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRequest.ProtoReflect.Descriptor instead.
 func (*AuthRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{17}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AuthRequest) GetOp() isAuthRequest_Op {
@@ -1478,7 +1581,7 @@ type AuthResponse struct {
 
 func (x *AuthResponse) Reset() {
 	*x = AuthResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1593,7 @@ func (x *AuthResponse) String() string {
 func (*AuthResponse) ProtoMessage() {}
 
 func (x *AuthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[18]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1606,7 @@ func (x *AuthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthResponse.ProtoReflect.Descriptor instead.
 func (*AuthResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{18}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AuthResponse) GetResponse() []byte {
@@ -1524,7 +1627,7 @@ type GetAuthStateRequest struct {
 
 func (x *GetAuthStateRequest) Reset() {
 	*x = GetAuthStateRequest{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1639,7 @@ func (x *GetAuthStateRequest) String() string {
 func (*GetAuthStateRequest) ProtoMessage() {}
 
 func (x *GetAuthStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[19]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1652,7 @@ func (x *GetAuthStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuthStateRequest.ProtoReflect.Descriptor instead.
 func (*GetAuthStateRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{19}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetAuthStateRequest) GetKnownGeneration() uint64 {
@@ -1573,7 +1676,7 @@ type GetAuthStateResponse struct {
 
 func (x *GetAuthStateResponse) Reset() {
 	*x = GetAuthStateResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1688,7 @@ func (x *GetAuthStateResponse) String() string {
 func (*GetAuthStateResponse) ProtoMessage() {}
 
 func (x *GetAuthStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[20]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1701,7 @@ func (x *GetAuthStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuthStateResponse.ProtoReflect.Descriptor instead.
 func (*GetAuthStateResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{20}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetAuthStateResponse) GetGeneration() uint64 {
@@ -1611,6 +1714,169 @@ func (x *GetAuthStateResponse) GetGeneration() uint64 {
 func (x *GetAuthStateResponse) GetState() *AuthState {
 	if x != nil {
 		return x.State
+	}
+	return nil
+}
+
+// RegisterGatewayRequest registers or renews a gateway; an expiry of 0
+// removes it (a gateway shutting down).
+type RegisterGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gateway       *Gateway               `protobuf:"bytes,1,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterGatewayRequest) Reset() {
+	*x = RegisterGatewayRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterGatewayRequest) ProtoMessage() {}
+
+func (x *RegisterGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterGatewayRequest.ProtoReflect.Descriptor instead.
+func (*RegisterGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RegisterGatewayRequest) GetGateway() *Gateway {
+	if x != nil {
+		return x.Gateway
+	}
+	return nil
+}
+
+type RegisterGatewayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterGatewayResponse) Reset() {
+	*x = RegisterGatewayResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterGatewayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterGatewayResponse) ProtoMessage() {}
+
+func (x *RegisterGatewayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterGatewayResponse.ProtoReflect.Descriptor instead.
+func (*RegisterGatewayResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{23}
+}
+
+type ListGatewaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysRequest) Reset() {
+	*x = ListGatewaysRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysRequest) ProtoMessage() {}
+
+func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{24}
+}
+
+type ListGatewaysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every registration, live or not: the caller filters by its own clock.
+	Gateways      []*Gateway `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysResponse) Reset() {
+	*x = ListGatewaysResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysResponse) ProtoMessage() {}
+
+func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListGatewaysResponse) GetGateways() []*Gateway {
+	if x != nil {
+		return x.Gateways
 	}
 	return nil
 }
@@ -1628,7 +1894,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1906,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_meta_v1_meta_proto_msgTypes[21]
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1919,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{21}
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaseResponse) GetResponse() []byte {
@@ -1691,17 +1957,30 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\bShardMap\x12\"\n" +
 	"\rmeta_shard_id\x18\x01 \x01(\x04R\vmetaShardId\x128\n" +
 	"\x06shards\x18\x02 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shards\x12.\n" +
-	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\xf7\x02\n" +
+	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\x94\x04\n" +
 	"\tMetaState\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12\x1b\n" +
 	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\x12>\n" +
 	"\x06leases\x18\x03 \x03(\v2&.tessera.meta.v1.MetaState.LeasesEntryR\x06leases\x12\"\n" +
 	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x12.\n" +
 	"\x06alarms\x18\x05 \x03(\v2\x16.tessera.meta.v1.AlarmR\x06alarms\x12.\n" +
-	"\x04auth\x18\x06 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x04auth\x1aQ\n" +
+	"\x04auth\x18\x06 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x04auth\x12D\n" +
+	"\bgateways\x18\a \x03(\v2(.tessera.meta.v1.MetaState.GatewaysEntryR\bgateways\x1aQ\n" +
 	"\vLeasesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12,\n" +
-	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\"\xa2\x03\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\x1aU\n" +
+	"\rGatewaysEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.tessera.meta.v1.GatewayR\x05value:\x028\x01\"\xbb\x01\n" +
+	"\aGateway\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\x04R\bmemberId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vclient_urls\x18\x03 \x03(\tR\n" +
+	"clientUrls\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x04 \x01(\x03R\rexpiresUnixMs\x12\x1f\n" +
+	"\vsince_index\x18\x05 \x01(\x04R\n" +
+	"sinceIndex\x12\x15\n" +
+	"\x06ttl_ms\x18\x06 \x01(\x03R\x05ttlMs\"\xa2\x03\n" +
 	"\tAuthState\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12;\n" +
@@ -1796,17 +2075,25 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x120\n" +
-	"\x05state\x18\x02 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x05state\"A\n" +
+	"\x05state\x18\x02 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x05state\"L\n" +
+	"\x16RegisterGatewayRequest\x122\n" +
+	"\agateway\x18\x01 \x01(\v2\x18.tessera.meta.v1.GatewayR\agateway\"\x19\n" +
+	"\x17RegisterGatewayResponse\"\x15\n" +
+	"\x13ListGatewaysRequest\"L\n" +
+	"\x14ListGatewaysResponse\x124\n" +
+	"\bgateways\x18\x01 \x03(\v2\x18.tessera.meta.v1.GatewayR\bgateways\"A\n" +
 	"\rLeaseResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xfe\x03\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xc1\x05\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
 	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +
 	"\x05Lease\x12\x1d.tessera.meta.v1.LeaseRequest\x1a\x1e.tessera.meta.v1.LeaseResponse\x12F\n" +
 	"\x05Alarm\x12\x1d.tessera.meta.v1.AlarmRequest\x1a\x1e.tessera.meta.v1.AlarmResponse\x12C\n" +
 	"\x04Auth\x12\x1c.tessera.meta.v1.AuthRequest\x1a\x1d.tessera.meta.v1.AuthResponse\x12[\n" +
-	"\fGetAuthState\x12$.tessera.meta.v1.GetAuthStateRequest\x1a%.tessera.meta.v1.GetAuthStateResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
+	"\fGetAuthState\x12$.tessera.meta.v1.GetAuthStateRequest\x1a%.tessera.meta.v1.GetAuthStateResponse\x12d\n" +
+	"\x0fRegisterGateway\x12'.tessera.meta.v1.RegisterGatewayRequest\x1a(.tessera.meta.v1.RegisterGatewayResponse\x12[\n" +
+	"\fListGateways\x12$.tessera.meta.v1.ListGatewaysRequest\x1a%.tessera.meta.v1.ListGatewaysResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
 
 var (
 	file_tessera_meta_v1_meta_proto_rawDescOnce sync.Once
@@ -1820,68 +2107,82 @@ func file_tessera_meta_v1_meta_proto_rawDescGZIP() []byte {
 	return file_tessera_meta_v1_meta_proto_rawDescData
 }
 
-var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_tessera_meta_v1_meta_proto_goTypes = []any{
 	(*ShardDescriptor)(nil),           // 0: tessera.meta.v1.ShardDescriptor
 	(*Store)(nil),                     // 1: tessera.meta.v1.Store
 	(*ShardMap)(nil),                  // 2: tessera.meta.v1.ShardMap
 	(*MetaState)(nil),                 // 3: tessera.meta.v1.MetaState
-	(*AuthState)(nil),                 // 4: tessera.meta.v1.AuthState
-	(*AuthUser)(nil),                  // 5: tessera.meta.v1.AuthUser
-	(*AuthRole)(nil),                  // 6: tessera.meta.v1.AuthRole
-	(*AuthPermission)(nil),            // 7: tessera.meta.v1.AuthPermission
-	(*Alarm)(nil),                     // 8: tessera.meta.v1.Alarm
-	(*Lease)(nil),                     // 9: tessera.meta.v1.Lease
-	(*GetShardMapRequest)(nil),        // 10: tessera.meta.v1.GetShardMapRequest
-	(*GetShardMapResponse)(nil),       // 11: tessera.meta.v1.GetShardMapResponse
-	(*AllocateRevisionsRequest)(nil),  // 12: tessera.meta.v1.AllocateRevisionsRequest
-	(*AllocateRevisionsResponse)(nil), // 13: tessera.meta.v1.AllocateRevisionsResponse
-	(*LeaseRequest)(nil),              // 14: tessera.meta.v1.LeaseRequest
-	(*AlarmRequest)(nil),              // 15: tessera.meta.v1.AlarmRequest
-	(*AlarmResponse)(nil),             // 16: tessera.meta.v1.AlarmResponse
-	(*AuthRequest)(nil),               // 17: tessera.meta.v1.AuthRequest
-	(*AuthResponse)(nil),              // 18: tessera.meta.v1.AuthResponse
-	(*GetAuthStateRequest)(nil),       // 19: tessera.meta.v1.GetAuthStateRequest
-	(*GetAuthStateResponse)(nil),      // 20: tessera.meta.v1.GetAuthStateResponse
-	(*LeaseResponse)(nil),             // 21: tessera.meta.v1.LeaseResponse
-	nil,                               // 22: tessera.meta.v1.MetaState.LeasesEntry
-	nil,                               // 23: tessera.meta.v1.AuthState.UsersEntry
-	nil,                               // 24: tessera.meta.v1.AuthState.RolesEntry
-	nil,                               // 25: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	(*Gateway)(nil),                   // 4: tessera.meta.v1.Gateway
+	(*AuthState)(nil),                 // 5: tessera.meta.v1.AuthState
+	(*AuthUser)(nil),                  // 6: tessera.meta.v1.AuthUser
+	(*AuthRole)(nil),                  // 7: tessera.meta.v1.AuthRole
+	(*AuthPermission)(nil),            // 8: tessera.meta.v1.AuthPermission
+	(*Alarm)(nil),                     // 9: tessera.meta.v1.Alarm
+	(*Lease)(nil),                     // 10: tessera.meta.v1.Lease
+	(*GetShardMapRequest)(nil),        // 11: tessera.meta.v1.GetShardMapRequest
+	(*GetShardMapResponse)(nil),       // 12: tessera.meta.v1.GetShardMapResponse
+	(*AllocateRevisionsRequest)(nil),  // 13: tessera.meta.v1.AllocateRevisionsRequest
+	(*AllocateRevisionsResponse)(nil), // 14: tessera.meta.v1.AllocateRevisionsResponse
+	(*LeaseRequest)(nil),              // 15: tessera.meta.v1.LeaseRequest
+	(*AlarmRequest)(nil),              // 16: tessera.meta.v1.AlarmRequest
+	(*AlarmResponse)(nil),             // 17: tessera.meta.v1.AlarmResponse
+	(*AuthRequest)(nil),               // 18: tessera.meta.v1.AuthRequest
+	(*AuthResponse)(nil),              // 19: tessera.meta.v1.AuthResponse
+	(*GetAuthStateRequest)(nil),       // 20: tessera.meta.v1.GetAuthStateRequest
+	(*GetAuthStateResponse)(nil),      // 21: tessera.meta.v1.GetAuthStateResponse
+	(*RegisterGatewayRequest)(nil),    // 22: tessera.meta.v1.RegisterGatewayRequest
+	(*RegisterGatewayResponse)(nil),   // 23: tessera.meta.v1.RegisterGatewayResponse
+	(*ListGatewaysRequest)(nil),       // 24: tessera.meta.v1.ListGatewaysRequest
+	(*ListGatewaysResponse)(nil),      // 25: tessera.meta.v1.ListGatewaysResponse
+	(*LeaseResponse)(nil),             // 26: tessera.meta.v1.LeaseResponse
+	nil,                               // 27: tessera.meta.v1.MetaState.LeasesEntry
+	nil,                               // 28: tessera.meta.v1.MetaState.GatewaysEntry
+	nil,                               // 29: tessera.meta.v1.AuthState.UsersEntry
+	nil,                               // 30: tessera.meta.v1.AuthState.RolesEntry
+	nil,                               // 31: tessera.meta.v1.GetShardMapResponse.LeadersEntry
 }
 var file_tessera_meta_v1_meta_proto_depIdxs = []int32{
 	0,  // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
 	1,  // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
 	2,  // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
-	22, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
-	8,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
-	4,  // 5: tessera.meta.v1.MetaState.auth:type_name -> tessera.meta.v1.AuthState
-	23, // 6: tessera.meta.v1.AuthState.users:type_name -> tessera.meta.v1.AuthState.UsersEntry
-	24, // 7: tessera.meta.v1.AuthState.roles:type_name -> tessera.meta.v1.AuthState.RolesEntry
-	7,  // 8: tessera.meta.v1.AuthRole.permissions:type_name -> tessera.meta.v1.AuthPermission
-	2,  // 9: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
-	25, // 10: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
-	4,  // 11: tessera.meta.v1.GetAuthStateResponse.state:type_name -> tessera.meta.v1.AuthState
-	9,  // 12: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
-	5,  // 13: tessera.meta.v1.AuthState.UsersEntry.value:type_name -> tessera.meta.v1.AuthUser
-	6,  // 14: tessera.meta.v1.AuthState.RolesEntry.value:type_name -> tessera.meta.v1.AuthRole
-	10, // 15: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
-	12, // 16: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
-	14, // 17: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
-	15, // 18: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
-	17, // 19: tessera.meta.v1.Meta.Auth:input_type -> tessera.meta.v1.AuthRequest
-	19, // 20: tessera.meta.v1.Meta.GetAuthState:input_type -> tessera.meta.v1.GetAuthStateRequest
-	11, // 21: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
-	13, // 22: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
-	21, // 23: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
-	16, // 24: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
-	18, // 25: tessera.meta.v1.Meta.Auth:output_type -> tessera.meta.v1.AuthResponse
-	20, // 26: tessera.meta.v1.Meta.GetAuthState:output_type -> tessera.meta.v1.GetAuthStateResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	27, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
+	9,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
+	5,  // 5: tessera.meta.v1.MetaState.auth:type_name -> tessera.meta.v1.AuthState
+	28, // 6: tessera.meta.v1.MetaState.gateways:type_name -> tessera.meta.v1.MetaState.GatewaysEntry
+	29, // 7: tessera.meta.v1.AuthState.users:type_name -> tessera.meta.v1.AuthState.UsersEntry
+	30, // 8: tessera.meta.v1.AuthState.roles:type_name -> tessera.meta.v1.AuthState.RolesEntry
+	8,  // 9: tessera.meta.v1.AuthRole.permissions:type_name -> tessera.meta.v1.AuthPermission
+	2,  // 10: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
+	31, // 11: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	5,  // 12: tessera.meta.v1.GetAuthStateResponse.state:type_name -> tessera.meta.v1.AuthState
+	4,  // 13: tessera.meta.v1.RegisterGatewayRequest.gateway:type_name -> tessera.meta.v1.Gateway
+	4,  // 14: tessera.meta.v1.ListGatewaysResponse.gateways:type_name -> tessera.meta.v1.Gateway
+	10, // 15: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
+	4,  // 16: tessera.meta.v1.MetaState.GatewaysEntry.value:type_name -> tessera.meta.v1.Gateway
+	6,  // 17: tessera.meta.v1.AuthState.UsersEntry.value:type_name -> tessera.meta.v1.AuthUser
+	7,  // 18: tessera.meta.v1.AuthState.RolesEntry.value:type_name -> tessera.meta.v1.AuthRole
+	11, // 19: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
+	13, // 20: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
+	15, // 21: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
+	16, // 22: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
+	18, // 23: tessera.meta.v1.Meta.Auth:input_type -> tessera.meta.v1.AuthRequest
+	20, // 24: tessera.meta.v1.Meta.GetAuthState:input_type -> tessera.meta.v1.GetAuthStateRequest
+	22, // 25: tessera.meta.v1.Meta.RegisterGateway:input_type -> tessera.meta.v1.RegisterGatewayRequest
+	24, // 26: tessera.meta.v1.Meta.ListGateways:input_type -> tessera.meta.v1.ListGatewaysRequest
+	12, // 27: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
+	14, // 28: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
+	26, // 29: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
+	17, // 30: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
+	19, // 31: tessera.meta.v1.Meta.Auth:output_type -> tessera.meta.v1.AuthResponse
+	21, // 32: tessera.meta.v1.Meta.GetAuthState:output_type -> tessera.meta.v1.GetAuthStateResponse
+	23, // 33: tessera.meta.v1.Meta.RegisterGateway:output_type -> tessera.meta.v1.RegisterGatewayResponse
+	25, // 34: tessera.meta.v1.Meta.ListGateways:output_type -> tessera.meta.v1.ListGatewaysResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tessera_meta_v1_meta_proto_init() }
@@ -1889,14 +2190,14 @@ func file_tessera_meta_v1_meta_proto_init() {
 	if File_tessera_meta_v1_meta_proto != nil {
 		return
 	}
-	file_tessera_meta_v1_meta_proto_msgTypes[14].OneofWrappers = []any{
+	file_tessera_meta_v1_meta_proto_msgTypes[15].OneofWrappers = []any{
 		(*LeaseRequest_Grant)(nil),
 		(*LeaseRequest_Revoke)(nil),
 		(*LeaseRequest_KeepAlive)(nil),
 		(*LeaseRequest_TimeToLive)(nil),
 		(*LeaseRequest_Leases)(nil),
 	}
-	file_tessera_meta_v1_meta_proto_msgTypes[17].OneofWrappers = []any{
+	file_tessera_meta_v1_meta_proto_msgTypes[18].OneofWrappers = []any{
 		(*AuthRequest_Enable)(nil),
 		(*AuthRequest_Disable)(nil),
 		(*AuthRequest_Status)(nil),
@@ -1920,7 +2221,7 @@ func file_tessera_meta_v1_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_meta_v1_meta_proto_rawDesc), len(file_tessera_meta_v1_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

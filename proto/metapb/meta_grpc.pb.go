@@ -27,6 +27,8 @@ const (
 	Meta_Alarm_FullMethodName             = "/tessera.meta.v1.Meta/Alarm"
 	Meta_Auth_FullMethodName              = "/tessera.meta.v1.Meta/Auth"
 	Meta_GetAuthState_FullMethodName      = "/tessera.meta.v1.Meta/GetAuthState"
+	Meta_RegisterGateway_FullMethodName   = "/tessera.meta.v1.Meta/RegisterGateway"
+	Meta_ListGateways_FullMethodName      = "/tessera.meta.v1.Meta/ListGateways"
 )
 
 // MetaClient is the client API for Meta service.
@@ -47,6 +49,9 @@ type MetaClient interface {
 	Auth(ctx context.Context, in *AuthRequest, opts ...grpc.CallOption) (*AuthResponse, error)
 	// The auth store, for the gateways' permission checks.
 	GetAuthState(ctx context.Context, in *GetAuthStateRequest, opts ...grpc.CallOption) (*GetAuthStateResponse, error)
+	// The gateway tier: registrations and the list clients see as members.
+	RegisterGateway(ctx context.Context, in *RegisterGatewayRequest, opts ...grpc.CallOption) (*RegisterGatewayResponse, error)
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
 }
 
 type metaClient struct {
@@ -117,6 +122,26 @@ func (c *metaClient) GetAuthState(ctx context.Context, in *GetAuthStateRequest, 
 	return out, nil
 }
 
+func (c *metaClient) RegisterGateway(ctx context.Context, in *RegisterGatewayRequest, opts ...grpc.CallOption) (*RegisterGatewayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterGatewayResponse)
+	err := c.cc.Invoke(ctx, Meta_RegisterGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *metaClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, Meta_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MetaServer is the server API for Meta service.
 // All implementations must embed UnimplementedMetaServer
 // for forward compatibility.
@@ -135,6 +160,9 @@ type MetaServer interface {
 	Auth(context.Context, *AuthRequest) (*AuthResponse, error)
 	// The auth store, for the gateways' permission checks.
 	GetAuthState(context.Context, *GetAuthStateRequest) (*GetAuthStateResponse, error)
+	// The gateway tier: registrations and the list clients see as members.
+	RegisterGateway(context.Context, *RegisterGatewayRequest) (*RegisterGatewayResponse, error)
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
 	mustEmbedUnimplementedMetaServer()
 }
 
@@ -162,6 +190,12 @@ func (UnimplementedMetaServer) Auth(context.Context, *AuthRequest) (*AuthRespons
 }
 func (UnimplementedMetaServer) GetAuthState(context.Context, *GetAuthStateRequest) (*GetAuthStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetAuthState not implemented")
+}
+func (UnimplementedMetaServer) RegisterGateway(context.Context, *RegisterGatewayRequest) (*RegisterGatewayResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterGateway not implemented")
+}
+func (UnimplementedMetaServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGateways not implemented")
 }
 func (UnimplementedMetaServer) mustEmbedUnimplementedMetaServer() {}
 func (UnimplementedMetaServer) testEmbeddedByValue()              {}
@@ -292,6 +326,42 @@ func _Meta_GetAuthState_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Meta_RegisterGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).RegisterGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_RegisterGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).RegisterGateway(ctx, req.(*RegisterGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Meta_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MetaServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meta_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MetaServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Meta_ServiceDesc is the grpc.ServiceDesc for Meta service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -322,6 +392,14 @@ var Meta_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetAuthState",
 			Handler:    _Meta_GetAuthState_Handler,
+		},
+		{
+			MethodName: "RegisterGateway",
+			Handler:    _Meta_RegisterGateway_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _Meta_ListGateways_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

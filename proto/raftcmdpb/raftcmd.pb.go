@@ -453,6 +453,7 @@ type MetaCommand struct {
 	//	*MetaCommand_StartRevoke
 	//	*MetaCommand_CheckpointLeases
 	//	*MetaCommand_Auth
+	//	*MetaCommand_RegisterGateway
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -567,6 +568,15 @@ func (x *MetaCommand) GetAuth() *metapb.AuthRequest {
 	return nil
 }
 
+func (x *MetaCommand) GetRegisterGateway() *metapb.Gateway {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_RegisterGateway); ok {
+			return x.RegisterGateway
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -604,6 +614,11 @@ type MetaCommand_Auth struct {
 	Auth *metapb.AuthRequest `protobuf:"bytes,8,opt,name=auth,proto3,oneof"`
 }
 
+type MetaCommand_RegisterGateway struct {
+	// A gateway's registration (or its removal: expiry 0).
+	RegisterGateway *metapb.Gateway `protobuf:"bytes,9,opt,name=register_gateway,json=registerGateway,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
@@ -619,6 +634,8 @@ func (*MetaCommand_StartRevoke) isMetaCommand_Op() {}
 func (*MetaCommand_CheckpointLeases) isMetaCommand_Op() {}
 
 func (*MetaCommand_Auth) isMetaCommand_Op() {}
+
+func (*MetaCommand_RegisterGateway) isMetaCommand_Op() {}
 
 // AuthResult is the meta state machine's answer to an auth entry: etcd's
 // serialized response, or etcd's error message (rpctypes) if the change was
@@ -1093,7 +1110,7 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
 	"\fCODE_INVALID\x10\x06\x12\x18\n" +
-	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xae\x04\n" +
+	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xf5\x04\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
@@ -1105,7 +1122,8 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\tset_alarm\x18\x05 \x01(\v2\x1c.tessera.raftcmd.v1.SetAlarmH\x00R\bsetAlarm\x12D\n" +
 	"\fstart_revoke\x18\x06 \x01(\v2\x1f.tessera.raftcmd.v1.StartRevokeH\x00R\vstartRevoke\x12S\n" +
 	"\x11checkpoint_leases\x18\a \x01(\v2$.tessera.raftcmd.v1.CheckpointLeasesH\x00R\x10checkpointLeases\x122\n" +
-	"\x04auth\x18\b \x01(\v2\x1c.tessera.meta.v1.AuthRequestH\x00R\x04authB\x04\n" +
+	"\x04auth\x18\b \x01(\v2\x1c.tessera.meta.v1.AuthRequestH\x00R\x04auth\x12E\n" +
+	"\x10register_gateway\x18\t \x01(\v2\x18.tessera.meta.v1.GatewayH\x00R\x0fregisterGatewayB\x04\n" +
 	"\x02op\">\n" +
 	"\n" +
 	"AuthResult\x12\x1a\n" +
@@ -1167,6 +1185,7 @@ var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
 	(*RegisterStore)(nil),      // 14: tessera.raftcmd.v1.RegisterStore
 	nil,                        // 15: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
 	(*metapb.AuthRequest)(nil), // 16: tessera.meta.v1.AuthRequest
+	(*metapb.Gateway)(nil),     // 17: tessera.meta.v1.Gateway
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
 	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
@@ -1182,11 +1201,12 @@ var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
 	9,  // 10: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
 	8,  // 11: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
 	16, // 12: tessera.raftcmd.v1.MetaCommand.auth:type_name -> tessera.meta.v1.AuthRequest
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	17, // 13: tessera.raftcmd.v1.MetaCommand.register_gateway:type_name -> tessera.meta.v1.Gateway
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -1209,6 +1229,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*MetaCommand_StartRevoke)(nil),
 		(*MetaCommand_CheckpointLeases)(nil),
 		(*MetaCommand_Auth)(nil),
+		(*MetaCommand_RegisterGateway)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

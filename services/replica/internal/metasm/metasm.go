@@ -5,10 +5,13 @@
 package metasm
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"time"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -100,6 +103,9 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		}
 		s.setAlarmLocked(a)
 		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_RegisterGateway:
+		s.registerGatewayLocked(op.RegisterGateway, e.Index)
+		return sm.Result{Value: 1}, nil
 	case *raftcmdpb.MetaCommand_Auth:
 		// Data is an AuthResult: etcd's response, or the error that left
 		// the store unchanged.
@@ -117,6 +123,40 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	}
 	return sm.Result{}, nil
 }
+
+// gatewayRetention is how long past its expiry a registration stays in
+// the state (measured by the expiries gateways write, so every replica
+// drops the same ones).
+const gatewayRetention = int64(time.Hour / time.Millisecond)
+
+// registerGatewayLocked records, renews or (expiry 0) removes a gateway,
+// and drops registrations that expired long before this one's expiry.
+func (s *StateMachine) registerGatewayLocked(g *metapb.Gateway, index uint64) {
+	if s.state.Gateways == nil {
+		s.state.Gateways = map[uint64]*metapb.Gateway{}
+	}
+	if g.ExpiresUnixMs == 0 {
+		delete(s.state.Gateways, g.MemberId)
+		return
+	}
+	rec := proto.Clone(g).(*metapb.Gateway)
+	rec.SinceIndex = index
+	// A renewal while the registration is live keeps its place; coming
+	// back after it expired is a new registration.
+	if old := s.state.Gateways[g.MemberId]; old != nil && old.ExpiresUnixMs >= g.ExpiresUnixMs-g.TtlMs {
+		rec.SinceIndex = old.SinceIndex
+	}
+	s.state.Gateways[g.MemberId] = rec
+	for id, other := range s.state.Gateways {
+		if other.ExpiresUnixMs < g.ExpiresUnixMs-gatewayRetention {
+			delete(s.state.Gateways, id)
+		}
+	}
+}
+
+// GatewaysQuery asks Lookup for a copy of the registered gateways
+// ([]*metapb.Gateway, by member ID).
+type GatewaysQuery struct{}
 
 func (s *StateMachine) hasStoreLocked(id uint64) bool {
 	for _, st := range s.state.ShardMap.GetStores() {
@@ -186,6 +226,13 @@ func (s *StateMachine) Lookup(q any) (any, error) {
 		for i, a := range s.state.Alarms {
 			out[i] = proto.Clone(a).(*metapb.Alarm)
 		}
+		return out, nil
+	case GatewaysQuery:
+		out := make([]*metapb.Gateway, 0, len(s.state.Gateways))
+		for _, g := range s.state.Gateways {
+			out = append(out, proto.Clone(g).(*metapb.Gateway))
+		}
+		slices.SortFunc(out, func(a, b *metapb.Gateway) int { return cmp.Compare(a.MemberId, b.MemberId) })
 		return out, nil
 	case AuthQuery:
 		if s.state.Auth == nil {

@@ -3,6 +3,7 @@ package metasm
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
@@ -79,5 +80,50 @@ func TestRegisterStoreAndSnapshot(t *testing.T) {
 	}
 	if !proto.Equal(state(t, s), st) {
 		t.Fatal("garbage entry changed the state")
+	}
+}
+
+// A renewal while live keeps a gateway's place; coming back after expiry
+// is a new registration; expiry 0 removes it; long-expired ones are dropped.
+func TestGatewayRegistrations(t *testing.T) {
+	s := Factory(&metapb.MetaState{ShardMap: &metapb.ShardMap{}})(1, 1)
+	index := uint64(0)
+	reg := func(id uint64, expires int64) {
+		index++
+		b, _ := proto.Marshal(&raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_RegisterGateway{RegisterGateway: &metapb.Gateway{
+			MemberId: id, Name: "gw", ExpiresUnixMs: expires, TtlMs: 10_000}}})
+		if _, err := s.Update(sm.Entry{Index: index, Cmd: b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gws := func() map[uint64]*metapb.Gateway {
+		v, err := s.Lookup(GatewaysQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[uint64]*metapb.Gateway{}
+		for _, g := range v.([]*metapb.Gateway) {
+			out[g.MemberId] = g
+		}
+		return out
+	}
+	reg(1, 100_000) // index 1
+	reg(2, 101_000) // index 2
+	reg(1, 105_000) // renewed while live: keeps index 1
+	if g := gws(); g[1].SinceIndex != 1 || g[2].SinceIndex != 2 {
+		t.Fatalf("renewal: %v", g)
+	}
+	reg(1, 200_000) // back long after its expiry at 105 000: a new registration (index 4)
+	if g := gws(); g[1].SinceIndex != 4 {
+		t.Fatalf("return after expiry kept index %d", g[1].SinceIndex)
+	}
+	reg(2, 0)
+	if _, ok := gws()[2]; ok {
+		t.Fatal("expiry 0 did not remove the gateway")
+	}
+	reg(3, 101_000)
+	reg(1, 101_000+int64(time.Hour/time.Millisecond)+1)
+	if _, ok := gws()[3]; ok {
+		t.Fatal("a registration expired for over an hour was kept")
 	}
 }
