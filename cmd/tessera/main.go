@@ -4,6 +4,8 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,6 +34,7 @@ Usage:
   tessera snapshot restore FILE --data-dir DIR    restore a backup (etcdctl snapshot save FILE) into a new cluster
   tessera snapshot status FILE                    check a backup and describe it
   tessera certs    [--dir DIR] [--hosts LIST]     create a CA and server, peer and client certificates
+  tessera version                                 print the version (the git revision it was built from)
 
 Run "tessera COMMAND --help" for the flags of a command.
 `
@@ -56,6 +59,9 @@ func main() {
 		err = runSnapshot(os.Args[2:])
 	case "certs":
 		err = runCerts(os.Args[2:])
+	case "version", "--version":
+		fmt.Println(buildVersion())
+		return
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -73,6 +79,17 @@ func waitForSignal() os.Signal {
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
 	return <-c
+}
+
+// drainTimeout bounds a gateway's graceful shutdown: less than the 15 s
+// that process supervisors (and the tests) wait before SIGKILL.
+const drainTimeout = 10 * time.Second
+
+// drain shuts a gateway down gracefully (see gateway.Shutdown).
+func drain(g *gateway.Gateway) {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	g.Shutdown(ctx)
 }
 
 func splitList(s string) []string {
@@ -154,10 +171,10 @@ func runDev(args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer g.Close()
 	log.Info("tessera dev ready", "client-urls", strings.Join(g.ClientURLs(), ","), "data-dir", *dataDir)
 	sig := waitForSignal()
 	log.Info("shutting down", "signal", sig.String())
+	drain(g)
 	return nil
 }
 
@@ -221,7 +238,8 @@ func runGateway(args []string, log *slog.Logger) error {
 	advertise := fs.String("advertise-client-urls", "", "comma-separated URLs clients are told to use (member list); the listen URLs if empty")
 	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
 	watchers := fs.String("watchers", "", "comma-separated API addresses of watchers")
-	name := fs.String("name", "gateway", "member name")
+	host, _ := os.Hostname()
+	name := fs.String("name", cmp.Or(host, "gateway"), "member name, unique per gateway (the member ID derives from it); the host name by default")
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
@@ -246,8 +264,8 @@ func runGateway(args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer g.Close()
 	waitForSignal()
+	drain(g)
 	return nil
 }
 

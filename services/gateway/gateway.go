@@ -41,6 +41,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/authgate"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
+	"github.com/tessera-kv/tessera/services/gateway/internal/members"
 	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
@@ -131,6 +132,10 @@ type Gateway struct {
 	wConns  []*grpc.ClientConn
 	kv      *etcdapi.KV
 	gate    *authgate.Gate
+	members *members.Registry
+	// draining ends when Shutdown begins.
+	draining     context.Context
+	stopDraining context.CancelFunc
 
 	metricsHandler http.Handler
 	cancel         context.CancelFunc
@@ -151,6 +156,7 @@ func Start(cfg Config) (*Gateway, error) {
 	apiLimits := reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Peer, cfg.Logger)}
+	g.draining, g.stopDraining = context.WithCancel(context.Background())
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
 	// the too-large error, not a transport error, answers moderate excess.
 	// The codec lets watch responses from the watcher tier pass through
@@ -178,7 +184,7 @@ func Start(cfg Config) (*Gateway, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.KeepAliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: orInfinity(lim.KeepAliveInterval), Timeout: lim.KeepAliveTimeout}),
 		grpc.ForceServerCodecV2(wirecodec.New()),
-		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize, g.gate.Unary), grpc.ChainStreamInterceptor(metrics.stream, g.gate.Stream))
+		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize, g.gate.Unary), grpc.ChainStreamInterceptor(metrics.stream, g.drainStreams, g.gate.Stream))
 	leases := etcdapi.NewLease(g.router, hdr)
 	g.gate.SetLeaseKeys(leases)
 	cost := cfg.Auth.BcryptCost
@@ -189,9 +195,9 @@ func Start(cfg Config) (*Gateway, error) {
 	g.kv = etcdapi.NewKV(g.router, leases, apiLimits, hdr)
 	pb.RegisterKVServer(g.grpcSrv, g.kv)
 	pb.RegisterLeaseServer(g.grpcSrv, leases)
-	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, hdr))
-	cluster := &clusterRef{}
-	pb.RegisterClusterServer(g.grpcSrv, cluster)
+	g.members = members.New(metaMembers{g.router}, hdr.MemberID, cfg.Name, nil, cfg.Logger)
+	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, g.members, hdr))
+	pb.RegisterClusterServer(g.grpcSrv, etcdapi.NewCluster(hdr, g.members))
 	for _, a := range cfg.Watchers {
 		c, err := cfg.Peer.Dial(a)
 		if err != nil {
@@ -231,7 +237,8 @@ func Start(cfg Config) (*Gateway, error) {
 	if len(advertise) == 0 {
 		advertise = g.ClientURLs()
 	}
-	cluster.ClusterServer = etcdapi.NewCluster(hdr, cfg.Name, advertise)
+	g.members.SetClientURLs(advertise)
+	go g.members.Run(ctx)
 	handler, err := g.httpHandler(ctx)
 	if err != nil {
 		g.Close()
@@ -394,6 +401,7 @@ func (g *Gateway) ClientURLs() []string {
 
 // Close stops serving.
 func (g *Gateway) Close() {
+	g.stopDraining()
 	if g.cancel != nil {
 		g.cancel()
 	}
@@ -456,7 +464,21 @@ func idOf(s string) uint64 {
 	return h.Sum64()
 }
 
-// clusterRef lets the Cluster service be registered with the server before
-// the listeners exist; it is completed, before any connection is accepted,
-// once the served URLs are known.
-type clusterRef struct{ pb.ClusterServer }
+// metaMembers is the meta shard's side of gateway registration.
+type metaMembers struct{ r *router.Router }
+
+func (m metaMembers) Register(ctx context.Context, g *metapb.Gateway) error {
+	return m.r.CallMeta(ctx, true, func(ctx context.Context, c metapb.MetaClient) error {
+		_, err := c.RegisterGateway(ctx, &metapb.RegisterGatewayRequest{Gateway: g})
+		return err
+	})
+}
+
+func (m metaMembers) List(ctx context.Context) (out []*metapb.Gateway, err error) {
+	err = m.r.CallMeta(ctx, false, func(ctx context.Context, c metapb.MetaClient) error {
+		resp, err := c.ListGateways(ctx, &metapb.ListGatewaysRequest{})
+		out = resp.GetGateways()
+		return err
+	})
+	return out, err
+}

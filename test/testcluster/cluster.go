@@ -141,6 +141,14 @@ func (c *Cluster) StartGateway() []string {
 	return g.ClientURLs()
 }
 
+// Gateway is gateway i: 0 the first, then StartGateway's in order.
+func (c *Cluster) Gateway(i int) *gateway.Gateway {
+	if i == 0 {
+		return c.gateway
+	}
+	return c.extra[i-1]
+}
+
 // ClientAs returns a client of the given endpoints (the first gateway's if
 // none) that authenticates as user, closed at cleanup.
 func (c *Cluster) ClientAs(t testing.TB, user, password string, endpoints ...string) *clientv3.Client {

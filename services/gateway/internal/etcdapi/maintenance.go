@@ -30,13 +30,14 @@ const Version = "3.7.0"
 // holds every shard. Downgrade answers Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
-	router *router.Router
-	hdr    Header
+	router  *router.Router
+	members Members
+	hdr     Header
 }
 
 // NewMaintenance returns the Maintenance service.
-func NewMaintenance(r *router.Router, h Header) *Maintenance {
-	return &Maintenance{router: r, hdr: h}
+func NewMaintenance(r *router.Router, m Members, h Header) *Maintenance {
+	return &Maintenance{router: r, members: m, hdr: h}
 }
 
 func (m *Maintenance) shards(ctx context.Context) ([]*metapb.ShardDescriptor, error) {
@@ -90,9 +91,11 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		resp.Errors = append(resp.Errors, fmt.Sprintf("memberID:%d alarm:%s ", a.MemberID, a.Alarm))
 	}
 	if first.LeaderStoreId != 0 {
-		// Clients see one member, this gateway; it has a leader when the
-		// data has one.
-		resp.Leader = m.hdr.MemberID
+		// The members clients see are gateways: they have a leader when
+		// the data has one, and all name the same gateway as it.
+		if resp.Leader, err = m.members.Leader(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return resp, nil
 }
@@ -249,30 +252,41 @@ func hasStore(d *metapb.ShardDescriptor, store uint64) bool {
 	return false
 }
 
-// Cluster is etcd's Cluster service. The members clients see are the
-// gateways (this one, at its advertised client URLs); the replica tier's
-// membership is Tessera's own (its stores), so member changes through the
-// etcd API are refused with a reason.
+// Members is the gateway tier as clients see it (internal/members).
+type Members interface {
+	// Live lists the live gateways by member ID, this one among them.
+	Live(ctx context.Context) ([]*metapb.Gateway, error)
+	// Leader is the member every gateway reports as etcd's leader.
+	Leader(ctx context.Context) (uint64, error)
+}
+
+// Cluster is etcd's Cluster service. The members clients see are the live
+// gateways, at their advertised client URLs; the replica tier's membership
+// is Tessera's own (its stores), so member changes through the etcd API
+// are refused with a reason.
 type Cluster struct {
 	pb.UnsafeClusterServer
-	hdr        Header
-	name       string
-	clientURLs []string
+	hdr     Header
+	members Members
 }
 
 var _ pb.ClusterServer = (*Cluster)(nil)
 
 // NewCluster returns the Cluster service of a gateway.
-func NewCluster(h Header, name string, clientURLs []string) *Cluster {
-	return &Cluster{hdr: h, name: name, clientURLs: clientURLs}
+func NewCluster(h Header, m Members) *Cluster {
+	return &Cluster{hdr: h, members: m}
 }
 
-func (c *Cluster) members() []*pb.Member {
-	return []*pb.Member{{ID: c.hdr.MemberID, Name: c.name, ClientURLs: c.clientURLs}}
-}
-
-func (c *Cluster) MemberList(context.Context, *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	return &pb.MemberListResponse{Header: c.hdr.fill(nil, 0), Members: c.members()}, nil
+func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	live, err := c.members.Live(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.MemberListResponse{Header: c.hdr.fill(nil, 0)}
+	for _, g := range live {
+		resp.Members = append(resp.Members, &pb.Member{ID: g.MemberId, Name: g.Name, ClientURLs: g.ClientUrls})
+	}
+	return resp, nil
 }
 
 var errMembership = status.Error(codes.FailedPrecondition,
