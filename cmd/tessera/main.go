@@ -28,7 +28,7 @@ const usage = `tessera: an etcd v3 compatible store for Kubernetes control plane
 
 Usage:
   tessera dev      [--data-dir DIR] [--listen-client-urls URLS]   everything in one process
-  tessera replica  --id N --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
+  tessera replica  --id N (or --ordinal N) --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
   tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
   tessera snapshot restore FILE --data-dir DIR    restore a backup (etcdctl snapshot save FILE) into a new cluster
@@ -199,6 +199,7 @@ func parseCluster(s string) ([]replica.Member, error) {
 func runReplica(args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("replica", flag.ExitOnError)
 	id := fs.Uint64("id", 0, "store ID (non-zero, unique)")
+	ordinal := fs.Int("ordinal", -1, "a StatefulSet pod index, instead of --id: the store ID is ordinal+1")
 	dataDir := fs.String("data-dir", "", "data directory")
 	raftAddr := fs.String("raft-address", "", "Raft transport address host:port")
 	apiAddr := fs.String("api-address", "", "internal API address host:port")
@@ -209,6 +210,12 @@ func runReplica(args []string, log *slog.Logger) error {
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
 	peerFlags := registerPeerTLS(fs)
 	fs.Parse(args)
+	if *ordinal >= 0 {
+		if *id != 0 {
+			return errors.New("give --id or --ordinal, not both")
+		}
+		*id = uint64(*ordinal) + 1
+	}
 	members, err := parseCluster(*cluster)
 	if err != nil {
 		return err
@@ -229,8 +236,16 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	defer r.Close()
 	waitForSignal()
+	// Leaders move before the process goes, so a rolling restart costs no
+	// election timeouts.
+	ctx, cancel := context.WithTimeout(context.Background(), handOffTimeout)
+	defer cancel()
+	r.HandOff(ctx)
 	return nil
 }
+
+// handOffTimeout bounds the leadership hand-off of a stopping replica.
+const handOffTimeout = 5 * time.Second
 
 func runGateway(args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
