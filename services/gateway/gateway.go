@@ -199,7 +199,9 @@ func Start(cfg Config) (*Gateway, error) {
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, g.members, hdr))
 	pb.RegisterClusterServer(g.grpcSrv, etcdapi.NewCluster(hdr, g.members))
 	for _, a := range cfg.Watchers {
-		c, err := cfg.Peer.Dial(a)
+		// Round robin over every address a name resolves to: one DNS name
+		// of a headless Service spreads streams over all its watchers.
+		c, err := cfg.Peer.Dial(a, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 		if err != nil {
 			g.Close()
 			return nil, fmt.Errorf("gateway: watcher %s: %w", a, err)
