@@ -205,10 +205,15 @@ func (a *apiserver) start(t *testing.T) {
 	}
 }
 
+// config is a client configuration of the server as its admin.
+func (a *apiserver) config() *rest.Config {
+	return &rest.Config{Host: a.url, BearerToken: adminToken,
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 500, Burst: 1000, Timeout: 30 * time.Second}
+}
+
 func (a *apiserver) client(t *testing.T) *kubernetes.Clientset {
 	t.Helper()
-	cs, err := kubernetes.NewForConfig(&rest.Config{Host: a.url, BearerToken: adminToken,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 500, Burst: 1000, Timeout: 30 * time.Second})
+	cs, err := kubernetes.NewForConfig(a.config())
 	if err != nil {
 		t.Fatal(err)
 	}

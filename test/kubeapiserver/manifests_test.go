@@ -1,0 +1,211 @@
+package kubeapiserver
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+)
+
+// render builds a kustomization of deploy/k8s as kubectl kustomize does.
+func render(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	rm, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("..", "..", "deploy", "k8s", dir))
+	if err != nil {
+		t.Fatalf("kustomize %s: %v", dir, err)
+	}
+	b, err := rm.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) > 0 {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// podSpecs returns the pod templates of the workloads, by workload name.
+func podSpecs(t *testing.T, objs []*unstructured.Unstructured) map[string]corev1.PodSpec {
+	t.Helper()
+	out := map[string]corev1.PodSpec{}
+	for _, u := range objs {
+		switch u.GetKind() {
+		case "StatefulSet":
+			var s appsv1.StatefulSet
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &s); err != nil {
+				t.Fatal(err)
+			}
+			out[s.Name] = s.Spec.Template.Spec
+		case "Deployment":
+			var d appsv1.Deployment
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &d); err != nil {
+				t.Fatal(err)
+			}
+			out[d.Name] = d.Spec.Template.Spec
+		}
+	}
+	return out
+}
+
+// checkPods asserts what every Tessera pod must be: unprivileged, no
+// service account token, probes, resource requests and memory limits.
+func checkPods(t *testing.T, overlay string, pods map[string]corev1.PodSpec) {
+	for name, p := range pods {
+		where := overlay + "/" + name
+		if p.AutomountServiceAccountToken == nil || *p.AutomountServiceAccountToken {
+			t.Errorf("%s mounts a service account token", where)
+		}
+		if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot {
+			t.Errorf("%s may run as root", where)
+		}
+		for _, c := range p.Containers {
+			sc := c.SecurityContext
+			switch {
+			case sc == nil:
+				t.Errorf("%s/%s has no securityContext", where, c.Name)
+				continue
+			case sc.Privileged != nil && *sc.Privileged:
+				t.Errorf("%s/%s is privileged", where, c.Name)
+			case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+				t.Errorf("%s/%s allows privilege escalation", where, c.Name)
+			case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+				t.Errorf("%s/%s has a writable root filesystem", where, c.Name)
+			case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) > 0:
+				t.Errorf("%s/%s keeps capabilities", where, c.Name)
+			}
+			if c.ReadinessProbe == nil || c.LivenessProbe == nil {
+				t.Errorf("%s/%s lacks a readiness or liveness probe", where, c.Name)
+			}
+			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("%s/%s lacks cpu/memory requests or a memory limit", where, c.Name)
+			}
+		}
+	}
+}
+
+// TestManifests renders every overlay of deploy/k8s, checks the properties
+// an operator relies on, and has a real kube-apiserver (on tessera dev)
+// accept every rendered object in a server-side dry run.
+func TestManifests(t *testing.T) {
+	overlays := map[string][]*unstructured.Unstructured{}
+	for _, o := range []string{"overlays/dev", "overlays/ha"} {
+		overlays[o] = render(t, o)
+		if len(overlays[o]) == 0 {
+			t.Fatalf("%s renders nothing", o)
+		}
+		checkPods(t, o, podSpecs(t, overlays[o]))
+		for _, u := range overlays[o] {
+			switch u.GetKind() {
+			case "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding":
+				t.Errorf("%s grants Kubernetes API permissions (%s %s): Tessera needs none", o, u.GetKind(), u.GetName())
+			}
+		}
+	}
+
+	ha := overlays["overlays/ha"]
+	byName := map[string]*unstructured.Unstructured{}
+	for _, u := range ha {
+		byName[u.GetKind()+"/"+u.GetName()] = u
+	}
+	var sts appsv1.StatefulSet
+	if u := byName["StatefulSet/tessera-replica"]; u == nil {
+		t.Fatal("ha has no replica StatefulSet")
+	} else if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &sts); err != nil {
+		t.Fatal(err)
+	}
+	if sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement || len(sts.Spec.VolumeClaimTemplates) == 0 || *sts.Spec.Replicas != 3 {
+		t.Errorf("replica StatefulSet: policy %s, %d volume claims, %d replicas", sts.Spec.PodManagementPolicy, len(sts.Spec.VolumeClaimTemplates), *sts.Spec.Replicas)
+	}
+	aa := sts.Spec.Template.Spec.Affinity
+	if aa == nil || aa.PodAntiAffinity == nil || len(aa.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) == 0 ||
+		aa.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "kubernetes.io/hostname" ||
+		len(aa.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) == 0 {
+		t.Errorf("replicas are not kept apart across nodes and zones: %+v", aa)
+	}
+	for _, want := range []string{"PodDisruptionBudget/tessera-replica", "PodDisruptionBudget/tessera-watcher", "PodDisruptionBudget/tessera-gateway",
+		"Service/tessera-replica", "Service/tessera-gateway", "HorizontalPodAutoscaler/tessera-gateway", "ConfigMap/"} {
+		found := false
+		for k := range byName {
+			found = found || k == want || strings.HasSuffix(want, "/") && strings.HasPrefix(k, want)
+		}
+		if !found {
+			t.Errorf("ha renders no %s", want)
+		}
+	}
+	var gw appsv1.Deployment
+	if u := byName["Deployment/tessera-gateway"]; u == nil {
+		t.Error("ha has no gateway Deployment")
+	} else if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &gw); err != nil {
+		t.Fatal(err)
+	} else if *gw.Spec.Replicas != 3 {
+		t.Errorf("ha runs %d gateways, want 3", *gw.Spec.Replicas)
+	}
+	for _, u := range ha {
+		if ns := u.GetNamespace(); u.GetKind() != "Namespace" && ns != "tessera" {
+			t.Errorf("ha puts %s %s in namespace %q", u.GetKind(), u.GetName(), ns)
+		}
+	}
+
+	// A server-side dry run of every object on a real kube-apiserver.
+	dataDir := t.TempDir()
+	client, raft, api, watcher := freePort(t), freePort(t), freePort(t), freePort(t)
+	start(t, "tessera", tesseraBin, "dev", "--data-dir", dataDir, "--listen-client-urls", "http://"+client,
+		"--raft-address", raft, "--api-address", api, "--watcher-address", watcher)
+	a := newAPIServer(t, "http://"+client)
+	dc, err := discovery.NewDiscoveryClientForConfig(a.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	dyn, err := dynamic.NewForConfig(a.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for o, objs := range overlays {
+		for _, u := range objs {
+			m, err := mapper.RESTMapping(u.GroupVersionKind().GroupKind(), u.GroupVersionKind().Version)
+			if err != nil {
+				t.Errorf("%s: %s %s: %v", o, u.GetKind(), u.GetName(), err)
+				continue
+			}
+			var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+			if u.GetNamespace() != "" {
+				ri = dyn.Resource(m.Resource).Namespace(u.GetNamespace())
+			}
+			opts := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
+			if u.GetKind() == "Namespace" {
+				opts.DryRun = nil // the namespaced objects need it to exist
+			}
+			if _, err := ri.Create(ctx, u, opts); err != nil {
+				t.Errorf("%s: the API server refused %s %s: %v", o, u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+	t.Logf("server-side dry run of %d dev and %d ha objects", len(overlays["overlays/dev"]), len(ha))
+}
