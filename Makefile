@@ -6,7 +6,7 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build image test test-short test-compat test-large nemesis fuzz generate generate-check lint bench dev
+.PHONY: build image test test-short test-compat test-large test-containers nemesis fuzz generate generate-check lint bench dev
 
 # The version is the git revision (with -dirty for uncommitted changes):
 # the same tree gives the same tag.
@@ -54,6 +54,13 @@ test-compat:
 # every process) against tessera dev and a 3-process cluster: minutes.
 test-large:
 	$(GO) test -count=1 -v -timeout 20m -run 'TestLargeRequests' ./test/e2e/ -e2e.large
+
+# The cluster of real hosts: the image, 3 replicas, 2 watchers and 2
+# gateways as containers on a private Docker network, killed, partitioned
+# and restarted under load (make test runs it too, for a minute of load;
+# it skips without a Docker engine).
+test-containers:
+	NEMESIS_DURATION=$(NEMESIS_DURATION) $(GO) test -count=1 -v -timeout 20m ./test/containers/
 
 # The fault tests (test/integration and test/e2e) under a longer load.
 NEMESIS_DURATION ?= 60s

@@ -123,10 +123,19 @@ func (s state) newRev(r int64) bool {
 // moves it up (by any amount: the revision rule). The model is
 // nondeterministic only for operations with an unknown outcome: they either
 // never happened, or happened at a revision it learns later.
-var KVModel = porcupine.NondeterministicModel{
-	Init: func() []interface{} {
-		return []interface{}{state{kvs: map[string]KV{}, rev: 1, floor: 1}}
-	},
+var KVModel = ModelFrom(1)
+
+// ModelFrom is KVModel for a history that starts at revision rev (other
+// keys were written before; the history's keys were not).
+func ModelFrom(rev int64) porcupine.NondeterministicModel {
+	m := kvModel
+	m.Init = func() []interface{} {
+		return []interface{}{state{kvs: map[string]KV{}, rev: rev, floor: rev}}
+	}
+	return m
+}
+
+var kvModel = porcupine.NondeterministicModel{
 	Step: func(st, in, out interface{}) []interface{} {
 		s, i, o := st.(state), in.(Input), out.(Output)
 		if o.Unknown {

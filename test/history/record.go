@@ -16,7 +16,8 @@ type Recorder struct {
 	start time.Time
 	mu    struct {
 		sync.Mutex
-		ops []porcupine.Operation
+		ops   []porcupine.Operation
+		fails []int64 // when each failed operation returned
 	}
 }
 
@@ -36,6 +37,9 @@ func (r *Recorder) Do(ctx context.Context, client int, cli *clientv3.Client, in 
 	out, err := Execute(ctx, cli, in)
 	ret := r.now()
 	if err != nil {
+		r.mu.Lock()
+		r.mu.fails = append(r.mu.fails, ret)
+		r.mu.Unlock()
 		if in.Kind == Get || in.Kind == Range {
 			return out, err
 		}
@@ -45,6 +49,20 @@ func (r *Recorder) Do(ctx context.Context, client int, cli *clientv3.Client, in 
 	r.mu.ops = append(r.mu.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
 	r.mu.Unlock()
 	return out, err
+}
+
+// Failures counts the operations that returned an error (to the client:
+// a timeout, an unavailable cluster) between from and to.
+func (r *Recorder) Failures(from, to time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, at := range r.mu.fails {
+		if t := r.start.Add(time.Duration(at)); !t.Before(from) && t.Before(to) {
+			n++
+		}
+	}
+	return n
 }
 
 // Operations returns the history so far.
@@ -57,7 +75,13 @@ func (r *Recorder) Operations() []porcupine.Operation {
 // CheckKV checks a history for linearizability under KVModel, giving up
 // (Unknown) after timeout.
 func CheckKV(ops []porcupine.Operation, timeout time.Duration) porcupine.CheckResult {
-	return porcupine.CheckOperationsTimeout(KVModel.ToModel(), ops, timeout)
+	return CheckKVFrom(ops, 1, timeout)
+}
+
+// CheckKVFrom is CheckKV for a history that starts at revision rev.
+func CheckKVFrom(ops []porcupine.Operation, rev int64, timeout time.Duration) porcupine.CheckResult {
+	m := ModelFrom(rev)
+	return porcupine.CheckOperationsTimeout(m.ToModel(), ops, timeout)
 }
 
 // Execute runs one operation with clientv3 and returns what it saw.

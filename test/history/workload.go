@@ -38,6 +38,9 @@ func Duration(t testing.TB, def time.Duration) time.Duration {
 // cluster: each client loops over gets, puts, deletes, prefix ranges and
 // kube-apiserver's read-then-CAS update on a few keys under Prefix, and one
 // watch over the prefix records every event from the workload's start.
+// The check holds the workload to every revision from its start: nothing
+// else may write to the cluster while it runs (a write elsewhere moves the
+// revision behind the model's back), and its keys must not exist before.
 type Workload struct {
 	Prefix  string
 	Keys    int
@@ -147,14 +150,14 @@ func (r *Run) drive(client int, cli *clientv3.Client, keys []string, stop time.T
 // dump writes a failed history where a person can look at it: porcupine's
 // visualization and one line per operation, in call order, in a directory
 // that outlives the test. It returns a sentence naming the files.
-func dump(ops []porcupine.Operation) string {
+func dump(ops []porcupine.Operation, model *porcupine.NondeterministicModel) string {
 	dir, err := os.MkdirTemp("", "tessera-history-")
 	if err != nil {
 		return ""
 	}
-	_, info := porcupine.CheckOperationsVerbose(KVModel.ToModel(), ops, time.Minute)
+	_, info := porcupine.CheckOperationsVerbose(model.ToModel(), ops, time.Minute)
 	html := filepath.Join(dir, "history.html")
-	if err := porcupine.VisualizePath(KVModel.ToModel(), info, html); err != nil {
+	if err := porcupine.VisualizePath(model.ToModel(), info, html); err != nil {
 		html = err.Error()
 	}
 	sorted := slices.Clone(ops)
@@ -165,7 +168,7 @@ func dump(ops []porcupine.Operation) string {
 		if op.Return != math.MaxInt64 {
 			ret = time.Duration(op.Return).String()
 		}
-		fmt.Fprintf(&b, "%s..%s client %d: %s\n", time.Duration(op.Call), ret, op.ClientId, KVModel.DescribeOperation(op.Input, op.Output))
+		fmt.Fprintf(&b, "%s..%s client %d: %s\n", time.Duration(op.Call), ret, op.ClientId, model.DescribeOperation(op.Input, op.Output))
 	}
 	if js, err := json.Marshal(ops); err == nil {
 		_ = os.WriteFile(filepath.Join(dir, "history.json"), js, 0o644)
@@ -225,6 +228,9 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(int(float64(len(sorted))*p), len(sorted)-1)]
 }
 
+// Failures counts the client operations that failed between from and to.
+func (r *Run) Failures(from, to time.Time) int { return r.rec.Failures(from, to) }
+
 // Wait waits for the clients to stop, then up to 10 s for the watch to
 // deliver every acknowledged write, so that what the caller does next (a
 // restart of every process) does not count in the write-to-event latency.
@@ -269,8 +275,9 @@ func (r *Run) Check(t testing.TB, final *clientv3.Client) string {
 		t.Fatalf("the final read failed: %v", err)
 	}
 	ops := r.rec.Operations()
-	if res := CheckKV(ops, time.Minute); res != porcupine.Ok {
-		t.Fatalf("the history of %d operations is not linearizable (%s)%s", len(ops), res, dump(ops))
+	if res := CheckKVFrom(ops, r.wlog.From-1, time.Minute); res != porcupine.Ok {
+		m := ModelFrom(r.wlog.From - 1)
+		t.Fatalf("the history of %d operations is not linearizable (%s)%s", len(ops), res, dump(ops, &m))
 	}
 	var acked, maybe []Write
 	var last int64
