@@ -31,7 +31,8 @@ Usage:
   tessera replica  --id N (or --ordinal N) --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
   tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
-  tessera snapshot restore FILE --data-dir DIR    restore a backup (etcdctl snapshot save FILE) into a new cluster
+  tessera snapshot save FILE [--endpoints URL]    take a backup through a gateway (or: --dir DIR --keep N)
+  tessera snapshot restore FILE --data-dir DIR    restore a backup (or etcdctl snapshot save's) into a new cluster
   tessera snapshot status FILE                    check a backup and describe it
   tessera certs    [--dir DIR] [--hosts LIST]     create a CA and server, peer and client certificates
   tessera version                                 print the version (the git revision it was built from)

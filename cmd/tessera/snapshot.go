@@ -12,19 +12,21 @@ import (
 	"github.com/tessera-kv/tessera/services/replica"
 )
 
-// runSnapshot handles "tessera snapshot restore|status". Backups are taken
-// with etcd's own client: etcdctl snapshot save FILE.
+// runSnapshot handles "tessera snapshot save|restore|status". Backups can
+// also be taken with etcd's own client: etcdctl snapshot save FILE.
 func runSnapshot(args []string) error {
 	if len(args) < 1 {
-		return errors.New("usage: tessera snapshot restore FILE --data-dir DIR | tessera snapshot status FILE")
+		return errors.New("usage: tessera snapshot save FILE | restore FILE --data-dir DIR | status FILE")
 	}
 	switch args[0] {
+	case "save":
+		return snapshotSave(args[1:])
 	case "status":
 		return snapshotStatus(args[1:])
 	case "restore":
 		return snapshotRestore(args[1:])
 	}
-	return fmt.Errorf("unknown snapshot command %q (want restore or status)", args[0])
+	return fmt.Errorf("unknown snapshot command %q (want save, restore or status)", args[0])
 }
 
 // splitFile takes the FILE argument wherever it stands among the flags.

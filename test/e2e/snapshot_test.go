@@ -46,6 +46,18 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	if out, errOut, code := runCtl(t, d.endpoint(), "", "snapshot", "save", file); code != 0 || !strings.Contains(out+errOut, "Snapshot saved") {
 		t.Fatalf("snapshot save: exit %d: %s %s", code, out, errOut)
 	}
+	// tessera's own snapshot save (what the image's backup CronJob runs)
+	// writes the same backup, and prunes old ones.
+	dir := t.TempDir()
+	for range 3 {
+		if out := tessera(t, "snapshot", "save", "--endpoints", d.endpoint(), "--dir", dir, "--keep", "2"); !strings.Contains(out, fmt.Sprintf("revision %d, 201 keys", lr.Header.Revision)) {
+			t.Fatalf("tessera snapshot save: %s", out)
+		}
+		time.Sleep(1100 * time.Millisecond) // names are by the second
+	}
+	if saved, _ := filepath.Glob(filepath.Join(dir, "tessera-*.db")); len(saved) != 2 {
+		t.Fatalf("--keep 2 left %v", saved)
+	}
 	d.p.Stop()
 
 	status := tessera(t, "snapshot", "status", file)

@@ -3,13 +3,16 @@ package kubeapiserver
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,8 +28,11 @@ import (
 // render builds a kustomization of deploy/k8s as kubectl kustomize does.
 func render(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join("..", "..", "deploy", "k8s", dir)
+	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	rm, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("..", "..", "deploy", "k8s", dir))
+	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		t.Fatalf("kustomize %s: %v", dir, err)
 	}
@@ -66,6 +72,18 @@ func podSpecs(t *testing.T, objs []*unstructured.Unstructured) map[string]corev1
 				t.Fatal(err)
 			}
 			out[d.Name] = d.Spec.Template.Spec
+		case "CronJob":
+			var c batchv1.CronJob
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
+				t.Fatal(err)
+			}
+			out[c.Name] = c.Spec.JobTemplate.Spec.Template.Spec
+		case "Job":
+			var j batchv1.Job
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &j); err != nil {
+				t.Fatal(err)
+			}
+			out[j.Name] = j.Spec.Template.Spec
 		}
 	}
 	return out
@@ -97,8 +115,8 @@ func checkPods(t *testing.T, overlay string, pods map[string]corev1.PodSpec) {
 			case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) > 0:
 				t.Errorf("%s/%s keeps capabilities", where, c.Name)
 			}
-			if c.ReadinessProbe == nil || c.LivenessProbe == nil {
-				t.Errorf("%s/%s lacks a readiness or liveness probe", where, c.Name)
+			if (c.ReadinessProbe == nil || c.LivenessProbe == nil) && p.RestartPolicy != corev1.RestartPolicyNever && p.RestartPolicy != corev1.RestartPolicyOnFailure {
+				t.Errorf("%s/%s (a server) lacks a readiness or liveness probe", where, c.Name)
 			}
 			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 				t.Errorf("%s/%s lacks cpu/memory requests or a memory limit", where, c.Name)
@@ -111,8 +129,25 @@ func checkPods(t *testing.T, overlay string, pods map[string]corev1.PodSpec) {
 // an operator relies on, and has a real kube-apiserver (on tessera dev)
 // accept every rendered object in a server-side dry run.
 func TestManifests(t *testing.T) {
+	// The restore component on top of ha, as its README says to apply it.
+	deploy, err := filepath.Abs(filepath.Join("..", "..", "deploy", "k8s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := t.TempDir()
+	rel := func(p string) string {
+		r, err := filepath.Rel(restore, filepath.Join(deploy, p)) // kustomize takes no absolute roots
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if err := os.WriteFile(filepath.Join(restore, "kustomization.yaml"), []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: tessera\nresources:\n  - "+
+		rel("overlays/ha")+"\ncomponents:\n  - "+rel("components/restore")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	overlays := map[string][]*unstructured.Unstructured{}
-	for _, o := range []string{"overlays/dev", "overlays/ha"} {
+	for _, o := range []string{"overlays/dev", "overlays/ha", restore} {
 		overlays[o] = render(t, o)
 		if len(overlays[o]) == 0 {
 			t.Fatalf("%s renders nothing", o)
@@ -146,7 +181,7 @@ func TestManifests(t *testing.T) {
 		len(aa.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) == 0 {
 		t.Errorf("replicas are not kept apart across nodes and zones: %+v", aa)
 	}
-	for _, want := range []string{"PodDisruptionBudget/tessera-replica", "PodDisruptionBudget/tessera-watcher", "PodDisruptionBudget/tessera-gateway",
+	for _, want := range []string{"CronJob/tessera-backup", "PersistentVolumeClaim/tessera-backups", "PodDisruptionBudget/tessera-replica", "PodDisruptionBudget/tessera-watcher", "PodDisruptionBudget/tessera-gateway",
 		"Service/tessera-replica", "Service/tessera-gateway", "HorizontalPodAutoscaler/tessera-gateway", "ConfigMap/"} {
 		found := false
 		for k := range byName {
@@ -187,6 +222,15 @@ func TestManifests(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	restored := 0
+	for _, u := range overlays[restore] {
+		if u.GetKind() == "Job" {
+			restored++
+		}
+	}
+	if restored != 3 {
+		t.Errorf("the restore component makes %d Jobs, want one per store (3)", restored)
+	}
 	for o, objs := range overlays {
 		for _, u := range objs {
 			m, err := mapper.RESTMapping(u.GroupVersionKind().GroupKind(), u.GroupVersionKind().Version)
@@ -202,10 +246,10 @@ func TestManifests(t *testing.T) {
 			if u.GetKind() == "Namespace" {
 				opts.DryRun = nil // the namespaced objects need it to exist
 			}
-			if _, err := ri.Create(ctx, u, opts); err != nil {
+			if _, err := ri.Create(ctx, u, opts); err != nil && !(u.GetKind() == "Namespace" && apierrors.IsAlreadyExists(err)) {
 				t.Errorf("%s: the API server refused %s %s: %v", o, u.GetKind(), u.GetName(), err)
 			}
 		}
 	}
-	t.Logf("server-side dry run of %d dev and %d ha objects", len(overlays["overlays/dev"]), len(ha))
+	t.Logf("server-side dry run of %d dev, %d ha and %d ha+restore objects", len(overlays["overlays/dev"]), len(ha), len(overlays[restore]))
 }
