@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
@@ -27,6 +28,9 @@ var setup struct {
 func Handler() (http.Handler, error) {
 	setup.once.Do(func() {
 		reg := prometheus.NewRegistry()
+		// The Go runtime's and the process's own figures (memory, GC,
+		// goroutines, CPU, open files), under Prometheus' usual names.
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		exp, err := otelprom.New(otelprom.WithRegisterer(reg))
 		if err != nil {
 			setup.err = err

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -18,6 +19,9 @@ import (
 type requestMetrics struct {
 	requests metric.Int64Counter
 	duration metric.Float64Histogram
+	// handled is grpc_server_handled_total, as etcd (grpc-prometheus)
+	// exports it, for the dashboards and alerts that use it.
+	handled metric.Int64Counter
 }
 
 func newRequestMetrics() (*requestMetrics, error) {
@@ -31,24 +35,36 @@ func newRequestMetrics() (*requestMetrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &requestMetrics{requests: requests, duration: duration}, nil
+	handled, err := m.Int64Counter("grpc_server_handled_total", metric.WithDescription("RPCs completed on the server, regardless of success or failure (grpc-prometheus' name)"))
+	if err != nil {
+		return nil, err
+	}
+	return &requestMetrics{requests: requests, duration: duration, handled: handled}, nil
 }
 
-func (m *requestMetrics) record(ctx context.Context, method string, start time.Time, err error) {
-	m.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("method", method), attribute.String("code", status.Code(err).String())))
+func (m *requestMetrics) record(ctx context.Context, method, kind string, start time.Time, err error) {
+	code := status.Code(err).String()
+	m.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("method", method), attribute.String("code", code)))
 	m.duration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(attribute.String("method", method)))
+	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	m.handled.Add(ctx, 1, metric.WithAttributes(attribute.String("grpc_service", service), attribute.String("grpc_method", name),
+		attribute.String("grpc_type", kind), attribute.String("grpc_code", code)))
 }
 
 func (m *requestMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := h(ctx, req)
-	m.record(ctx, info.FullMethod, start, err)
+	m.record(ctx, info.FullMethod, "unary", start, err)
 	return resp, err
 }
 
 func (m *requestMetrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	start := time.Now()
 	err := h(srv, ss)
-	m.record(ss.Context(), info.FullMethod, start, err)
+	kind := "bidi_stream"
+	if !info.IsClientStream {
+		kind = "server_stream"
+	}
+	m.record(ss.Context(), info.FullMethod, kind, start, err)
 	return err
 }

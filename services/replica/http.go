@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/lni/dragonboat/v4/raftio"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -63,20 +64,43 @@ func (r *Replica) ready() error {
 	return nil
 }
 
-// registerMetrics publishes the store's size and each shard's revisions.
+// registerMetrics publishes the store's size and each shard's revisions,
+// and etcd's own names where they mean the same (operators alert on them):
+// etcd_server_has_leader, etcd_server_is_leader (per shard),
+// etcd_mvcc_db_total_size_in_bytes, etcd_server_quota_backend_bytes; leader changes are counted as they
+// happen (leaderEvents).
 func (r *Replica) registerMetrics() error {
 	m := telemetry.Meter("tessera/replica")
 	size, err1 := m.Int64ObservableGauge("tessera.replica.store.bytes", metric.WithDescription("disk space of the store"))
 	rev, err2 := m.Int64ObservableGauge("tessera.replica.shard.revision", metric.WithDescription("etcd revision of a data shard"))
 	compact, err3 := m.Int64ObservableGauge("tessera.replica.shard.compact.revision", metric.WithDescription("compaction revision of a data shard"))
 	applied, err4 := m.Int64ObservableGauge("tessera.replica.shard.applied.index", metric.WithDescription("last applied Raft index of a data shard"))
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	hasLeader, err5 := m.Int64ObservableGauge("etcd_server_has_leader", metric.WithDescription("1 if every shard of this store has a leader, else 0 (etcd's)"))
+	isLeader, err6 := m.Int64ObservableGauge("etcd_server_is_leader", metric.WithDescription("1 if this store leads the shard, else 0 (etcd's, per shard)"))
+	dbSize, err7 := m.Int64ObservableGauge("etcd_mvcc_db_total_size_in_bytes", metric.WithDescription("disk space of the store (etcd's)"))
+	quota, err8 := m.Int64ObservableGauge("etcd_server_quota_backend_bytes", metric.WithDescription("store size past which NOSPACE is raised (etcd's)"))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
 		return err
 	}
 	store := attribute.Int64("store", int64(r.cfg.StoreID))
 	var err error
 	r.metricsReg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(size, r.store.Size(), metric.WithAttributes(store))
+		o.ObserveInt64(dbSize, r.store.Size(), metric.WithAttributes(store))
+		o.ObserveInt64(quota, r.cfg.QuotaBytes, metric.WithAttributes(store))
+		all := int64(1)
+		for _, id := range r.hostedShards() {
+			l := r.LeaderOf(id)
+			if l == 0 {
+				all = 0
+			}
+			leads := int64(0)
+			if l == r.cfg.StoreID {
+				leads = 1
+			}
+			o.ObserveInt64(isLeader, leads, metric.WithAttributes(store, attribute.Int64("shard", int64(id))))
+		}
+		o.ObserveInt64(hasLeader, all, metric.WithAttributes(store))
 		r.mu.RLock()
 		defer r.mu.RUnlock()
 		for id, ds := range r.shards {
@@ -91,6 +115,29 @@ func (r *Replica) registerMetrics() error {
 			o.ObserveInt64(applied, int64(st.AppliedIndex), attrs)
 		}
 		return nil
-	}, size, rev, compact, applied)
+	}, size, rev, compact, applied, hasLeader, isLeader, dbSize, quota)
 	return err
+}
+
+// leaderEvents counts leader changes as dragonboat reports them
+// (etcd_server_leader_changes_seen_total, per shard).
+type leaderEvents struct {
+	store   attribute.KeyValue
+	changes metric.Int64Counter
+}
+
+func newLeaderEvents(store uint64) (*leaderEvents, error) {
+	c, err := telemetry.Meter("tessera/replica").Int64Counter("etcd_server_leader_changes_seen_total",
+		metric.WithDescription("leader changes this store has seen, per shard (etcd's)"))
+	if err != nil {
+		return nil, err
+	}
+	return &leaderEvents{store: attribute.Int64("store", int64(store)), changes: c}, nil
+}
+
+// LeaderUpdated is dragonboat's raftio.IRaftEventListener.
+func (l *leaderEvents) LeaderUpdated(info raftio.LeaderInfo) {
+	if info.LeaderID != 0 {
+		l.changes.Add(context.Background(), 1, metric.WithAttributes(l.store, attribute.Int64("shard", int64(info.ShardID))))
+	}
 }

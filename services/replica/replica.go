@@ -240,6 +240,9 @@ func (r *Replica) start() error {
 	if f := r.cfg.RaftTLS; f.Cert != "" {
 		nhc.MutualTLS, nhc.CAFile, nhc.CertFile, nhc.KeyFile = true, f.CA, f.Cert, f.Key
 	}
+	if nhc.RaftEventListener, err = newLeaderEvents(r.cfg.StoreID); err != nil {
+		return err
+	}
 	r.nh, err = dragonboat.NewNodeHost(nhc)
 	if err != nil {
 		return fmt.Errorf("replica: start raft: %w", err)

@@ -146,6 +146,29 @@ func TestManifests(t *testing.T) {
 		rel("overlays/ha")+"\ncomponents:\n  - "+rel("components/restore")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The monitoring component renders (its kinds are Prometheus
+	// Operator CRDs, which this API server lacks, so no dry run).
+	monitoring := t.TempDir()
+	relTo := func(from, p string) string {
+		r, err := filepath.Rel(from, filepath.Join(deploy, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if err := os.WriteFile(filepath.Join(monitoring, "kustomization.yaml"), []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: tessera\nresources:\n  - "+
+		relTo(monitoring, "overlays/ha")+"\ncomponents:\n  - "+relTo(monitoring, "components/monitoring")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, u := range render(t, monitoring) {
+		kinds[u.GetKind()+"/"+u.GetName()] = true
+	}
+	for _, want := range []string{"PodMonitor/tessera", "PrometheusRule/tessera", "ConfigMap/tessera-dashboard"} {
+		if !kinds[want] {
+			t.Errorf("the monitoring component renders no %s", want)
+		}
+	}
 	overlays := map[string][]*unstructured.Unstructured{}
 	for _, o := range []string{"overlays/dev", "overlays/ha", restore} {
 		overlays[o] = render(t, o)
