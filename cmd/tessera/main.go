@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
@@ -46,6 +47,20 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	switch os.Args[1] {
+	case "dev", "replica", "gateway", "watcher":
+		// Traces go out with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+		stop, err := telemetry.InitTracing(context.Background(), "tessera-"+os.Args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tessera: tracing:", err)
+			os.Exit(1)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			stop(ctx)
+		}()
+	}
 	var err error
 	switch os.Args[1] {
 	case "dev":

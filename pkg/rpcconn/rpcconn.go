@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/tessera-kv/tessera/pkg/telemetry"
 )
 
 // Dialer opens the network connection under a gRPC client connection. Nil
@@ -60,6 +62,7 @@ func (p Peer) Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, err
 	if p.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(p.Dialer))
 	}
+	opts = append(opts, telemetry.ClientTracing()...)
 	return grpc.NewClient(addr, append(opts, extra...)...)
 }
 
@@ -70,5 +73,5 @@ func (p Peer) ServerOptions() []grpc.ServerOption {
 	if p.Server != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(p.Server)))
 	}
-	return opts
+	return append(opts, telemetry.ServerTracing()...)
 }

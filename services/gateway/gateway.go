@@ -176,7 +176,7 @@ func Start(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g.gate = authgate.New(g.fetchAuthState, tokens, cfg.Logger)
-	g.grpcSrv = grpc.NewServer(grpc.Creds(tlsInfo{}), grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
+	g.grpcSrv = grpc.NewServer(append(telemetry.ServerTracing(), grpc.Creds(tlsInfo{}), grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		// etcd's keepalive rules, so clients that ping every 30 s (as
 		// kube-apiserver does) are never told too_many_pings. Unlike etcd,
@@ -184,7 +184,7 @@ func Start(cfg Config) (*Gateway, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: lim.KeepAliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: orInfinity(lim.KeepAliveInterval), Timeout: lim.KeepAliveTimeout}),
 		grpc.ForceServerCodecV2(wirecodec.New()),
-		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize, g.gate.Unary), grpc.ChainStreamInterceptor(metrics.stream, g.drainStreams, g.gate.Stream))
+		grpc.ChainUnaryInterceptor(metrics.unary, lim.checkSize, g.gate.Unary), grpc.ChainStreamInterceptor(metrics.stream, g.drainStreams, g.gate.Stream))...)
 	leases := etcdapi.NewLease(g.router, hdr)
 	g.gate.SetLeaseKeys(leases)
 	cost := cfg.Auth.BcryptCost

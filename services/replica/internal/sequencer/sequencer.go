@@ -18,8 +18,12 @@ import (
 	"time"
 
 	"github.com/lni/dragonboat/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 )
 
@@ -94,7 +98,19 @@ func (s *Sequencer) Stop() {
 
 // Submit proposes cmd (its Op set, its Revision filled here) and returns the
 // state machine's result.
-func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (*raftcmdpb.DataResult, error) {
+func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res *raftcmdpb.DataResult, err error) {
+	// One span from the proposal to the leader's apply (the revision is
+	// known once the entry is in the log's order).
+	ctx, span := telemetry.Tracer("tessera/replica").Start(ctx, "raft.propose",
+		trace.WithAttributes(attribute.Int64("tessera.shard", int64(s.shardID))))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		} else {
+			span.SetAttributes(attribute.Int64("tessera.revision", res.Revision), attribute.String("tessera.result", res.Code.String()))
+		}
+		span.End()
+	}()
 	r := &request{ctx: ctx, cmd: cmd, done: make(chan reply, 1)}
 	select {
 	case s.reqc <- r:
