@@ -274,6 +274,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	clusterName := fs.String("cluster-name", "tessera", "cluster name")
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
+	httpAddr := fs.String("listen-address", "", "also serve /livez, /readyz and /metrics in plaintext here (for probes that present no client certificate)")
 	authCfg := registerAuth(fs)
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
@@ -291,7 +292,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	}
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
-		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, Logger: log.With("tier", "gateway")})
+		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, HTTPAddress: *httpAddr, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err
 	}

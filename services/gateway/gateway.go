@@ -69,6 +69,10 @@ type Config struct {
 	// TLS serves the https:// client URLs (pkg/tlsconf.ServerConfig: the
 	// certificate, and with client-cert-auth the CA clients must chain to).
 	TLS *tls.Config
+	// HTTPAddress serves /livez, /readyz and /metrics in plaintext besides
+	// the client port (empty: only there), for probes that present no
+	// client certificate.
+	HTTPAddress string
 	// Auth configures etcd's auth (tokens, password hashing).
 	Auth AuthConfig
 	// Logger is the component logger; nil means slog.Default().
@@ -249,6 +253,12 @@ func Start(cfg Config) (*Gateway, error) {
 	for _, hs := range g.https {
 		hs.Handler = handler
 	}
+	if cfg.HTTPAddress != "" {
+		if err := g.serveProbes(); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
 	// Connections are accepted only now that every service is complete.
 	for _, m := range g.muxes {
 		go func() {
@@ -311,6 +321,13 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	mux.Handle("/v3/", restLimits(gwmux, g.cfg.Limits.MaxRequestBytes+limits.GRPCOverheadBytes))
 	mux.Handle("/tessera/", g.adminOnly(admin))
 	mux.HandleFunc("/health", g.health)
+	g.probes(mux)
+	return mux, nil
+}
+
+// probes serves /livez, /readyz (the gateway reaches the shard map) and
+// /metrics.
+func (g *Gateway) probes(mux *http.ServeMux) {
 	mux.Handle("/metrics", g.metricsHandler)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -320,7 +337,22 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	return mux, nil
+}
+
+// serveProbes serves the probes on a plaintext port of their own
+// (Config.HTTPAddress): kubelet's probes present no client certificate, so
+// with --client-cert-auth they cannot use the client port.
+func (g *Gateway) serveProbes() error {
+	l, err := net.Listen("tcp", g.cfg.HTTPAddress)
+	if err != nil {
+		return fmt.Errorf("gateway: listen %s: %w", g.cfg.HTTPAddress, err)
+	}
+	mux := http.NewServeMux()
+	g.probes(mux)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.https = append(g.https, hs)
+	go hs.Serve(l)
+	return nil
 }
 
 // authFetchTimeout bounds one replica's answer to GetAuthState: a replica

@@ -74,3 +74,27 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	}
 	t.Logf("%d metrics used by the rules and dashboard, all exported", len(used))
 }
+
+// A gateway's --listen-address serves its probes and metrics in plaintext,
+// for kubelet, whose probes cannot pass --client-cert-auth.
+func TestGatewayProbePort(t *testing.T) {
+	probes := freePort(t)
+	pc := startProcCluster(t, "--listen-address", probes)
+	cli := newClient(t, pc.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/probe", "1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct{ path, body string }{{"/readyz", "ok"}, {"/livez", "ok"}, {"/metrics", "grpc_server_handled_total"}} {
+		resp, err := http.Get("http://" + probes + want.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want.body) {
+			t.Errorf("%s on the probe port: %s %.200s", want.path, resp.Status, b)
+		}
+	}
+}
