@@ -42,7 +42,10 @@ func Handler() (http.Handler, error) {
 	return setup.handler, setup.err
 }
 
-// Meter returns a named meter of the process's provider. Instruments made
-// before Handler was first called are bound once it is (OpenTelemetry's
-// global provider delegates).
-func Meter(name string) metric.Meter { return otel.Meter(name) }
+// Meter returns a named meter of the process's provider, installing the
+// provider first if nothing has yet: what is recorded before /metrics is
+// served (a counter's first 0) is kept, not dropped by a delegate.
+func Meter(name string) metric.Meter {
+	Handler() // an error here is Handler's to report to its caller
+	return otel.Meter(name)
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
@@ -82,9 +83,24 @@ type reply struct {
 }
 
 // New starts a sequencer for shardID. timeout bounds each proposal.
+// The proposal metrics, one set per process: etcd's failed-proposal
+// counter, and how long a proposal takes to apply on the leader.
+var proposals = func() (m struct {
+	failed   metric.Int64Counter
+	duration metric.Float64Histogram
+}) {
+	meter := telemetry.Meter("tessera/replica")
+	m.failed, _ = meter.Int64Counter("etcd_server_proposals_failed_total", metric.WithDescription("proposals that failed (etcd's; per shard)"))
+	m.duration, _ = meter.Float64Histogram("tessera.replica.propose.duration", metric.WithUnit("s"),
+		metric.WithDescription("from a data shard proposal to its apply on the leader"))
+	return m
+}()
+
 func New(nh *dragonboat.NodeHost, shardID uint64, revs RevisionSource, timeout time.Duration, log *slog.Logger) *Sequencer {
 	s := &Sequencer{nh: nh, shardID: shardID, revs: revs, timeout: timeout, log: log,
 		reqc: make(chan *request, maxBatch), stopc: make(chan struct{})}
+	// Exported at 0 from the start, as etcd's, so alerts see the series.
+	proposals.failed.Add(context.Background(), 0, metric.WithAttributes(attribute.Int64("shard", int64(shardID))))
 	s.wg.Add(1)
 	go s.run()
 	return s
@@ -103,11 +119,15 @@ func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res
 	// known once the entry is in the log's order).
 	ctx, span := telemetry.Tracer("tessera/replica").Start(ctx, "raft.propose",
 		trace.WithAttributes(attribute.Int64("tessera.shard", int64(s.shardID))))
+	began := time.Now()
 	defer func() {
+		shard := metric.WithAttributes(attribute.Int64("shard", int64(s.shardID)))
 		if err != nil {
 			span.SetStatus(codes.Error, err.Error())
+			proposals.failed.Add(ctx, 1, shard)
 		} else {
 			span.SetAttributes(attribute.Int64("tessera.revision", res.Revision), attribute.String("tessera.result", res.Code.String()))
+			proposals.duration.Record(ctx, time.Since(began).Seconds(), shard)
 		}
 		span.End()
 	}()
