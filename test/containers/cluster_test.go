@@ -262,6 +262,7 @@ func TestContainerCluster(t *testing.T) {
 	lat := run.Latency()
 	t.Logf("%s; write-to-event latency p50 %s p99 %s max %s", summary, hist.Percentile(lat, 0.5), hist.Percentile(lat, 0.99), hist.Percentile(lat, 1))
 	for _, p := range phases {
-		t.Logf("%s: %s, %d client-visible errors", p.name, p.to.Sub(p.from).Round(100*time.Millisecond), run.Failures(p.from, p.to))
+		t.Logf("%s: %s, %d client-visible errors, longest time without a completed operation %s", p.name,
+			p.to.Sub(p.from).Round(100*time.Millisecond), run.Failures(p.from, p.to), run.LongestStall(p.from, p.to).Round(10*time.Millisecond))
 	}
 }

@@ -231,6 +231,27 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 // Failures counts the client operations that failed between from and to.
 func (r *Run) Failures(from, to time.Time) int { return r.rec.Failures(from, to) }
 
+// LongestStall is the longest time between from and to in which no client
+// operation completed successfully: how long the cluster took to recover
+// from what happened then.
+func (r *Run) LongestStall(from, to time.Time) time.Duration {
+	var done []time.Time
+	for _, op := range r.rec.Operations() {
+		if op.Return == math.MaxInt64 {
+			continue
+		}
+		if at := r.rec.start.Add(time.Duration(op.Return)); !at.Before(from) && at.Before(to) {
+			done = append(done, at)
+		}
+	}
+	slices.SortFunc(done, func(a, b time.Time) int { return a.Compare(b) })
+	worst, last := time.Duration(0), from
+	for _, at := range append(done, to) {
+		worst, last = max(worst, at.Sub(last)), at
+	}
+	return worst
+}
+
 // Wait waits for the clients to stop, then up to 10 s for the watch to
 // deliver every acknowledged write, so that what the caller does next (a
 // restart of every process) does not count in the write-to-event latency.
