@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -50,6 +51,9 @@ var (
 	// ErrUnavailable: the shard could not take the entry (no leader, busy);
 	// nothing was applied.
 	ErrUnavailable = errors.New("sequencer: shard unavailable")
+	// ErrDraining: the store is handing the shard to another replica and
+	// takes no new proposals; nothing was proposed (retry on the leader).
+	ErrDraining = fmt.Errorf("%w: handing off", ErrUnavailable)
 )
 
 const (
@@ -68,6 +72,10 @@ type Sequencer struct {
 	reqc  chan *request
 	stopc chan struct{}
 	wg    sync.WaitGroup
+
+	// Submissions in flight, and whether new ones are refused (Drain).
+	inflight atomic.Int64
+	draining atomic.Bool
 }
 
 type request struct {
@@ -114,7 +122,29 @@ func (s *Sequencer) Stop() {
 
 // Submit proposes cmd (its Op set, its Revision filled here) and returns the
 // state machine's result.
+// Drain refuses new submissions (ErrDraining) and waits until those in
+// flight have their answer or ctx ends: a store about to hand off its
+// leadership then leaves no proposal with an unknown outcome behind.
+func (s *Sequencer) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	for s.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res *raftcmdpb.DataResult, err error) {
+	// Counted before the check, so a Drain that sees no submission in
+	// flight sees every later one refused.
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	if s.draining.Load() {
+		return nil, ErrDraining
+	}
 	// One span from the proposal to the leader's apply (the revision is
 	// known once the entry is in the log's order).
 	ctx, span := telemetry.Tracer("tessera/replica").Start(ctx, "raft.propose",
