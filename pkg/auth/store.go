@@ -33,7 +33,7 @@ func Decode(req *metapb.AuthRequest) (proto.Message, error) {
 		m proto.Message
 		b []byte
 	)
-	switch op := req.Op.(type) {
+	switch op := req.GetOp().(type) { // nil-safe: apply must never panic
 	case *metapb.AuthRequest_Enable:
 		m, b = &pb.AuthEnableRequest{}, op.Enable
 	case *metapb.AuthRequest_Disable:

@@ -44,7 +44,6 @@ type Gate struct {
 	view       *auth.View
 	validUntil time.Time
 	inflight   chan struct{} // closed when the running fetch ends
-	fetchErr   error
 }
 
 // New returns a gate; Run keeps its copy fresh.
@@ -120,15 +119,15 @@ func (g *Gate) refresh(ctx context.Context) (*auth.View, error) {
 				return nil, rpctypes.ErrGRPCTimeout
 			}
 			g.mu.Lock()
-			v, ok, err := g.view, g.view != nil && g.now().Before(g.validUntil), g.fetchErr
+			v, ok := g.view, g.view != nil && g.now().Before(g.validUntil)
 			g.mu.Unlock()
 			if ok {
 				return v, nil
 			}
-			if err != nil && ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return nil, rpctypes.ErrGRPCTimeout
 			}
-			continue
+			continue // that fetch failed, or answered too long ago: fetch again
 		}
 		done := make(chan struct{})
 		g.inflight = done
@@ -142,7 +141,7 @@ func (g *Gate) refresh(ctx context.Context) (*auth.View, error) {
 		sent := g.now()
 		resp, err := g.fetch(ctx, known)
 		g.mu.Lock()
-		g.inflight, g.fetchErr = nil, err
+		g.inflight = nil
 		var v *auth.View
 		switch {
 		case err != nil:
@@ -152,7 +151,6 @@ func (g *Gate) refresh(ctx context.Context) (*auth.View, error) {
 			v = prev
 		default:
 			err = errors.New("authgate: the meta shard sent no auth store")
-			g.fetchErr = err
 		}
 		// A fetch answers for the store as of its send time, and a newer
 		// copy is never replaced by an older one.
@@ -171,9 +169,6 @@ func (g *Gate) refresh(ctx context.Context) (*auth.View, error) {
 // unavailable is what a request gets when the auth store cannot be read:
 // a retryable error, never a decision.
 func unavailable(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return rpctypes.ErrGRPCTimeout
-	}
 	if rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCNoLeader) {
 		return rpctypes.ErrGRPCNoLeader
 	}

@@ -98,6 +98,9 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		// Only etcd's two alarms, for stores that exist: the list stays
 		// bounded by twice the number of stores. Value 0: refused.
 		a := op.SetAlarm
+		if a == nil {
+			return sm.Result{}, nil
+		}
 		if a.Active && !(a.Type == int32(pb.AlarmType_NOSPACE) || a.Type == int32(pb.AlarmType_CORRUPT)) || a.Active && !s.hasStoreLocked(a.StoreId) {
 			return sm.Result{}, nil
 		}
@@ -132,6 +135,9 @@ const gatewayRetention = int64(time.Hour / time.Millisecond)
 // registerGatewayLocked records, renews or (expiry 0) removes a gateway,
 // and drops registrations that expired long before this one's expiry.
 func (s *StateMachine) registerGatewayLocked(g *metapb.Gateway, index uint64) {
+	if g == nil {
+		return
+	}
 	if s.state.Gateways == nil {
 		s.state.Gateways = map[uint64]*metapb.Gateway{}
 	}

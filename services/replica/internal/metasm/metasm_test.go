@@ -127,3 +127,27 @@ func TestGatewayRegistrations(t *testing.T) {
 		t.Fatal("a registration expired for over an hour was kept")
 	}
 }
+
+// Apply is total: empty or malformed commands are answered, never a panic,
+// and change nothing.
+func TestMalformedCommandsApply(t *testing.T) {
+	s := Factory(&metapb.MetaState{ShardMap: &metapb.ShardMap{}})(1, 1)
+	before := state(t, s)
+	for _, cmd := range []*raftcmdpb.MetaCommand{
+		{Op: &raftcmdpb.MetaCommand_Auth{}},
+		{Op: &raftcmdpb.MetaCommand_Auth{Auth: &metapb.AuthRequest{Op: &metapb.AuthRequest_UserAdd{UserAdd: []byte{0xff, 0xff, 0xff}}}}},
+		{Op: &raftcmdpb.MetaCommand_Auth{Auth: &metapb.AuthRequest{Op: &metapb.AuthRequest_UserGet{}}}}, // a read, not a change
+		{Op: &raftcmdpb.MetaCommand_RegisterGateway{}},
+		{Op: &raftcmdpb.MetaCommand_SetAlarm{}},
+	} {
+		r := apply(t, s, cmd)
+		if ar := (&raftcmdpb.AuthResult{}); len(r.Data) > 0 && proto.Unmarshal(r.Data, ar) == nil && cmd.GetAuth() != nil && ar.Error == "" {
+			t.Errorf("%v: no error", cmd)
+		}
+	}
+	after := state(t, s)
+	after.Auth = nil // an auth entry may create the empty store
+	if !proto.Equal(before, after) {
+		t.Errorf("malformed commands changed the state: %v", after)
+	}
+}

@@ -76,6 +76,10 @@ type Sequencer struct {
 	// Submissions in flight, and whether new ones are refused (Drain).
 	inflight atomic.Int64
 	draining atomic.Bool
+
+	// Made once: every write records a span and metrics with them.
+	tracer trace.Tracer
+	attrs  attribute.Set // the shard
 }
 
 type request struct {
@@ -106,9 +110,10 @@ var proposals = func() (m struct {
 
 func New(nh *dragonboat.NodeHost, shardID uint64, revs RevisionSource, timeout time.Duration, log *slog.Logger) *Sequencer {
 	s := &Sequencer{nh: nh, shardID: shardID, revs: revs, timeout: timeout, log: log,
-		reqc: make(chan *request, maxBatch), stopc: make(chan struct{})}
+		reqc: make(chan *request, maxBatch), stopc: make(chan struct{}),
+		tracer: telemetry.Tracer("tessera/replica"), attrs: attribute.NewSet(attribute.Int64("shard", int64(shardID)))}
 	// Exported at 0 from the start, as etcd's, so alerts see the series.
-	proposals.failed.Add(context.Background(), 0, metric.WithAttributes(attribute.Int64("shard", int64(shardID))))
+	proposals.failed.Add(context.Background(), 0, metric.WithAttributeSet(s.attrs))
 	s.wg.Add(1)
 	go s.run()
 	return s
@@ -147,11 +152,10 @@ func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res
 	}
 	// One span from the proposal to the leader's apply (the revision is
 	// known once the entry is in the log's order).
-	ctx, span := telemetry.Tracer("tessera/replica").Start(ctx, "raft.propose",
-		trace.WithAttributes(attribute.Int64("tessera.shard", int64(s.shardID))))
+	ctx, span := s.tracer.Start(ctx, "raft.propose", trace.WithAttributes(attribute.Int64("tessera.shard", int64(s.shardID))))
 	began := time.Now()
 	defer func() {
-		shard := metric.WithAttributes(attribute.Int64("shard", int64(s.shardID)))
+		shard := metric.WithAttributeSet(s.attrs)
 		if err != nil {
 			span.SetStatus(codes.Error, err.Error())
 			proposals.failed.Add(ctx, 1, shard)
