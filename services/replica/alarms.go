@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -67,7 +68,7 @@ func (r *Replica) watchQuota() {
 				r.log.Warn("store is over its quota: raising NOSPACE", "size", size, "quota", r.cfg.QuotaBytes)
 			} else {
 				r.log.Warn("disk almost full: raising NOSPACE; free space, then run etcdctl alarm disarm",
-					"free", r.freeBytes.Load(), "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
+					"free", r.free.bytes(time.Now()), "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
 			_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
@@ -91,12 +92,7 @@ func (r *Replica) diskShort() bool {
 	if r.cfg.FreeSpaceReserveBytes == 0 {
 		return false
 	}
-	now := time.Now().UnixNano()
-	if now-r.freeCheckedAt.Load() > int64(100*time.Millisecond) {
-		r.freeCheckedAt.Store(now)
-		r.freeBytes.Store(r.store.FreeBytes())
-	}
-	free := r.freeBytes.Load()
+	free := r.free.bytes(time.Now())
 	short := free >= 0 && free < r.cfg.FreeSpaceReserveBytes
 	if short && !r.noSpace.Load() {
 		select { // raise the alarm now rather than at the next check
@@ -105,6 +101,30 @@ func (r *Replica) diskShort() bool {
 		}
 	}
 	return short
+}
+
+// freeSpace is the free disk space of a store as last measured; every
+// write asks, so it measures at most once per freeSpaceMaxAge.
+type freeSpace struct {
+	measure func() int64 // bytes free; negative when unknown
+
+	mu      sync.Mutex
+	free    int64
+	checked time.Time
+}
+
+const freeSpaceMaxAge = 100 * time.Millisecond
+
+// bytes returns the free space measured at most freeSpaceMaxAge before now.
+// Callers that come while a measurement runs wait for it: none may see a
+// figure that was never measured (a free space of 0 refuses every put).
+func (f *freeSpace) bytes(now time.Time) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.checked.IsZero() || now.Sub(f.checked) > freeSpaceMaxAge {
+		f.free, f.checked = f.measure(), now
+	}
+	return f.free
 }
 
 // alarms reads the active alarms from the local meta state.

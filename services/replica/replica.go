@@ -161,13 +161,11 @@ type Replica struct {
 
 	snapshotsRestored atomic.Uint64
 	// noSpace: a NOSPACE alarm is raised somewhere in the cluster.
-	noSpace atomic.Bool
-	// freeBytes is the store's free disk space as last checked, at
-	// freeCheckedAt (Unix nanoseconds).
-	freeBytes, freeCheckedAt atomic.Int64
-	quotaPoke                chan struct{} // cap 1: wakes watchQuota early
-	stopc                    chan struct{}
-	wg                       sync.WaitGroup
+	noSpace   atomic.Bool
+	free      freeSpace
+	quotaPoke chan struct{} // cap 1: wakes watchQuota early
+	stopc     chan struct{}
+	wg        sync.WaitGroup
 }
 
 // SnapshotsRestored counts data-shard snapshots this store installed since
@@ -229,6 +227,7 @@ func (r *Replica) start() error {
 	if r.store, err = mvcc.Open(filepath.Join(r.cfg.DataDir, "store"), storeOpts); err != nil {
 		return err
 	}
+	r.free.measure = r.store.FreeBytes
 	logdb := config.GetTinyMemLogDBConfig()
 	nhc := config.NodeHostConfig{
 		NodeHostDir:    filepath.Join(r.cfg.DataDir, "raft"),
