@@ -28,7 +28,7 @@ import (
 const usage = `tessera: an etcd v3 compatible store for Kubernetes control planes.
 
 Usage:
-  tessera dev      [--data-dir DIR] [--listen-client-urls URLS]   everything in one process
+  tessera dev      [--data-dir DIR] [--listen-client-urls URLS] [--initial-split-keys kubernetes]   everything in one process
   tessera replica  --id N (or --ordinal N) --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
   tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
@@ -132,6 +132,7 @@ func runDev(args []string, log *slog.Logger) error {
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
 	authCfg := registerAuth(fs)
+	splitKeys := fs.String("initial-split-keys", "", splitKeysHelp)
 	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run, and use mutual TLS between the tiers")
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
@@ -164,6 +165,9 @@ func runDev(args []string, log *slog.Logger) error {
 	cfg.RaftAddress = *raftAddr
 	cfg.APIAddress = *apiAddr
 	cfg.Cluster = []replica.Member{{ID: 1, RaftAddress: *raftAddr, APIAddress: *apiAddr}}
+	if cfg.InitialSplitKeys, err = replica.ParseSplitKeys(*splitKeys); err != nil {
+		return err
+	}
 	cfg.QuotaBytes, cfg.FreeSpaceReserveBytes = *quota, *reserve
 	// One voter: elections need not wait for peers.
 	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
@@ -194,6 +198,8 @@ func runDev(args []string, log *slog.Logger) error {
 	return nil
 }
 
+const splitKeysHelp = "when the cluster is created, start a data shard at each of these comma-separated keys, or at Kubernetes' busiest resource prefixes with \"kubernetes\" (9 shards); every replica must be given the same"
+
 // parseCluster reads "1=raftaddr/apiaddr,2=...".
 func parseCluster(s string) ([]replica.Member, error) {
 	var out []replica.Member
@@ -220,6 +226,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	raftAddr := fs.String("raft-address", "", "Raft transport address host:port")
 	apiAddr := fs.String("api-address", "", "internal API address host:port")
 	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR,...")
+	splitKeys := fs.String("initial-split-keys", "", splitKeysHelp)
 	httpAddr := fs.String("listen-address", "", "address for /livez, /readyz and /metrics (off if empty)")
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
@@ -242,6 +249,9 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	cfg := replica.DefaultConfig()
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
+	if cfg.InitialSplitKeys, err = replica.ParseSplitKeys(*splitKeys); err != nil {
+		return err
+	}
 	cfg.RTTMillisecond, cfg.QuotaBytes, cfg.HTTPAddress = *rtt, *quota, *httpAddr
 	cfg.FreeSpaceReserveBytes = *reserve
 	cfg.Peer, cfg.RaftTLS = peer, raftTLS

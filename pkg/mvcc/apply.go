@@ -173,8 +173,21 @@ func (sh *Shard) Tick(index uint64, rev int64) error {
 }
 
 // Compact drops history below revision compact, as the entry at index with
-// revision rev. Reads below compact fail with ErrCompacted afterwards.
+// revision rev. Reads below compact fail with ErrCompacted afterwards. A
+// revision above the shard's is etcd's ErrFutureRev.
 func (sh *Shard) Compact(index uint64, rev, compact int64) error {
+	return sh.compact(index, rev, compact, false)
+}
+
+// CompactCluster is Compact at a revision checked against the whole
+// cluster's: one shard of several may be asked to compact above its own
+// revision (its keys at compact are its current ones), never at or above
+// the entry's own revision.
+func (sh *Shard) CompactCluster(index uint64, rev, compact int64) error {
+	return sh.compact(index, rev, compact, true)
+}
+
+func (sh *Shard) compact(index uint64, rev, compact int64, clusterChecked bool) error {
 	w, err := sh.newWriter(index, rev)
 	if err != nil {
 		return err
@@ -186,7 +199,7 @@ func (sh *Shard) Compact(index uint64, rev, compact int64) error {
 		// changes nothing); unlike etcd, a second one is accepted too.
 	case compact <= w.prev.CompactRevision:
 		reqErr = ErrCompacted
-	case compact > w.prev.Revision:
+	case compact > w.prev.Revision && !(clusterChecked && compact < rev):
 		reqErr = ErrFutureRev
 	default:
 		if err := w.dropChanges(compact); err != nil {

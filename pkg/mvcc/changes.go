@@ -16,9 +16,12 @@ type ChangeRecord struct {
 }
 
 // ReadChanges reads the change log from revision from (inclusive) up to the
-// shard's applied revision, stopping once the records read hold maxBytes or
-// more. It returns the records, the state they were read at, and the next
-// revision to read (every revision below it with events was returned).
+// shard's last applied entry, stopping once the records read hold maxBytes
+// or more. It returns the records, the state they were read at, and the next
+// revision to read (every revision below it with events was returned). Read
+// to the end, next is above the last entry (the shard's closed revision),
+// even where that entry changed no key (a tick): a feed reports the shard
+// closed up to it.
 //
 // from below the compaction revision is ErrCompacted: those records are gone.
 func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, int64, error) {
@@ -32,7 +35,7 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, i
 		return nil, st, 0, ErrCompacted
 	}
 	if from > st.Revision {
-		return nil, st, from, nil
+		return nil, st, max(from, st.LastEntry+1), nil
 	}
 	txn := sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)
 	defer txn.Discard()
@@ -43,7 +46,7 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, i
 		out  []ChangeRecord
 		size int
 	)
-	next := st.Revision + 1
+	next := st.LastEntry + 1
 	for it.Seek(changeKey(sh.id, from)); it.Valid(); it.Next() {
 		item := it.Item()
 		rev := int64(binary.BigEndian.Uint64(item.Key()[9:17]))

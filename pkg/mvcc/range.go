@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 
+	"github.com/dgraph-io/badger/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -28,6 +29,55 @@ func (sh *Shard) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	}
 	resp.Header = &pb.ResponseHeader{Revision: st.Revision}
 	return resp, nil
+}
+
+// RangeClosed answers req at revision req.Revision as one part of a read of
+// several shards at that revision: the revision may be above the shard's
+// own (etcd) revision, up to its closed revision (the last applied entry's;
+// the caller closes it first), since no entry at or below it can still
+// apply here. The header carries the shard's revision as of req.Revision:
+// reading there gives the same keys.
+func (sh *Shard) RangeClosed(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	done, err := sh.reading()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	st := sh.State()
+	rev := req.Revision
+	switch {
+	case rev <= 0 || rev > st.LastEntry:
+		return nil, ErrFutureRev
+	case rev < st.CompactRevision:
+		return nil, ErrCompacted
+	}
+	txn := sh.store.db.NewTransactionAt(uint64(rev), false)
+	defer txn.Discard()
+	resp, err := rangeIn(snapshotView{sh, txn}, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = &pb.ResponseHeader{Revision: sh.revisionAt(txn, st, rev)}
+	return resp, nil
+}
+
+// revisionAt is the shard's etcd revision as of rev (at most rev): the
+// state record written by the last entry at or below rev, read in txn (a
+// view at rev). Where that record is gone (a snapshot installed since
+// carries only the newest), rev itself, which reads the same keys.
+func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) int64 {
+	if st.Revision <= rev {
+		return st.Revision
+	}
+	item, err := txn.Get(stateKey(sh.id))
+	if err != nil {
+		return rev
+	}
+	var old State
+	if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil || old.Revision > rev {
+		return rev
+	}
+	return old.Revision
 }
 
 // RangeEnd converts a request's range_end to the form this package uses:
@@ -107,6 +157,11 @@ func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
 	}
 	return out
 }
+
+// SortKVs orders kvs as r asks (etcd's sort target and order; ties keep
+// the order they come in). A gateway merging several shards' answers sorts
+// with it too, so a range across shards is ordered as one shard's is.
+func SortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) { sortKVs(kvs, r) }
 
 func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
 	order := r.SortOrder

@@ -289,10 +289,15 @@ func (x *RevokeLease) GetEpochs() []uint64 {
 
 // Compact drops history below revision.
 type Compact struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The gateway checked the revision against the whole cluster's (the
+	// highest of every shard): it may be above this shard's own revision,
+	// never above the entry's. Unset, a revision above the shard's is
+	// etcd's future-revision error, as before shards split.
+	ClusterChecked bool `protobuf:"varint,2,opt,name=cluster_checked,json=clusterChecked,proto3" json:"cluster_checked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Compact) Reset() {
@@ -330,6 +335,13 @@ func (x *Compact) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Compact) GetClusterChecked() bool {
+	if x != nil {
+		return x.ClusterChecked
+	}
+	return false
 }
 
 // Tick carries no change.
@@ -1092,9 +1104,10 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x02op\"B\n" +
 	"\vRevokeLease\x12\x1b\n" +
 	"\tlease_ids\x18\x01 \x03(\x03R\bleaseIds\x12\x16\n" +
-	"\x06epochs\x18\x02 \x03(\x04R\x06epochs\"%\n" +
+	"\x06epochs\x18\x02 \x03(\x04R\x06epochs\"N\n" +
 	"\aCompact\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\x06\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
+	"\x0fcluster_checked\x18\x02 \x01(\bR\x0eclusterChecked\"\x06\n" +
 	"\x04Tick\"\xd3\x02\n" +
 	"\n" +
 	"DataResult\x127\n" +

@@ -30,7 +30,12 @@ type RangeRequest struct {
 	// The descriptor generation the caller routed by.
 	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// A serialized etcdserverpb.RangeRequest.
-	Request       []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	Request []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	// A read at the request's revision R as one part of a read of several
+	// shards at R: R may be above the shard's own (etcd) revision, up to its
+	// closed revision, which the leader first advances to R with a tick if
+	// it is below. The header's revision is the shard's revision as of R.
+	ClosedRead    bool `protobuf:"varint,4,opt,name=closed_read,json=closedRead,proto3" json:"closed_read,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -84,6 +89,13 @@ func (x *RangeRequest) GetRequest() []byte {
 		return x.Request
 	}
 	return nil
+}
+
+func (x *RangeRequest) GetClosedRead() bool {
+	if x != nil {
+		return x.ClosedRead
+	}
+	return false
 }
 
 type RangeResponse struct {
@@ -292,11 +304,14 @@ func (x *TxnResponse) GetRaftTerm() uint64 {
 }
 
 type CompactRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ShardId  uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The gateway checked the revision against the cluster's: it may be
+	// above this shard's own revision.
+	ClusterChecked bool `protobuf:"varint,3,opt,name=cluster_checked,json=clusterChecked,proto3" json:"cluster_checked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CompactRequest) Reset() {
@@ -341,6 +356,13 @@ func (x *CompactRequest) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *CompactRequest) GetClusterChecked() bool {
+	if x != nil {
+		return x.ClusterChecked
+	}
+	return false
 }
 
 type CompactResponse struct {
@@ -1450,17 +1472,154 @@ func (x *BackupResponse) GetData() []byte {
 	return nil
 }
 
+// CloseRequest asks the shard's leader to close a revision: once the
+// answer arrives, no entry at or below it will ever apply in the shard.
+type CloseRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// The revision to close (0: none, only report the state).
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Confirm leadership with a ReadIndex first, so the state reported
+	// includes every write acknowledged before the call.
+	Linearizable  bool `protobuf:"varint,3,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseRequest) Reset() {
+	*x = CloseRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseRequest) ProtoMessage() {}
+
+func (x *CloseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseRequest.ProtoReflect.Descriptor instead.
+func (*CloseRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CloseRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *CloseRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *CloseRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
+type CloseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard's etcd revision (its last write).
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The closed revision: that of the last applied entry.
+	ClosedRevision  int64  `protobuf:"varint,2,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
+	CompactRevision int64  `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	RaftTerm        uint64 `protobuf:"varint,4,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CloseResponse) Reset() {
+	*x = CloseResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseResponse) ProtoMessage() {}
+
+func (x *CloseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseResponse.ProtoReflect.Descriptor instead.
+func (*CloseResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CloseResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *CloseResponse) GetClosedRevision() int64 {
+	if x != nil {
+		return x.ClosedRevision
+	}
+	return 0
+}
+
+func (x *CloseResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *CloseResponse) GetRaftTerm() uint64 {
+	if x != nil {
+		return x.RaftTerm
+	}
+	return 0
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctessera/shard/v1/shard.proto\x12\x10tessera.shard.v1\x1a\x1atessera/meta/v1/meta.proto\"c\n" +
+	"\x1ctessera/shard/v1/shard.proto\x12\x10tessera.shard.v1\x1a\x1atessera/meta/v1/meta.proto\"\x84\x01\n" +
 	"\fRangeRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x18\n" +
-	"\arequest\x18\x03 \x01(\fR\arequest\"H\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\x12\x1f\n" +
+	"\vclosed_read\x18\x04 \x01(\bR\n" +
+	"closedRead\"H\n" +
 	"\rRangeResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xc8\x02\n" +
@@ -1480,10 +1639,11 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"F\n" +
 	"\vTxnResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"G\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"p\n" +
 	"\x0eCompactRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"J\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12'\n" +
+	"\x0fcluster_checked\x18\x03 \x01(\bR\x0eclusterChecked\"J\n" +
 	"\x0fCompactResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"N\n" +
@@ -1550,9 +1710,19 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\x16TransferLeaderResponse\"\x0f\n" +
 	"\rBackupRequest\"$\n" +
 	"\x0eBackupResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\x90\a\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"i\n" +
+	"\fCloseRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\"\n" +
+	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\x9c\x01\n" +
+	"\rCloseResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
+	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
+	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1b\n" +
+	"\traft_term\x18\x04 \x01(\x04R\braftTerm2\xda\a\n" +
 	"\x05Shard\x12H\n" +
-	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12B\n" +
+	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12H\n" +
+	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
 	"\aCompact\x12 .tessera.shard.v1.CompactRequest\x1a!.tessera.shard.v1.CompactResponse\x12K\n" +
 	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponse\x12P\n" +
@@ -1577,7 +1747,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1604,37 +1774,41 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*TransferLeaderResponse)(nil), // 22: tessera.shard.v1.TransferLeaderResponse
 	(*BackupRequest)(nil),          // 23: tessera.shard.v1.BackupRequest
 	(*BackupResponse)(nil),         // 24: tessera.shard.v1.BackupResponse
-	nil,                            // 25: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	(*metapb.ShardDescriptor)(nil), // 26: tessera.meta.v1.ShardDescriptor
+	(*CloseRequest)(nil),           // 25: tessera.shard.v1.CloseRequest
+	(*CloseResponse)(nil),          // 26: tessera.shard.v1.CloseResponse
+	nil,                            // 27: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	(*metapb.ShardDescriptor)(nil), // 28: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	25, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	26, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	27, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	28, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 2: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
 	0,  // 3: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
-	2,  // 4: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
-	4,  // 5: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
-	6,  // 6: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
-	10, // 7: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
-	13, // 8: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
-	15, // 9: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
-	17, // 10: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
-	19, // 11: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
-	21, // 12: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
-	23, // 13: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
-	1,  // 14: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	3,  // 15: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 16: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 17: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 18: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 19: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 20: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	18, // 21: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
-	20, // 22: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
-	22, // 23: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
-	24, // 24: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
-	14, // [14:25] is the sub-list for method output_type
-	3,  // [3:14] is the sub-list for method input_type
+	25, // 4: tessera.shard.v1.Shard.Close:input_type -> tessera.shard.v1.CloseRequest
+	2,  // 5: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
+	4,  // 6: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
+	6,  // 7: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
+	10, // 8: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
+	13, // 9: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
+	15, // 10: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
+	17, // 11: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
+	19, // 12: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
+	21, // 13: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
+	23, // 14: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
+	1,  // 15: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	26, // 16: tessera.shard.v1.Shard.Close:output_type -> tessera.shard.v1.CloseResponse
+	3,  // 17: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 18: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 19: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 20: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 21: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 22: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 23: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 24: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 25: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	24, // 26: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
+	15, // [15:27] is the sub-list for method output_type
+	3,  // [3:15] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -1651,7 +1825,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

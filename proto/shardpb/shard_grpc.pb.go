@@ -22,6 +22,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Shard_Range_FullMethodName          = "/tessera.shard.v1.Shard/Range"
+	Shard_Close_FullMethodName          = "/tessera.shard.v1.Shard/Close"
 	Shard_Txn_FullMethodName            = "/tessera.shard.v1.Shard/Txn"
 	Shard_Compact_FullMethodName        = "/tessera.shard.v1.Shard/Compact"
 	Shard_Status_FullMethodName         = "/tessera.shard.v1.Shard/Status"
@@ -39,6 +40,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ShardClient interface {
 	Range(ctx context.Context, in *RangeRequest, opts ...grpc.CallOption) (*RangeResponse, error)
+	// Close advances the shard's closed revision (a tick entry when the
+	// shard is idle): readers of several shards at one revision and the
+	// watcher tier call it, and only when they wait for it.
+	Close(ctx context.Context, in *CloseRequest, opts ...grpc.CallOption) (*CloseResponse, error)
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -75,6 +80,16 @@ func (c *shardClient) Range(ctx context.Context, in *RangeRequest, opts ...grpc.
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RangeResponse)
 	err := c.cc.Invoke(ctx, Shard_Range_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardClient) Close(ctx context.Context, in *CloseRequest, opts ...grpc.CallOption) (*CloseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseResponse)
+	err := c.cc.Invoke(ctx, Shard_Close_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -204,6 +219,10 @@ type Shard_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 // for forward compatibility.
 type ShardServer interface {
 	Range(context.Context, *RangeRequest) (*RangeResponse, error)
+	// Close advances the shard's closed revision (a tick entry when the
+	// shard is idle): readers of several shards at one revision and the
+	// watcher tier call it, and only when they wait for it.
+	Close(context.Context, *CloseRequest) (*CloseResponse, error)
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -238,6 +257,9 @@ type UnimplementedShardServer struct{}
 
 func (UnimplementedShardServer) Range(context.Context, *RangeRequest) (*RangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Range not implemented")
+}
+func (UnimplementedShardServer) Close(context.Context, *CloseRequest) (*CloseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Close not implemented")
 }
 func (UnimplementedShardServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
@@ -304,6 +326,24 @@ func _Shard_Range_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ShardServer).Range(ctx, req.(*RangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shard_Close_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).Close(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_Close_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).Close(ctx, req.(*CloseRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -484,6 +524,10 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Range",
 			Handler:    _Shard_Range_Handler,
+		},
+		{
+			MethodName: "Close",
+			Handler:    _Shard_Close_Handler,
 		},
 		{
 			MethodName: "Txn",

@@ -323,7 +323,7 @@ func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progr
 // an oracle limit above every revision in the backup.
 func restoredMeta(info BackupInfo, members []Member) *metapb.MetaState {
 	meta := proto.Clone(info.Meta).(*metapb.MetaState)
-	fresh := bootstrapState(members)
+	fresh := bootstrapState(members, nil)
 	meta.ShardMap.Stores = fresh.ShardMap.Stores
 	for _, d := range meta.ShardMap.Shards {
 		d.Replicas = nil
@@ -341,10 +341,10 @@ func restoredMeta(info BackupInfo, members []Member) *metapb.MetaState {
 
 // startState is the meta state this store starts from: the restored one if
 // the data dir was made by RestoreBackup, else a fresh cluster's.
-func startState(dataDir string, members []Member) (*metapb.MetaState, error) {
+func startState(dataDir string, members []Member, splitKeys []string) (*metapb.MetaState, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, restoreFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return bootstrapState(members), nil
+		return bootstrapState(members, splitKeys), nil
 	}
 	if err != nil {
 		return nil, err

@@ -71,6 +71,10 @@ type Config struct {
 	// included. It is recorded in DataDir on first start; later starts use
 	// the recorded one.
 	Cluster []Member
+	// InitialSplitKeys cut the keyspace into data shards when the cluster
+	// is created (every store must be given the same); recorded in DataDir
+	// on first start like Cluster.
+	InitialSplitKeys []string
 	// RTTMillisecond is the Raft tick; elections take ElectionRTT ticks.
 	RTTMillisecond uint64
 	ElectionRTT    uint64
@@ -174,10 +178,11 @@ func (r *Replica) SnapshotsRestored() uint64 { return r.snapshotsRestored.Load()
 
 // dataShard is a data shard replica hosted here.
 type dataShard struct {
-	id   uint64
-	seq  *sequencer.Sequencer
-	mu   sync.RWMutex
-	mvcc *mvcc.Shard // set when the state machine opens
+	id     uint64
+	seq    *sequencer.Sequencer
+	closer closer
+	mu     sync.RWMutex
+	mvcc   *mvcc.Shard // set when the state machine opens
 }
 
 func (d *dataShard) shard() *mvcc.Shard {
@@ -207,7 +212,19 @@ func Start(cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	cfg.Cluster = members
-	did, err := loadOrSaveDeploymentID(cfg.DataDir, members, statErr == nil)
+	keys, err := normalSplitKeys(cfg.InitialSplitKeys)
+	if err != nil {
+		return nil, err
+	}
+	keys, ignored, err := loadOrSaveSplitKeys(cfg.DataDir, keys, statErr == nil)
+	if err != nil {
+		return nil, err
+	}
+	if ignored {
+		cfg.Logger.Warn("--initial-split-keys applies when a store is created; this store keeps its own", "keys", keys)
+	}
+	cfg.InitialSplitKeys = keys
+	did, err := loadOrSaveDeploymentID(cfg.DataDir, members, keys, statErr == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +272,7 @@ func (r *Replica) start() error {
 	minTTL := int64(math.Ceil((election * 3 / 2).Seconds()))
 	r.lessor = lessor.New(lessor.Config{MinTTL: minTTL, Logger: r.log}, leaseStore{r: r, metaLog: &metaLog{r: r}})
 
-	boot, err := startState(r.cfg.DataDir, r.cfg.Cluster)
+	boot, err := startState(r.cfg.DataDir, r.cfg.Cluster, r.cfg.InitialSplitKeys)
 	if err != nil {
 		return err
 	}
@@ -413,16 +430,22 @@ func hasReplica(d *metapb.ShardDescriptor, store uint64) bool {
 	return false
 }
 
-// bootstrapState is the meta state every replica starts from: one data shard
-// over the whole keyspace, replicated on every store of the initial cluster.
-func bootstrapState(members []Member) *metapb.MetaState {
+// bootstrapState is the meta state every replica starts from: a data shard
+// for each range between split keys (one over the whole keyspace without
+// any), IDs from FirstDataShardID in key order, each replicated on every
+// store of the initial cluster.
+func bootstrapState(members []Member, splitKeys []string) *metapb.MetaState {
 	sm := &metapb.ShardMap{MetaShardId: MetaShardID}
-	data := &metapb.ShardDescriptor{Id: FirstDataShardID, Generation: 1}
 	for _, m := range members {
 		sm.Stores = append(sm.Stores, &metapb.Store{Id: m.ID, RaftAddress: m.RaftAddress, ApiAddress: m.APIAddress})
-		data.Replicas = append(data.Replicas, m.ID)
 	}
-	sm.Shards = []*metapb.ShardDescriptor{data}
+	for i, r := range splitRanges(splitKeys) {
+		d := &metapb.ShardDescriptor{Id: FirstDataShardID + uint64(i), StartKey: r[0], EndKey: r[1], Generation: 1}
+		for _, m := range members {
+			d.Replicas = append(d.Replicas, m.ID)
+		}
+		sm.Shards = append(sm.Shards, d)
+	}
 	// The first revision served is one above etcd's initial revision.
 	return &metapb.MetaState{ShardMap: sm, TsoLimit: mvcc.InitialRevision + 1}
 }
@@ -458,10 +481,10 @@ func loadOrSaveCluster(dir string, members []Member) ([]Member, error) {
 }
 
 // loadOrSaveDeploymentID pins dragonboat's deployment ID in the data dir:
-// on a new store, a hash of the initial cluster (the same on every member,
+// on a new store, a hash of the initial cluster and split keys (the same on every member,
 // so stores of two clusters never exchange Raft messages); 0 for a store
 // created before the ID was set (dragonboat keeps its data under the ID).
-func loadOrSaveDeploymentID(dir string, members []Member, existed bool) (uint64, error) {
+func loadOrSaveDeploymentID(dir string, members []Member, splitKeys []string, existed bool) (uint64, error) {
 	path := filepath.Join(dir, "deployment-id")
 	b, err := os.ReadFile(path)
 	if err == nil {
@@ -480,6 +503,11 @@ func loadOrSaveDeploymentID(dir string, members []Member, existed bool) (uint64,
 	h := fnv.New64a()
 	for _, m := range members {
 		fmt.Fprintf(h, "%d=%s;", m.ID, m.RaftAddress)
+	}
+	// Stores given different split keys would build different shard maps:
+	// they get different IDs, so they never exchange Raft messages.
+	for _, k := range splitKeys {
+		fmt.Fprintf(h, "split=%q;", k)
 	}
 	id := h.Sum64() | 1
 	tmp := path + ".tmp"

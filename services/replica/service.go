@@ -60,7 +60,16 @@ func (s *shardService) Range(ctx context.Context, req *shardpb.RangeRequest) (*s
 	if err := proto.Unmarshal(req.Request, rr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad range request: %v", err)
 	}
-	b, term, err := s.read(ctx, req.ShardId, rr.Serializable, datasm.RangeQuery{Request: rr})
+	serializable := rr.Serializable
+	if req.ClosedRead {
+		// Closing the revision made it readable on the leader; a read
+		// there needs no ReadIndex (the revision is in the past).
+		if err := s.closeRevision(ctx, req.ShardId, rr.Revision); err != nil {
+			return nil, err
+		}
+		serializable = true
+	}
+	b, term, err := s.read(ctx, req.ShardId, serializable, datasm.RangeQuery{Request: rr, Closed: req.ClosedRead})
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +160,7 @@ func (s *shardService) Compact(ctx context.Context, req *shardpb.CompactRequest)
 	if err != nil {
 		return nil, err
 	}
-	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Compact{Compact: &raftcmdpb.Compact{Revision: req.Revision}}})
+	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Compact{Compact: &raftcmdpb.Compact{Revision: req.Revision, ClusterChecked: req.ClusterChecked}}})
 	if err != nil {
 		return nil, s.submitErr(req.ShardId, err)
 	}

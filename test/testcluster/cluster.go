@@ -29,18 +29,19 @@ import (
 
 // Cluster is a running in-process cluster.
 type Cluster struct {
-	t        testing.TB
-	dir      string
-	members  []replica.Member
-	replicas []*replica.Replica // nil while stopped
-	gateway  *gateway.Gateway
-	gcfg     gateway.Config
-	extra    []*gateway.Gateway // StartGateway's
-	watcher  *watcher.Watcher   // nil while stopped
-	wcfg     watcher.Config
-	quota    int64
-	log      *slog.Logger
-	net      *Net
+	t         testing.TB
+	dir       string
+	members   []replica.Member
+	replicas  []*replica.Replica // nil while stopped
+	gateway   *gateway.Gateway
+	gcfg      gateway.Config
+	extra     []*gateway.Gateway // StartGateway's
+	watcher   *watcher.Watcher   // nil while stopped
+	wcfg      watcher.Config
+	quota     int64
+	splitKeys []string
+	log       *slog.Logger
+	net       *Net
 }
 
 // Options tune a cluster.
@@ -54,6 +55,8 @@ type Options struct {
 	// Auth passes through to the gateways (bcrypt cost 4 if zero: tests
 	// need not pay for strong hashes).
 	Auth gateway.AuthConfig
+	// SplitKeys cut the keyspace into data shards at bootstrap.
+	SplitKeys []string
 }
 
 var handedOut struct {
@@ -94,7 +97,7 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		o = opts[0]
 	}
 	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n), quota: o.QuotaBytes,
-		log: logger(), net: NewNet()}
+		splitKeys: o.SplitKeys, log: logger(), net: NewNet()}
 	for i := 0; i < n; i++ {
 		m := replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)}
 		c.members = append(c.members, m)
@@ -216,6 +219,7 @@ func (c *Cluster) StartReplica(i int) {
 	cfg := replica.DefaultConfig()
 	m := c.members[i]
 	cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, c.members
+	cfg.InitialSplitKeys = c.splitKeys
 	cfg.DataDir = filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
 	cfg.RTTMillisecond, cfg.ElectionRTT = 50, 10
 	if c.quota > 0 {

@@ -7,14 +7,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/fanout"
 	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
@@ -37,6 +41,7 @@ func (h Header) fill(hdr *pb.ResponseHeader, term uint64) *pb.ResponseHeader {
 type KV struct {
 	pb.UnsafeKVServer
 	router *router.Router
+	fan    *fanout.Reader
 	leases *Lease
 	limits reqcheck.Limits
 	hdr    Header
@@ -46,7 +51,7 @@ var _ pb.KVServer = (*KV)(nil)
 
 // NewKV returns the KV service.
 func NewKV(r *router.Router, leases *Lease, l reqcheck.Limits, h Header) *KV {
-	return &KV{router: r, leases: leases, limits: l, hdr: h}
+	return &KV{router: r, fan: fanout.New(r), leases: leases, limits: l, hdr: h}
 }
 
 // routeEnd turns a request's range_end into the router's form.
@@ -60,10 +65,10 @@ func routeEnd(end []byte) []byte {
 	return end
 }
 
-// oneShard resolves the single shard that owns [key, end). A range_end at
-// or below key is an empty range (etcd answers it with no keys): it goes to
+// shardsOf resolves the shards that own [key, end). A range_end at or
+// below key is an empty range (etcd answers it with no keys): it goes to
 // the shard of key, which finds nothing in it.
-func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescriptor, error) {
+func (s *KV) shardsOf(ctx context.Context, key, end []byte) ([]*metapb.ShardDescriptor, error) {
 	end = routeEnd(end)
 	if len(end) > 0 && bytes.Compare(end, key) <= 0 {
 		end = nil
@@ -72,24 +77,49 @@ func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescri
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	switch len(shards) {
-	case 0:
+	if len(shards) == 0 {
 		return nil, status.Errorf(codes.Unavailable, "tessera: no shard owns key %q", key)
-	case 1:
-		return shards[0], nil
 	}
-	return nil, status.Error(codes.Unimplemented, "tessera: requests spanning several shards are not supported yet")
+	return shards, nil
 }
 
-// Range reads one shard.
+// oneShard resolves the single shard that owns [key, end) for a write:
+// a write to keys of several shards is refused until cross-shard commit
+// exists, with a reason that names them, and nothing is written.
+func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescriptor, error) {
+	shards, err := s.shardsOf(ctx, key, end)
+	if err != nil {
+		return nil, err
+	}
+	if len(shards) > 1 {
+		return nil, crossShard(shards)
+	}
+	return shards[0], nil
+}
+
+// crossShard is the answer to a request that needs an atomic write (or a
+// transaction's reads) across shards.
+func crossShard(shards []*metapb.ShardDescriptor) error {
+	ids := make([]string, len(shards))
+	for i, d := range shards {
+		ids[i] = fmt.Sprint(d.Id)
+	}
+	return status.Errorf(codes.FailedPrecondition, "tessera: the request's keys are in shards %s: transactions and deletes across shards are not supported yet (nothing was changed)", strings.Join(ids, ", "))
+}
+
+// Range reads one shard, or several at one revision (fanout).
 func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := reqcheck.Range(r); err != nil {
 		return nil, err
 	}
-	shard, err := s.oneShard(ctx, r.Key, r.RangeEnd)
+	shards, err := s.shardsOf(ctx, r.Key, r.RangeEnd)
 	if err != nil {
 		return nil, err
 	}
+	if len(shards) > 1 {
+		return s.fanRange(ctx, r, shards)
+	}
+	shard := shards[0]
 	b, err := proto.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -99,6 +129,11 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 		out, err = c.Range(ctx, &shardpb.RangeRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b})
 		return err
 	})
+	if r.Revision > 0 && rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCFutureRev) && s.severalShards(ctx) {
+		// Above this shard's revision, maybe not above the cluster's (a
+		// write to another shard): the cluster answers.
+		return s.fanRange(ctx, r, shards)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +143,21 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 	}
 	resp.Header = s.hdr.fill(resp.Header, out.RaftTerm)
 	return resp, nil
+}
+
+func (s *KV) fanRange(ctx context.Context, r *pb.RangeRequest, shards []*metapb.ShardDescriptor) (*pb.RangeResponse, error) {
+	resp, term, err := s.fan.Range(ctx, r, shards)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = s.hdr.fill(resp.Header, term)
+	return resp, nil
+}
+
+// severalShards reports whether the cluster has more than one data shard.
+func (s *KV) severalShards(ctx context.Context) bool {
+	all, err := s.router.All(ctx)
+	return err == nil && len(all) > 1
 }
 
 // rangeStreamChunk bounds the key-values of one RangeStream message.
@@ -194,25 +244,39 @@ func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error)
 	return s.write(ctx, r, first, firstEnd)
 }
 
-// shardOfTxn checks that every key range of the txn is in one shard.
+// shardOfTxn resolves the one shard holding every key range of the txn.
 func (s *KV) shardOfTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*metapb.ShardDescriptor, error) {
-	shard, err := s.oneShard(ctx, key, end)
-	if err != nil {
-		return nil, err
-	}
-	var cross error
-	reqcheck.Keys(r, func(k, e []byte) {
-		if cross != nil {
+	var (
+		shards []*metapb.ShardDescriptor
+		seen   = map[uint64]bool{}
+		lookup error
+	)
+	add := func(k, e []byte) {
+		if lookup != nil {
 			return
 		}
-		sh, err := s.oneShard(ctx, k, e)
+		sh, err := s.shardsOf(ctx, k, e)
 		if err != nil {
-			cross = err
-		} else if sh.Id != shard.Id {
-			cross = status.Error(codes.Unimplemented, "tessera: transactions spanning several shards are not supported yet")
+			lookup = err
+			return
 		}
-	})
-	return shard, cross
+		for _, d := range sh {
+			if !seen[d.Id] {
+				seen[d.Id] = true
+				shards = append(shards, d)
+			}
+		}
+	}
+	add(key, end)
+	reqcheck.Keys(r, add)
+	switch {
+	case lookup != nil:
+		return nil, lookup
+	case len(shards) > 1:
+		sort.Slice(shards, func(i, j int) bool { return bytes.Compare(shards[i].StartKey, shards[j].StartKey) < 0 })
+		return nil, crossShard(shards)
+	}
+	return shards[0], nil
 }
 
 func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
@@ -274,18 +338,30 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 	return resp, nil
 }
 
-// Compact compacts every shard at the revision. With one data shard this is
-// etcd's compaction exactly; across shards each applies it in its own log.
+// Compact compacts every shard at the revision, checked first against the
+// cluster's revision (the highest of every shard's): a shard whose own
+// revision is lower compacts there too, as its keys at that revision are
+// its current ones. With one data shard this is etcd's compaction exactly.
 func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	shards, err := s.router.All(ctx)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	several := len(shards) > 1
+	if several {
+		cluster, err := s.fan.ClusterRevision(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if r.Revision > cluster {
+			return nil, rpctypes.ErrGRPCFutureRev
+		}
+	}
 	resp := &pb.CompactionResponse{}
 	for _, shard := range shards {
 		var out *shardpb.CompactResponse
 		err := s.router.Call(ctx, shard, true, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision})
+			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision, ClusterChecked: several})
 			return err
 		})
 		if err != nil {
@@ -296,7 +372,7 @@ func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compacti
 		}
 	}
 	if resp.Header == nil {
-		return nil, status.Error(codes.Unavailable, fmt.Sprintf("tessera: no data shard to compact"))
+		return nil, status.Error(codes.Unavailable, "tessera: no data shard to compact")
 	}
 	return resp, nil
 }

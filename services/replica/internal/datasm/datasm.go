@@ -37,7 +37,12 @@ import (
 )
 
 // RangeQuery asks Lookup for an etcd Range.
-type RangeQuery struct{ Request *pb.RangeRequest }
+// Closed reads at the request's revision up to the closed revision
+// (mvcc.Shard.RangeClosed).
+type RangeQuery struct {
+	Request *pb.RangeRequest
+	Closed  bool
+}
 
 // TxnQuery asks Lookup to evaluate a read-only txn.
 type TxnQuery struct{ Request *pb.TxnRequest }
@@ -139,7 +144,11 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		}
 		resp, err = s.shard.ApplyTxnLeases(e.Index, cmd.Revision, &req, cmd.LeaseEpochs)
 	case *raftcmdpb.DataCommand_Compact:
-		err = s.shard.Compact(e.Index, cmd.Revision, op.Compact.Revision)
+		if op.Compact.GetClusterChecked() {
+			err = s.shard.CompactCluster(e.Index, cmd.Revision, op.Compact.GetRevision())
+		} else {
+			err = s.shard.Compact(e.Index, cmd.Revision, op.Compact.GetRevision())
+		}
 	case *raftcmdpb.DataCommand_Tick:
 		err = s.shard.Tick(e.Index, cmd.Revision)
 	case *raftcmdpb.DataCommand_RevokeLease:
@@ -196,6 +205,9 @@ func (s *StateMachine) invalid(index uint64, msg string) (*raftcmdpb.DataResult,
 func (s *StateMachine) Lookup(q any) (any, error) {
 	switch q := q.(type) {
 	case RangeQuery:
+		if q.Closed {
+			return s.shard.RangeClosed(q.Request)
+		}
 		return s.shard.Range(q.Request)
 	case TxnQuery:
 		return s.shard.ReadTxn(q.Request)

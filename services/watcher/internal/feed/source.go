@@ -10,6 +10,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
@@ -70,6 +71,31 @@ func (s Source) Current(ctx context.Context) (int64, int64, error) {
 		compacted = max(compacted, resp.CompactRevision)
 	}
 	return cur, compacted, nil
+}
+
+// Close asks a shard's leader to close rev (a tick if the shard is idle),
+// so the cache can release other shards' events up to it. The leader hint
+// is tried first, then every replica (a follower answers NotLeader, with
+// the leader it knows).
+func (s Source) Close(ctx context.Context, shardID uint64, rev int64) error {
+	var err error = errors.New("no replicas")
+	for _, addr := range slices.Backward(s.M.Replicas(shardID)) {
+		c, cerr := s.M.Conn(addr)
+		if cerr != nil {
+			err = cerr
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
+		_, err = shardpb.NewShardClient(c).Close(rctx, &shardpb.CloseRequest{ShardId: shardID, Revision: rev})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if nl, ok := notLeader(err); ok && nl.LeaderStoreId != 0 {
+			s.M.SetLeader(shardID, nl.LeaderStoreId)
+		}
+	}
+	return fmt.Errorf("feed: close revision %d of shard %d: %w", rev, shardID, err)
 }
 
 // History reads [from, to] for a key range from the change logs of the
@@ -170,4 +196,18 @@ func (c *cursor) peek() (*shardpb.Change, error) {
 		return nil, nil
 	}
 	return c.buf[0], nil
+}
+
+// notLeader reads the NotLeader detail of a replica's answer.
+func notLeader(err error) (*shardpb.NotLeader, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return nil, false
+	}
+	for _, d := range st.Details() {
+		if nl, ok := d.(*shardpb.NotLeader); ok {
+			return nl, true
+		}
+	}
+	return nil, false
 }

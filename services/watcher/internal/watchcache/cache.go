@@ -54,6 +54,9 @@ type Config struct {
 	// MaxResponseBytes is where responses of watches that asked for
 	// fragments are cut (etcd cuts at its max request bytes).
 	MaxResponseBytes int
+	// CloseInterval is how often a shard that holds the release back is
+	// asked to close a revision (closer.go).
+	CloseInterval time.Duration
 	// CreatePatience is how long a watch creation keeps asking the
 	// replicas for the current revision before the watch is refused:
 	// longer than a leader election and a replica's feed timeout, so a
@@ -66,7 +69,7 @@ type Config struct {
 // DefaultConfig returns the default bounds.
 func DefaultConfig() Config {
 	return Config{HistoryRevisions: 100000, HistoryBytes: 256 << 20, QueueLimit: 1024,
-		SyncInterval: 100 * time.Millisecond, ProgressInterval: 10 * time.Minute,
+		SyncInterval: 100 * time.Millisecond, ProgressInterval: 10 * time.Minute, CloseInterval: 50 * time.Millisecond,
 		MaxWatchesPerStream: 100000, MaxResponseBytes: 1536 * 1024, CreatePatience: 10 * time.Second}
 }
 
@@ -86,6 +89,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxWatchesPerStream <= 0 {
 		c.MaxWatchesPerStream = d.MaxWatchesPerStream
+	}
+	if c.CloseInterval <= 0 {
+		c.CloseInterval = d.CloseInterval
 	}
 	if c.SyncInterval <= 0 {
 		c.SyncInterval = d.SyncInterval
@@ -113,6 +119,9 @@ type Source interface {
 	// shards, with prev_kv set. It returns a *CompactedError when from is
 	// below the compaction revision.
 	History(ctx context.Context, key, end []byte, from, to int64, fn func(rev int64, evs []*mvccpb.Event) error) error
+	// Close asks a shard to close rev: once it returns, the shard's feed
+	// will report a closed revision at or above it.
+	Close(ctx context.Context, shardID uint64, rev int64) error
 }
 
 // CompactedError says the history below Revision is gone.
@@ -136,6 +145,7 @@ type entry struct {
 type shardFeed struct {
 	closed  int64 // -1 until the feed reported
 	pending []entry
+	closing bool // a request to close a revision is out (closer.go)
 }
 
 // Cache is the watcher's history and its watches.
@@ -158,9 +168,12 @@ type Cache struct {
 		hist      []entry
 		histBytes int
 		compacted int64
-		groups    keyspan.Index[*group] // synced watches by range
-		unsynced  map[*watch]struct{}
-		streams   map[*Stream]struct{}
+		// wanted: the highest revision a watch from "now" started above;
+		// the cache must release it for the watch to catch up.
+		wanted   int64
+		groups   keyspan.Index[*group] // synced watches by range
+		unsynced map[*watch]struct{}
+		streams  map[*Stream]struct{}
 	}
 }
 
@@ -171,8 +184,9 @@ func New(cfg Config, src Source) *Cache {
 	c.mu.shards = map[uint64]*shardFeed{}
 	c.mu.unsynced = map[*watch]struct{}{}
 	c.mu.streams = map[*Stream]struct{}{}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go c.syncLoop()
+	go c.closeLoop()
 	return c
 }
 

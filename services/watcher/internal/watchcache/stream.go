@@ -227,6 +227,9 @@ func (s *Stream) Create(ctx context.Context, req *pb.WatchCreateRequest) error {
 	if compacted > c.mu.compacted {
 		c.mu.compacted = compacted
 	}
+	if req.StartRevision == 0 {
+		c.mu.wanted = max(c.mu.wanted, cur)
+	}
 	c.mu.Unlock()
 	start, hdrRev := req.StartRevision, int64(0)
 	if start == 0 {

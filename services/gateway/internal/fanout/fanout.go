@@ -1,0 +1,191 @@
+// Package fanout is the one place the gateway answers a request from several
+// shards (CockroachDB's DistSender splits a batch by range descriptor and
+// combines the answers the same way): a Range over keys of several shards is
+// read from each at one revision and merged; the cluster's revision, which
+// etcd's future-revision and compaction checks compare against, is the
+// highest of every shard's.
+//
+// One revision across shards. Revisions come from one oracle and increase in
+// real time, so the keys of every shard at one revision R are a consistent
+// cut: a write that finished before another started has the smaller
+// revision. A shard can be read at R once it has closed R (no entry at or
+// below R can still apply there); an idle shard closes R with a tick when
+// asked (Shard.Close).
+package fanout
+
+import (
+	"context"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/proto/metapb"
+	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/router"
+)
+
+// Reader reads across shards through the router.
+type Reader struct {
+	router *router.Router
+}
+
+// New returns a reader.
+func New(r *router.Router) *Reader { return &Reader{router: r} }
+
+// state is one shard's answer to Close.
+type state struct {
+	shard *metapb.ShardDescriptor
+	resp  *shardpb.CloseResponse
+}
+
+// states asks each shard for its state (after a ReadIndex when
+// linearizable), in parallel.
+func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, linearizable bool) ([]state, error) {
+	out := make([]state, len(shards))
+	err := each(ctx, shards, func(ctx context.Context, i int, d *metapb.ShardDescriptor) error {
+		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+			out[i].shard = d
+			out[i].resp, err = c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: linearizable})
+			return err
+		})
+	})
+	return out, err
+}
+
+// ClusterRevision is the cluster's current (etcd) revision: the highest of
+// every data shard's, each after a ReadIndex. It is at or above the revision
+// of every write acknowledged before the call.
+func (f *Reader) ClusterRevision(ctx context.Context) (int64, error) {
+	shards, err := f.router.All(ctx)
+	if err != nil {
+		return 0, status.Error(codes.Unavailable, err.Error())
+	}
+	sts, err := f.states(ctx, shards, true)
+	if err != nil {
+		return 0, err
+	}
+	var rev int64
+	for _, s := range sts {
+		rev = max(rev, s.resp.Revision)
+	}
+	return rev, nil
+}
+
+// Range answers req over shards (the ones its keys fall in, in key order)
+// at one revision: req's, or else one at or above every write acknowledged
+// before the call, and merges the parts as one shard would have answered.
+func (f *Reader) Range(ctx context.Context, req *pb.RangeRequest, shards []*metapb.ShardDescriptor) (*pb.RangeResponse, uint64, error) {
+	sts, err := f.states(ctx, shards, !req.Serializable)
+	if err != nil {
+		return nil, 0, err
+	}
+	var rev, closed int64
+	var term uint64
+	for _, s := range sts {
+		rev, closed, term = max(rev, s.resp.Revision), max(closed, s.resp.ClosedRevision), max(term, s.resp.RaftTerm)
+	}
+	at := req.Revision
+	switch {
+	case at <= 0:
+		// The highest closed revision of the shards: every write they
+		// acknowledged before the call is at or below it.
+		at = closed
+	case at > rev:
+		// Above every shard read here: maybe not above the cluster's.
+		cluster, err := f.ClusterRevision(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		if at > cluster {
+			return nil, 0, rpctypes.ErrGRPCFutureRev
+		}
+	}
+	part := proto.Clone(req).(*pb.RangeRequest)
+	part.Revision = at
+	if req.SortTarget == pb.RangeRequest_VALUE {
+		part.KeysOnly = false // the merge sorts by value
+	}
+	b, err := proto.Marshal(part)
+	if err != nil {
+		return nil, 0, err
+	}
+	parts := make([]*pb.RangeResponse, len(shards))
+	err = each(ctx, shards, func(ctx context.Context, i int, d *metapb.ShardDescriptor) error {
+		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) error {
+			out, err := c.Range(ctx, &shardpb.RangeRequest{ShardId: d.Id, Generation: d.Generation, Request: b, ClosedRead: true})
+			if err != nil {
+				return err
+			}
+			resp := &pb.RangeResponse{}
+			if err := proto.Unmarshal(out.Response, resp); err != nil {
+				return status.Errorf(codes.Internal, "tessera: bad range response: %v", err)
+			}
+			parts[i] = resp
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return Merge(req, parts), term, nil
+}
+
+// each runs fn for every shard in parallel and returns the first error; the
+// others are cancelled then.
+func each(ctx context.Context, shards []*metapb.ShardDescriptor, fn func(context.Context, int, *metapb.ShardDescriptor) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for i, d := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx, i, d); err != nil {
+				once.Do(func() { first = err; cancel() })
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// Merge combines the answers of shards (in key order) to one Range, each
+// read with req at one revision, as one shard holding all their keys would
+// have answered: count is the total, the key-values are ordered as req asks
+// and cut at its limit, more says whether the limit cut any, and the
+// header's revision is the highest of the parts'.
+func Merge(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeResponse {
+	out := &pb.RangeResponse{Header: &pb.ResponseHeader{}}
+	var kvs []*mvccpb.KeyValue
+	for _, p := range parts {
+		out.Count += p.Count
+		out.More = out.More || p.More
+		kvs = append(kvs, p.Kvs...)
+		if p.Header != nil {
+			out.Header.Revision = max(out.Header.Revision, p.Header.Revision)
+		}
+	}
+	mvcc.SortKVs(kvs, req)
+	if req.Limit > 0 && int64(len(kvs)) > req.Limit {
+		kvs, out.More = kvs[:req.Limit], true
+	}
+	if req.KeysOnly {
+		for _, kv := range kvs {
+			kv.Value = nil
+		}
+	}
+	if !req.CountOnly {
+		out.Kvs = kvs
+	}
+	return out
+}

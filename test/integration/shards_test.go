@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tessera-kv/tessera/test/testcluster"
+)
+
+// splitCluster is a 3-store cluster with data shards starting at /b/, /c/
+// and /d/ (4 data shards).
+func splitCluster(t *testing.T) (*testcluster.Cluster, *clientv3.Client) {
+	c := testcluster.New(t, 3, testcluster.Options{SplitKeys: []string{"/b/", "/c/", "/d/"}})
+	return c, c.Client(t)
+}
+
+func TestRangeAcrossShards(t *testing.T) {
+	_, cli := splitCluster(t)
+	ctx := context.Background()
+	var keys []string
+	for _, p := range []string{"/a/", "/b/", "/c/", "/d/"} {
+		for i := 0; i < 3; i++ {
+			k := fmt.Sprintf("%s%d", p, i)
+			keys = append(keys, k)
+			if _, err := cli.Put(ctx, k, fmt.Sprintf("v%d", 9-len(keys))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	last, err := cli.Put(ctx, "/a/last", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys = append(keys[:3], append([]string{"/a/last"}, keys[3:]...)...)
+
+	all, err := cli.Get(ctx, "/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(all); got != strings.Join(keys, ",") || all.Count != int64(len(keys)) || all.More {
+		t.Fatalf("range across shards: %v count %d more %v, want %v", got, all.Count, all.More, keys)
+	}
+	if all.Header.Revision != last.Header.Revision {
+		t.Fatalf("header revision %d, want the last write's %d", all.Header.Revision, last.Header.Revision)
+	}
+
+	// A limit cuts in key order; count is the total; more says so.
+	page, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithLimit(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(page); got != strings.Join(keys[:5], ",") || page.Count != int64(len(keys)) || !page.More {
+		t.Fatalf("limit 5: %v count %d more %v", got, page.Count, page.More)
+	}
+	// The next page at the first page's revision (Kubernetes' pagination).
+	next, err := cli.Get(ctx, keys[4]+"\x00", clientv3.WithRange(clientv3.GetPrefixRangeEnd("/")), clientv3.WithLimit(5), clientv3.WithRev(page.Header.Revision))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(next); got != strings.Join(keys[5:10], ",") {
+		t.Fatalf("second page: %v, want %v", got, keys[5:10])
+	}
+
+	// Sorted by value, descending, across shards.
+	byValue, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByValue, clientv3.SortDescend), clientv3.WithLimit(3), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(byValue); got != "/a/last,/a/0,/a/1" || byValue.Kvs[0].Value != nil {
+		t.Fatalf("by value descending: %v (values %q)", got, byValue.Kvs[0].Value)
+	}
+	// Count only, and keys only.
+	cnt, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || cnt.Count != int64(len(keys)) || len(cnt.Kvs) != 0 {
+		t.Fatalf("count only: %v %v", cnt, err)
+	}
+
+	// A historical read across shards: before the last write.
+	old, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithRev(last.Header.Revision-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.Count != int64(len(keys)-1) {
+		t.Fatalf("at revision %d: %d keys, want %d", last.Header.Revision-1, old.Count, len(keys)-1)
+	}
+	// A single shard read at a revision above its own but not the
+	// cluster's: /d/ was written before /a/last.
+	d, err := cli.Get(ctx, "/d/", clientv3.WithPrefix(), clientv3.WithRev(last.Header.Revision))
+	if err != nil || d.Count != 3 {
+		t.Fatalf("/d/ at the cluster's revision: %v %v", d, err)
+	}
+	if _, err := cli.Get(ctx, "/d/", clientv3.WithPrefix(), clientv3.WithRev(last.Header.Revision+1000)); err == nil || err.Error() != rpctypes.ErrFutureRev.Error() {
+		t.Fatalf("a future revision: %v, want %v", err, rpctypes.ErrFutureRev)
+	}
+	if _, err := cli.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithRev(last.Header.Revision+1000)); err == nil || err.Error() != rpctypes.ErrFutureRev.Error() {
+		t.Fatalf("a future revision across shards: %v, want %v", err, rpctypes.ErrFutureRev)
+	}
+}
+
+func TestWritesAcrossShardsRefused(t *testing.T) {
+	_, cli := splitCluster(t)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, "/a/1", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "/c/1", "x"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := cli.Delete(ctx, "/", clientv3.WithPrefix())
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "shards 2, 3, 4, 5") {
+		t.Fatalf("delete across shards: %v", err)
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut("/a/2", "y"), clientv3.OpPut("/c/2", "y")).Commit()
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "shards 2, 4") {
+		t.Fatalf("txn across shards: %v", err)
+	}
+	r, err := cli.Get(ctx, "/", clientv3.WithPrefix())
+	if err != nil || r.Count != 2 {
+		t.Fatalf("after refused writes: %v %v (want the 2 keys, nothing else)", r, err)
+	}
+	// Within one shard, as before.
+	if _, err := cli.Txn(ctx).Then(clientv3.OpPut("/c/2", "y"), clientv3.OpDelete("/c/1")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A watch over every shard gets writes of one shard while the others are
+// idle: the watcher asks the idle shards to close revisions.
+func TestWatchAcrossIdleShards(t *testing.T) {
+	_, cli := splitCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wch := cli.Watch(ctx, "/", clientv3.WithPrefix())
+	one := cli.Watch(ctx, "/c/", clientv3.WithPrefix())
+	time.Sleep(200 * time.Millisecond)
+	var revs []int64
+	for i := 0; i < 5; i++ {
+		for _, k := range []string{"/c/x", "/a/y"} {
+			r, err := cli.Put(ctx, k, fmt.Sprint(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			revs = append(revs, r.Header.Revision)
+		}
+	}
+	start := time.Now()
+	evs := recvEvents(t, wch, len(revs))
+	for i, ev := range evs {
+		if ev.Kv.ModRevision != revs[i] {
+			t.Fatalf("event %d at %d, want %d (in revision order)", i, ev.Kv.ModRevision, revs[i])
+		}
+	}
+	if got := recvEvents(t, one, 5); got[4].Kv.ModRevision != revs[8] {
+		t.Fatalf("/c/ watch: last event at %d, want %d", got[4].Kv.ModRevision, revs[8])
+	}
+	t.Logf("10 events over 2 of 4 shards delivered %s after the last write", time.Since(start).Round(time.Millisecond))
+	// Progress across shards: the revision of the last write.
+	if err := cli.RequestProgress(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case wr := <-wch:
+		if !wr.IsProgressNotify() || wr.Header.Revision < revs[len(revs)-1] {
+			t.Fatalf("progress: %+v", wr)
+		}
+	case <-ctx.Done():
+		t.Fatal("no progress response")
+	}
+}
+
+func TestCompactAcrossShards(t *testing.T) {
+	_, cli := splitCluster(t)
+	ctx := context.Background()
+	first, err := cli.Put(ctx, "/a/k", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "/c/k", "1"); err != nil {
+		t.Fatal(err)
+	}
+	last, err := cli.Put(ctx, "/c/k", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, last.Header.Revision+100); err == nil || err.Error() != rpctypes.ErrFutureRev.Error() {
+		t.Fatalf("compact above the cluster's revision: %v", err)
+	}
+	// Above /a/'s own revision (and /b/'s, /d/'s): every shard compacts.
+	if _, err := cli.Compact(ctx, last.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"/a/k", "/c/k", "/"} {
+		if _, err := cli.Get(ctx, k, clientv3.WithPrefix(), clientv3.WithRev(first.Header.Revision)); err == nil || err.Error() != rpctypes.ErrCompacted.Error() {
+			t.Fatalf("%s below the compaction: %v", k, err)
+		}
+	}
+	r, err := cli.Get(ctx, "/", clientv3.WithPrefix())
+	if err != nil || r.Count != 2 {
+		t.Fatalf("after compaction: %v %v", r, err)
+	}
+}
