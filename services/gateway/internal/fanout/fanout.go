@@ -106,11 +106,8 @@ func (f *Reader) Range(ctx context.Context, req *pb.RangeRequest, shards []*meta
 			return nil, 0, rpctypes.ErrGRPCFutureRev
 		}
 	}
-	part := proto.Clone(req).(*pb.RangeRequest)
+	part := partRequest(req)
 	part.Revision = at
-	if req.SortTarget == pb.RangeRequest_VALUE {
-		part.KeysOnly = false // the merge sorts by value
-	}
 	b, err := proto.Marshal(part)
 	if err != nil {
 		return nil, 0, err
@@ -159,8 +156,30 @@ func each(ctx context.Context, shards []*metapb.ShardDescriptor, fn func(context
 	return first
 }
 
+// sortsFirstKeys reports etcd's rule for a sort target with no sort order:
+// it sorts only the first limit+1 keys in key order, then cuts at limit
+// (the limit applies before sorting, unlike with an order given).
+func sortsFirstKeys(req *pb.RangeRequest) bool {
+	return req.SortOrder == pb.RangeRequest_NONE && req.SortTarget != pb.RangeRequest_KEY && req.Limit > 0 &&
+		req.MinModRevision == 0 && req.MaxModRevision == 0 && req.MinCreateRevision == 0 && req.MaxCreateRevision == 0
+}
+
+// partRequest is what each shard is asked for req: the same, except that
+// values come back when the merge sorts by them, and under etcd's
+// first-keys rule each shard returns its first limit+1 keys in key order.
+func partRequest(req *pb.RangeRequest) *pb.RangeRequest {
+	part := proto.Clone(req).(*pb.RangeRequest)
+	if req.SortTarget == pb.RangeRequest_VALUE {
+		part.KeysOnly = false
+	}
+	if sortsFirstKeys(req) {
+		part.SortTarget, part.Limit = pb.RangeRequest_KEY, req.Limit+1
+	}
+	return part
+}
+
 // Merge combines the answers of shards (in key order) to one Range, each
-// read with req at one revision, as one shard holding all their keys would
+// read with partRequest(req) at one revision, as one shard holding all their keys would
 // have answered: count is the total, the key-values are ordered as req asks
 // and cut at its limit, more says whether the limit cut any, and the
 // header's revision is the highest of the parts'.
@@ -173,6 +192,13 @@ func Merge(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeResponse {
 		kvs = append(kvs, p.Kvs...)
 		if p.Header != nil {
 			out.Header.Revision = max(out.Header.Revision, p.Header.Revision)
+		}
+	}
+	if sortsFirstKeys(req) {
+		// The parts answered partRequest: their first keys, in key order.
+		out.More = false
+		if int64(len(kvs)) > req.Limit+1 {
+			kvs = kvs[:req.Limit+1]
 		}
 	}
 	mvcc.SortKVs(kvs, req)
