@@ -198,7 +198,7 @@ func runDev(args []string, log *slog.Logger) error {
 	return nil
 }
 
-const splitKeysHelp = "when the cluster is created, start a data shard at each of these comma-separated keys, or at Kubernetes' busiest resource prefixes with \"kubernetes\" (9 shards); every replica must be given the same"
+const splitKeysHelp = "when the cluster is created, start a data shard at each of these comma-separated keys, where \"kubernetes\" stands for Kubernetes' busiest resource prefixes (9 shards); every replica must be given the same"
 
 // parseCluster reads "1=raftaddr/apiaddr,2=...".
 func parseCluster(s string) ([]replica.Member, error) {

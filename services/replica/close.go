@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -11,6 +12,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
 )
 
 // Closing a revision. A shard's closed revision is the revision of its last
@@ -18,21 +20,22 @@ import (
 // A shard with writes closes revisions as it goes; an idle one closes a
 // revision only when someone waits for it (a read of several shards at one
 // revision, the watcher releasing another shard's events), with a tick: an
-// entry that changes nothing, at a fresh oracle revision, which is above
-// every revision served before it was asked for. Nothing writes ticks on a
-// timer, so an idle cluster writes no entries.
+// entry that changes nothing, at the revision to close itself. Every later
+// entry at or below it is refused by the state machine (and resubmitted
+// with a fresh revision by the sequencer), so the tick takes no revision
+// of its own and leaves no gap in the revisions clients see. Nothing writes
+// ticks on a timer, so an idle cluster writes no entries.
 
 // closer coalesces a shard's ticks: callers that come while a tick is in
 // flight wait for it, then tick again only if it did not close what they
-// need (it may have taken its revision before theirs was served).
+// need (it closed a lower revision).
 type closer struct {
 	mu       sync.Mutex
 	inflight chan struct{} // closed when the running tick ends
 	err      error         // of the tick that ended last
 }
 
-// errNotClosed: ticks kept landing below the revision to close, so it was
-// not served by the oracle before the call.
+// errNotClosed: the revision could not be closed.
 var errNotClosed = errors.New("tessera: revision not closed")
 
 // closeRevision returns once the shard's closed revision is at or above
@@ -51,19 +54,30 @@ func (s *shardService) closeRevision(ctx context.Context, shardID uint64, rev in
 			return nil
 		}
 		if attempt == 3 {
-			return status.Errorf(codes.FailedPrecondition, "%v: %d is above every revision served", errNotClosed, rev)
+			return status.Errorf(codes.Unavailable, "%v: %d after %d ticks", errNotClosed, rev, attempt)
 		}
 		if _, err := s.r.requireLeader(shardID); err != nil {
 			return err
 		}
-		if err := ds.tick(ctx); err != nil {
+		// Only a revision the oracle has served may be closed: a tick
+		// above that would make the shard refuse the fresh revisions
+		// of its next writes.
+		next, err := s.r.revs.Allocate(ctx, 0)
+		if err != nil {
+			return s.submitErr(shardID, fmt.Errorf("%w: revisions: %v", sequencer.ErrUnavailable, err))
+		}
+		if rev >= next {
+			return status.Errorf(codes.FailedPrecondition, "%v: %d is above every revision served (next %d)", errNotClosed, rev, next)
+		}
+		if err := ds.tick(ctx, rev); err != nil {
 			return s.submitErr(shardID, err)
 		}
 	}
 }
 
-// tick runs one tick through the sequencer, or waits for the one running.
-func (ds *dataShard) tick(ctx context.Context) error {
+// tick runs one tick at rev through the sequencer, or waits for the one
+// running.
+func (ds *dataShard) tick(ctx context.Context, rev int64) error {
 	ds.closer.mu.Lock()
 	if wait := ds.closer.inflight; wait != nil {
 		ds.closer.mu.Unlock()
@@ -81,7 +95,10 @@ func (ds *dataShard) tick(ctx context.Context) error {
 	ds.closer.inflight = done
 	ds.closer.mu.Unlock()
 
-	_, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Tick{Tick: &raftcmdpb.Tick{}}})
+	// At rev itself: the state machine refuses every later entry at or
+	// below its last one, so the tick closes rev without taking a
+	// revision of its own (a stale answer means a later entry closed it).
+	_, err := ds.seq.SubmitAt(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Tick{Tick: &raftcmdpb.Tick{}}, Revision: rev})
 
 	ds.closer.mu.Lock()
 	ds.closer.inflight, ds.closer.err = nil, err

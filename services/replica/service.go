@@ -215,7 +215,9 @@ func (m *metaService) GetShardMap(context.Context, *metapb.GetShardMapRequest) (
 }
 
 func (m *metaService) AllocateRevisions(ctx context.Context, req *metapb.AllocateRevisionsRequest) (*metapb.AllocateRevisionsResponse, error) {
-	if req.Count == 0 || req.Count > 1<<16 {
+	// A count of 0 serves nothing: the answer is the next revision the
+	// oracle will serve (every revision served so far is below it).
+	if req.Count > 1<<16 {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: cannot allocate %d revisions", req.Count)
 	}
 	first, err := m.r.oracle.Allocate(ctx, int64(req.Count))

@@ -29,15 +29,16 @@ var KubernetesSplitKeys = []string{
 }
 
 // ParseSplitKeys reads --initial-split-keys: a comma-separated list of
-// keys, or the name of a profile ("kubernetes"). Keys are sorted and
-// deduplicated; an empty list is one data shard.
+// keys, where the name of a profile ("kubernetes") stands for its keys.
+// Keys are sorted and deduplicated; an empty list is one data shard.
 func ParseSplitKeys(s string) ([]string, error) {
-	if strings.TrimSpace(s) == "kubernetes" {
-		return slices.Clone(KubernetesSplitKeys), nil
-	}
 	var keys []string
 	for _, k := range strings.Split(s, ",") {
-		if k = strings.TrimSpace(k); k != "" {
+		switch k = strings.TrimSpace(k); k {
+		case "":
+		case "kubernetes":
+			keys = append(keys, KubernetesSplitKeys...)
+		default:
 			keys = append(keys, k)
 		}
 	}

@@ -94,7 +94,10 @@ func startTessera(t *testing.T) string {
 		"--raft-address", ports[1], "--api-address", ports[2], "--watcher-address", ports[3],
 		// The storage tests wait for progress notifications (Kubernetes'
 		// etcd test server uses the same period).
-		"--watch-progress-notify-interval", "1s")
+		"--watch-progress-notify-interval", "1s",
+		// make test-sharded runs the suite again on a store cut into
+		// shards inside the keys the tests use.
+		"--initial-split-keys", os.Getenv("TESSERA_SPLIT_KEYS"))
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -116,7 +116,10 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 	if err != nil {
 		return nil, err
 	}
-	if len(shards) > 1 {
+	if len(shards) > 1 || s.severalShards(ctx) {
+		// With several shards in the cluster, the header's revision is
+		// the cluster's, as in etcd, so even a read of one shard asks
+		// every shard where it is.
 		return s.fanRange(ctx, r, shards)
 	}
 	shard := shards[0]
@@ -129,11 +132,6 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 		out, err = c.Range(ctx, &shardpb.RangeRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b})
 		return err
 	})
-	if r.Revision > 0 && rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCFutureRev) && s.severalShards(ctx) {
-		// Above this shard's revision, maybe not above the cluster's (a
-		// write to another shard): the cluster answers.
-		return s.fanRange(ctx, r, shards)
-	}
 	if err != nil {
 		return nil, err
 	}

@@ -40,8 +40,7 @@ func New(r *router.Router) *Reader { return &Reader{router: r} }
 
 // state is one shard's answer to Close.
 type state struct {
-	shard *metapb.ShardDescriptor
-	resp  *shardpb.CloseResponse
+	resp *shardpb.CloseResponse
 }
 
 // states asks each shard for its state (after a ReadIndex when
@@ -50,7 +49,6 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 	out := make([]state, len(shards))
 	err := each(ctx, shards, func(ctx context.Context, i int, d *metapb.ShardDescriptor) error {
 		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			out[i].shard = d
 			out[i].resp, err = c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: linearizable})
 			return err
 		})
@@ -62,49 +60,47 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 // every data shard's, each after a ReadIndex. It is at or above the revision
 // of every write acknowledged before the call.
 func (f *Reader) ClusterRevision(ctx context.Context) (int64, error) {
-	shards, err := f.router.All(ctx)
-	if err != nil {
-		return 0, status.Error(codes.Unavailable, err.Error())
-	}
-	sts, err := f.states(ctx, shards, true)
-	if err != nil {
-		return 0, err
-	}
-	var rev int64
-	for _, s := range sts {
-		rev = max(rev, s.resp.Revision)
-	}
-	return rev, nil
+	rev, _, err := f.cluster(ctx, true)
+	return rev, err
 }
 
-// Range answers req over shards (the ones its keys fall in, in key order)
-// at one revision: req's, or else one at or above every write acknowledged
-// before the call, and merges the parts as one shard would have answered.
-func (f *Reader) Range(ctx context.Context, req *pb.RangeRequest, shards []*metapb.ShardDescriptor) (*pb.RangeResponse, uint64, error) {
-	sts, err := f.states(ctx, shards, !req.Serializable)
+// cluster asks every data shard for its state and returns the highest
+// revision and Raft term.
+func (f *Reader) cluster(ctx context.Context, linearizable bool) (int64, uint64, error) {
+	shards, err := f.router.All(ctx)
 	if err != nil {
-		return nil, 0, err
+		return 0, 0, status.Error(codes.Unavailable, err.Error())
 	}
-	var rev, closed int64
+	sts, err := f.states(ctx, shards, linearizable)
+	if err != nil {
+		return 0, 0, err
+	}
+	var rev int64
 	var term uint64
 	for _, s := range sts {
-		rev, closed, term = max(rev, s.resp.Revision), max(closed, s.resp.ClosedRevision), max(term, s.resp.RaftTerm)
+		rev, term = max(rev, s.resp.Revision), max(term, s.resp.RaftTerm)
+	}
+	return rev, term, nil
+}
+
+// Range answers req over shards (those its keys fall in, in key order) of a
+// cluster with several data shards, as etcd answers it: at req's revision,
+// or else at the cluster's current revision C (the highest of every
+// shard's, so at or above every write acknowledged before the call), with
+// C in the header either way. The shards read close the revision first: an
+// idle one may not have, and none of its entries may still land at or
+// below it once it is read.
+func (f *Reader) Range(ctx context.Context, req *pb.RangeRequest, shards []*metapb.ShardDescriptor) (*pb.RangeResponse, uint64, error) {
+	current, term, err := f.cluster(ctx, !req.Serializable)
+	if err != nil {
+		return nil, 0, err
 	}
 	at := req.Revision
 	switch {
 	case at <= 0:
-		// The highest closed revision of the shards: every write they
-		// acknowledged before the call is at or below it.
-		at = closed
-	case at > rev:
-		// Above every shard read here: maybe not above the cluster's.
-		cluster, err := f.ClusterRevision(ctx)
-		if err != nil {
-			return nil, 0, err
-		}
-		if at > cluster {
-			return nil, 0, rpctypes.ErrGRPCFutureRev
-		}
+		at = current
+	case at > current:
+		return nil, 0, rpctypes.ErrGRPCFutureRev
 	}
 	part := partRequest(req)
 	part.Revision = at
@@ -130,7 +126,9 @@ func (f *Reader) Range(ctx context.Context, req *pb.RangeRequest, shards []*meta
 	if err != nil {
 		return nil, 0, err
 	}
-	return Merge(req, parts), term, nil
+	resp := Merge(req, parts)
+	resp.Header.Revision = current
+	return resp, term, nil
 }
 
 // each runs fn for every shard in parallel and returns the first error; the

@@ -87,6 +87,9 @@ type request struct {
 	cmd      *raftcmdpb.DataCommand
 	attempts int
 	done     chan reply
+	// fixed: cmd carries its own revision (SubmitAt); it is proposed
+	// before the batch's fresh ones and answered, not retried, if stale.
+	fixed bool
 }
 
 type reply struct {
@@ -143,6 +146,21 @@ func (s *Sequencer) Drain(ctx context.Context) error {
 }
 
 func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res *raftcmdpb.DataResult, err error) {
+	return s.submit(ctx, cmd, false)
+}
+
+// SubmitAt proposes cmd at the revision it carries instead of a fresh one,
+// for entries that change no key (a tick closing a revision already served
+// to another shard): they need not consume a revision of their own, which
+// keeps revisions free of gaps. An entry at or below the shard's last one
+// is answered with its stale result, not retried; one that takes the
+// revision first makes the shard's proposals in flight below it stale, and
+// those are retried with fresh revisions as always.
+func (s *Sequencer) SubmitAt(ctx context.Context, cmd *raftcmdpb.DataCommand) (*raftcmdpb.DataResult, error) {
+	return s.submit(ctx, cmd, true)
+}
+
+func (s *Sequencer) submit(ctx context.Context, cmd *raftcmdpb.DataCommand, fixed bool) (res *raftcmdpb.DataResult, err error) {
 	// Counted before the check, so a Drain that sees no submission in
 	// flight sees every later one refused.
 	s.inflight.Add(1)
@@ -165,7 +183,7 @@ func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res
 		}
 		span.End()
 	}()
-	r := &request{ctx: ctx, cmd: cmd, done: make(chan reply, 1)}
+	r := &request{ctx: ctx, cmd: cmd, done: make(chan reply, 1), fixed: fixed}
 	select {
 	case s.reqc <- r:
 	case <-ctx.Done():
@@ -203,28 +221,34 @@ func (s *Sequencer) run() {
 				break drain
 			}
 		}
-		live := batch[:0]
+		// Entries at their own revisions go first: every fresh revision
+		// is above them (they were served before this batch).
+		var fixed, fresh []*request
 		for _, r := range batch {
-			if r.ctx.Err() != nil {
+			switch {
+			case r.ctx.Err() != nil:
 				r.done <- reply{err: r.ctx.Err()}
-				continue
+			case r.fixed:
+				fixed = append(fixed, r)
+			default:
+				fresh = append(fresh, r)
 			}
-			live = append(live, r)
 		}
-		if len(live) == 0 {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		first, err := s.revs.Allocate(ctx, int64(len(live)))
-		cancel()
-		if err != nil {
-			for _, r := range live {
-				r.done <- reply{err: fmt.Errorf("%w: revisions: %v", ErrUnavailable, err)}
+		if len(fresh) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			first, err := s.revs.Allocate(ctx, int64(len(fresh)))
+			cancel()
+			if err != nil {
+				for _, r := range fresh {
+					r.done <- reply{err: fmt.Errorf("%w: revisions: %v", ErrUnavailable, err)}
+				}
+				fresh = nil
 			}
-			continue
+			for i, r := range fresh {
+				r.cmd.Revision = first + int64(i)
+			}
 		}
-		for i, r := range live {
-			r.cmd.Revision = first + int64(i)
+		for _, r := range append(fixed, fresh...) {
 			b, err := proto.Marshal(r.cmd)
 			if err != nil {
 				r.done <- reply{err: err}
@@ -264,7 +288,7 @@ func (s *Sequencer) await(r *request, rs *dragonboat.RequestState) {
 			r.done <- reply{err: fmt.Errorf("sequencer: decode result: %w", err)}
 			return
 		}
-		if out.Code == raftcmdpb.DataResult_CODE_STALE_REVISION {
+		if out.Code == raftcmdpb.DataResult_CODE_STALE_REVISION && !r.fixed {
 			s.retry(r, "stale revision")
 			return
 		}

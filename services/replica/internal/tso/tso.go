@@ -102,9 +102,11 @@ func New(log Log, cfg Config) *Oracle {
 	return &Oracle{log: log, cfg: cfg}
 }
 
-// Allocate grants n consecutive revisions and returns the first.
+// Allocate grants n consecutive revisions and returns the first. With n
+// 0 it grants none and returns the next it will serve: every revision
+// served before the call is below it.
 func (o *Oracle) Allocate(ctx context.Context, n int64) (int64, error) {
-	if n <= 0 {
+	if n < 0 {
 		return 0, fmt.Errorf("tso: allocate %d revisions", n)
 	}
 	term, leader := o.log.Leadership()

@@ -276,3 +276,26 @@ func TestDeposedAndNewOracleNeverOverlap(t *testing.T) {
 		t.Fatalf("only %d allocations served", len(served))
 	}
 }
+
+// Allocating 0 revisions names the next one and serves none (a tick may
+// close any revision below it).
+func TestAllocateZeroServesNothing(t *testing.T) {
+	o := New(&memLog{term: 1, leader: true, limit: 2}, Config{Window: 1000})
+	ctx := context.Background()
+	first, err := o.Allocate(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		next, err := o.Allocate(ctx, 0)
+		if err != nil || next != first+3 {
+			t.Fatalf("peek %d: %d %v, want %d", i, next, err, first+3)
+		}
+	}
+	if got, err := o.Allocate(ctx, 1); err != nil || got != first+3 {
+		t.Fatalf("after peeking: %d %v, want %d", got, err, first+3)
+	}
+	if _, err := o.Allocate(ctx, -1); err == nil {
+		t.Fatal("a negative count was granted")
+	}
+}
