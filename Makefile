@@ -6,7 +6,7 @@ MODULES := $(shell $(GO) list -m -f '{{.Dir}}/...' 2>/dev/null)
 # Tools live in their own module so they do not move the services' versions.
 TOOL = GOWORK=off $(GO) -C tools tool
 
-.PHONY: build image test test-short test-compat test-large test-containers nemesis fuzz generate generate-check lint bench dev
+.PHONY: build image test test-short test-sharded test-compat test-large test-containers nemesis fuzz generate generate-check lint bench dev
 
 # The version is the git revision (with -dirty for uncommitted changes):
 # the same tree gives the same tag.
@@ -39,6 +39,16 @@ test:
 	$(GO) test -count=1 -timeout 20m $(MODULES)
 	$(K8S_TEST) test -count=1 -timeout 15m ./...
 	$(APISERVER_TEST) test -count=1 -timeout 20m ./...
+
+# The compatibility suites again on a store cut into shards: Kubernetes'
+# storage conformance with the kubernetes pre-split plus splits inside the
+# keys its tests use, and the real kube-apiserver on the kubernetes
+# pre-split (the differential test and test/integration's shard tests run
+# on several shards in make test already).
+SPLIT_KEYS ?= kubernetes,/pods/m,/pods/s
+test-sharded:
+	cd test/k8s && TESSERA_SPLIT_KEYS='$(SPLIT_KEYS)' GOWORK=off $(GO) test -count=1 -timeout 15m ./...
+	cd test/kubeapiserver && TESSERA_SPLIT_KEYS=kubernetes GOWORK=off $(GO) test -count=1 -timeout 20m -run 'TestKubeAPIServer$$' ./...
 
 test-short:
 	$(GO) test -count=1 -short -timeout 10m $(MODULES)

@@ -231,7 +231,9 @@ func TestKubeAPIServer(t *testing.T) {
 	dataDir := t.TempDir()
 	client, raft, api, watcher := freePort(t), freePort(t), freePort(t), freePort(t)
 	start(t, "tessera", tesseraBin, "dev", "--tls", "--data-dir", dataDir, "--listen-client-urls", "http://"+client,
-		"--raft-address", raft, "--api-address", api, "--watcher-address", watcher)
+		"--raft-address", raft, "--api-address", api, "--watcher-address", watcher,
+		// make test-sharded runs it again on the Kubernetes pre-split.
+		"--initial-split-keys", os.Getenv("TESSERA_SPLIT_KEYS"))
 	certs := filepath.Join(dataDir, "certs")
 	waitForFile(t, filepath.Join(certs, "client.key"))
 	enableAuth(t, "https://"+client, certs)
