@@ -214,3 +214,38 @@ func TestCompactAcrossShards(t *testing.T) {
 		t.Fatalf("after compaction: %v %v", r, err)
 	}
 }
+
+// Closing revisions costs nothing while nobody writes: with watches open on
+// every shard and no writes, no shard applies an entry.
+func TestIdleShardsWriteNoEntries(t *testing.T) {
+	c, cli := splitCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/c/x", "1"); err != nil {
+		t.Fatal(err)
+	}
+	wch := cli.Watch(ctx, "/", clientv3.WithPrefix())
+	if _, err := cli.Put(ctx, "/a/x", "1"); err != nil {
+		t.Fatal(err)
+	}
+	recvEvents(t, wch, 1)
+	time.Sleep(500 * time.Millisecond) // the ticks that release it land
+	before := map[uint64]uint64{}
+	for id := uint64(2); id <= 5; id++ {
+		st, err := c.Replica(0).ShardState(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[id] = st.AppliedIndex
+	}
+	time.Sleep(2 * time.Second)
+	for id, idx := range before {
+		st, err := c.Replica(0).ShardState(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.AppliedIndex != idx {
+			t.Fatalf("shard %d applied entries %d..%d while the cluster was idle", id, idx+1, st.AppliedIndex)
+		}
+	}
+}

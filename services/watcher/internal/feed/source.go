@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -39,45 +40,58 @@ func (s Source) Current(ctx context.Context) (int64, int64, error) {
 		}
 		shards = s.M.Shards()
 	}
+	// Every shard at once: a watch creation waits for the slowest.
+	type answer struct {
+		resp *shardpb.StatusResponse
+		err  error
+	}
+	answers := make([]answer, len(shards))
+	var wg sync.WaitGroup
+	for i, d := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i].resp, answers[i].err = s.status(ctx, d.Id)
+		}()
+	}
+	wg.Wait()
 	var cur, compacted int64
-	for _, d := range shards {
-		var (
-			resp *shardpb.StatusResponse
-			err  error
-		)
-		// The leader (last in the list) first: its ReadIndex is the cheapest.
-		for _, addr := range slices.Backward(s.M.Replicas(d.Id)) {
-			var conn shardpb.ShardClient
-			if c, cerr := s.M.Conn(addr); cerr == nil {
-				conn = shardpb.NewShardClient(c)
-			} else {
-				err = cerr
-				continue
-			}
-			rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
-			resp, err = conn.Status(rctx, &shardpb.StatusRequest{ShardId: d.Id, Linearizable: true})
-			cancel()
-			if err == nil {
-				break
-			}
+	for i, a := range answers {
+		if a.err != nil {
+			return 0, 0, fmt.Errorf("feed: current revision of shard %d: %w", shards[i].Id, a.err)
 		}
-		if resp == nil {
-			if err == nil {
-				err = errors.New("no replicas")
-			}
-			return 0, 0, fmt.Errorf("feed: current revision of shard %d: %w", d.Id, err)
-		}
-		cur = max(cur, resp.AppliedRevision)
-		compacted = max(compacted, resp.CompactRevision)
+		cur = max(cur, a.resp.AppliedRevision)
+		compacted = max(compacted, a.resp.CompactRevision)
 	}
 	return cur, compacted, nil
 }
 
-// Close asks a shard's leader to close rev (a tick if the shard is idle),
-// so the cache can release other shards' events up to it. The leader hint
+// status reads one shard's state after a ReadIndex, from the leader first
+// (its ReadIndex is the cheapest), each replica for at most replicaTimeout.
+func (s Source) status(ctx context.Context, shardID uint64) (*shardpb.StatusResponse, error) {
+	err := errors.New("no replicas")
+	for _, addr := range slices.Backward(s.M.Replicas(shardID)) {
+		c, cerr := s.M.Conn(addr)
+		if cerr != nil {
+			err = cerr
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
+		resp, serr := shardpb.NewShardClient(c).Status(rctx, &shardpb.StatusRequest{ShardId: shardID, Linearizable: true})
+		cancel()
+		if serr == nil {
+			return resp, nil
+		}
+		err = serr
+	}
+	return nil, err
+}
+
+// CloseRevision asks a shard's leader to close rev (a tick if the shard is
+// idle), so the cache can release other shards' events up to it. The leader hint
 // is tried first, then every replica (a follower answers NotLeader, with
 // the leader it knows).
-func (s Source) Close(ctx context.Context, shardID uint64, rev int64) error {
+func (s Source) CloseRevision(ctx context.Context, shardID uint64, rev int64) error {
 	var err error = errors.New("no replicas")
 	for _, addr := range slices.Backward(s.M.Replicas(shardID)) {
 		c, cerr := s.M.Conn(addr)

@@ -119,9 +119,9 @@ type Source interface {
 	// shards, with prev_kv set. It returns a *CompactedError when from is
 	// below the compaction revision.
 	History(ctx context.Context, key, end []byte, from, to int64, fn func(rev int64, evs []*mvccpb.Event) error) error
-	// Close asks a shard to close rev: once it returns, the shard's feed
+	// CloseRevision asks a shard to close rev: once it returns, the shard's feed
 	// will report a closed revision at or above it.
-	Close(ctx context.Context, shardID uint64, rev int64) error
+	CloseRevision(ctx context.Context, shardID uint64, rev int64) error
 }
 
 // CompactedError says the history below Revision is gone.

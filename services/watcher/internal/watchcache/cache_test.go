@@ -19,7 +19,7 @@ import (
 
 // logSource is a Source over an in-memory log of revisions (what the
 // replicas' change logs would hold).
-func (s *logSource) Close(context.Context, uint64, int64) error { return nil }
+func (s *logSource) CloseRevision(context.Context, uint64, int64) error { return nil }
 
 type logSource struct {
 	mu          sync.Mutex

@@ -37,7 +37,7 @@ func (c *Cache) closeLoop() {
 			c.wg.Add(1)
 			go func() {
 				defer c.wg.Done()
-				if err := c.src.Close(ctx, id, target); err != nil && ctx.Err() == nil {
+				if err := c.src.CloseRevision(ctx, id, target); err != nil && ctx.Err() == nil {
 					c.log.Debug("closing a revision failed", "shard", id, "revision", target, "err", err)
 				}
 				c.mu.Lock()
