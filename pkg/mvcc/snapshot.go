@@ -32,6 +32,47 @@ func (sh *Shard) PrepareSnapshot() *Snapshot {
 	return &Snapshot{sh: sh, state: st, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}
 }
 
+// ErrStateGone: the shard's state record as of a revision is no longer
+// kept (the replica installed a snapshot since); another replica may have it.
+var ErrStateGone = errors.New("mvcc: the shard's state at that revision is gone")
+
+// PrepareSnapshotAt captures the shard as of revision rev, which it must
+// have closed (rev at or below its last entry): the keys, change log and
+// state of the last entry at or below rev. Backups of several shards take
+// it at one revision, a consistent cut of all of them.
+func (sh *Shard) PrepareSnapshotAt(rev int64) (*Snapshot, error) {
+	st := sh.State()
+	switch {
+	case rev > st.LastEntry:
+		return nil, ErrFutureRev
+	case rev < st.CompactRevision:
+		return nil, ErrCompacted
+	}
+	txn := sh.store.db.NewTransactionAt(uint64(rev), false)
+	item, err := txn.Get(stateKey(sh.id))
+	if errors.Is(err, badger.ErrKeyNotFound) && st.LastEntry == InitialRevision {
+		// A shard that never applied an entry: its initial state.
+		return &Snapshot{sh: sh, state: st, txn: txn}, nil
+	}
+	if err != nil {
+		txn.Discard()
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, ErrStateGone
+		}
+		return nil, err
+	}
+	var old State
+	if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil {
+		txn.Discard()
+		return nil, err
+	}
+	if old.LastEntry > rev || old.CompactRevision > rev {
+		txn.Discard()
+		return nil, ErrStateGone
+	}
+	return &Snapshot{sh: sh, state: old, txn: txn}, nil
+}
+
 // State is the shard state the snapshot holds.
 func (s *Snapshot) State() State { return s.state }
 
@@ -232,12 +273,17 @@ func InspectSnapshot(r *bufio.Reader) (SnapshotInfo, error) {
 	}
 }
 
+// restore replaces the shard with a snapshot. The shard's own records
+// (change log, revoked leases, state) are dropped first. Its keys and
+// lease index live in families shared with the store's other shards, which
+// Badger cannot drop by range: a shard over the whole keyspace drops them
+// too, one over part of it writes the snapshot's versions over its own.
+// That is the same history either way: a replica that installs a snapshot
+// holds a prefix of the shard's committed log, so every version it has is
+// one the snapshot has too (with the same value), or one below the
+// compaction revision that no read at or above it can reach; and a fresh
+// store (a backup restore) has no versions at all.
 func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
-	if len(sh.start) != 0 || len(sh.end) != 0 {
-		// Replacing part of the shared keyspace needs range deletion of all
-		// versions, which Badger lacks; it arrives with shard splits.
-		return fmt.Errorf("mvcc: restore of a partial-range shard %d is not supported", sh.id)
-	}
 	r := bufio.NewReaderSize(in, 1<<20)
 	id, st, err := readHeader(r)
 	if err != nil {
@@ -254,7 +300,11 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	// dragonboat installs the snapshot again or stops).
 	finished := sh.installing()
 	db := sh.store.db
-	if err := db.DropPrefix([]byte{familyData}, []byte{familyLease}, changePrefix(sh.id), revokedPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)); err != nil {
+	drop := [][]byte{changePrefix(sh.id), revokedPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)}
+	if len(sh.start) == 0 && len(sh.end) == 0 {
+		drop = append(drop, []byte{familyData}, []byte{familyLease})
+	}
+	if err := db.DropPrefix(drop...); err != nil {
 		return fmt.Errorf("mvcc: clear shard %d: %w", sh.id, err)
 	}
 	wb := db.NewManagedWriteBatch()

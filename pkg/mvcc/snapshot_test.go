@@ -345,3 +345,51 @@ func TestRestoreIsInvisibleUntilComplete(t *testing.T) {
 	}
 	t.Logf("%d reads refused during the restore, %d served before or after it", refused, reads)
 }
+
+// A shard over part of the keyspace installs a snapshot over the lagging
+// copy it has, next to another shard of the same store: it ends with the
+// source's history and the other shard keeps its own.
+func TestSnapshotRestorePartialRange(t *testing.T) {
+	open := func() (*Shard, *Shard) {
+		s := openStoreWith(t, t.TempDir(), testOptions())
+		low, err := s.OpenShard(1, nil, []byte("m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		high, err := s.OpenShard(2, []byte("m"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return low, high
+	}
+	srcLow, _ := open()
+	dstLow, dstHigh := open()
+	history := []func(*Shard){
+		func(sh *Shard) { mustPut(t, sh, 2, "a", "a2") },
+		func(sh *Shard) { mustPut(t, sh, 3, "b", "b3") },
+		func(sh *Shard) { mustPut(t, sh, 4, "a", "a4") },
+		func(sh *Shard) { mustDelete(t, sh, 5, "b", "") },
+		func(sh *Shard) {
+			if err := sh.Compact(nextIndex(sh), 6, 3); err != nil {
+				t.Fatal(err)
+			}
+		},
+		func(sh *Shard) { mustPut(t, sh, 7, "c", "c7") },
+	}
+	for _, step := range history {
+		step(srcLow)
+	}
+	for _, step := range history[:2] { // the lagging copy
+		step(dstLow)
+	}
+	mustPut(t, dstHigh, 8, "x", "x8")
+	buf, _ := writeSnapshot(t, srcLow)
+	if err := dstLow.Restore(bytes.NewReader(buf.Bytes()), make(chan struct{})); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	assertSameHistory(t, dstLow, srcLow, 8)
+	r, err := dstHigh.Range(&pb.RangeRequest{Key: []byte("m"), RangeEnd: []byte{0}})
+	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "x8" {
+		t.Fatalf("the other shard after the install: %v %v", r, err)
+	}
+}

@@ -3,6 +3,7 @@ package replica
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
 )
 
@@ -51,6 +53,19 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 		return err
 	}
 	defer leave()
+	local, err := s.r.metaState()
+	if err != nil {
+		return toStatus(err)
+	}
+	// One cut of every shard at the cluster's revision R: every shard
+	// closes R first (an idle one with a tick), so none can still change
+	// at or below it.
+	cut, err := s.cutRevision(ctx, local.ShardMap.Shards)
+	if err != nil {
+		return err
+	}
+	// The meta state after the cut's revision was chosen: every lease a
+	// key in the cut is attached to was granted before, so it is there.
 	rctx, cancel := s.r.withTimeout(ctx)
 	v, err := s.r.nh.SyncRead(rctx, MetaShardID, metasm.StateQuery{})
 	cancel()
@@ -70,8 +85,12 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 		if !ok || ds.shard() == nil {
 			return status.Errorf(codes.FailedPrecondition, "tessera: store %d does not hold shard %d; back up from a store that holds every shard", s.r.cfg.StoreID, d.Id)
 		}
+		sn, err := ds.shard().PrepareSnapshotAt(cut)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "tessera: shard %d at revision %d: %v; try again", d.Id, cut, err)
+		}
 		shards = append(shards, d)
-		snaps = append(snaps, ds.shard().PrepareSnapshot())
+		snaps = append(snaps, sn)
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&shardpb.BackupResponse{Data: b}) }}
 	bw := bufio.NewWriterSize(w, 1<<20)
@@ -96,6 +115,76 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 		return err
 	}
 	return bw.Flush()
+}
+
+// cutRevision picks the revision a backup cuts every shard at, the
+// cluster's current one (the highest shard revision after a ReadIndex on
+// each), and returns once this store has applied every shard up to it.
+func (s *shardService) cutRevision(ctx context.Context, shards []*metapb.ShardDescriptor) (int64, error) {
+	var cut int64
+	for _, d := range shards {
+		st, err := s.localState(ctx, d.Id, true)
+		if err != nil {
+			return 0, err
+		}
+		cut = max(cut, st.Revision)
+	}
+	for _, d := range shards {
+		for attempt := 0; ; attempt++ {
+			st, err := s.localState(ctx, d.Id, attempt > 0)
+			if err != nil {
+				return 0, err
+			}
+			if st.LastEntry >= cut {
+				break
+			}
+			if attempt == 5 {
+				return 0, status.Errorf(codes.Unavailable, "tessera: shard %d did not close revision %d for the backup; try again", d.Id, cut)
+			}
+			if err := s.closeOnLeader(ctx, d.Id, cut); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return cut, nil
+}
+
+// localState is this store's state of a shard, after a ReadIndex when
+// linearizable (so it includes every entry committed before the call).
+func (s *shardService) localState(ctx context.Context, shardID uint64, linearizable bool) (mvcc.State, error) {
+	if _, err := s.lookup(shardID); err != nil {
+		return mvcc.State{}, err
+	}
+	if linearizable {
+		rctx, cancel := s.r.withTimeout(ctx)
+		_, err := s.r.nh.SyncRead(rctx, shardID, datasm.StateQuery{})
+		cancel()
+		if err != nil {
+			return mvcc.State{}, toStatus(err)
+		}
+	}
+	sh, err := s.openShard(shardID)
+	if err != nil {
+		return mvcc.State{}, err
+	}
+	return sh.State(), nil
+}
+
+// closeOnLeader closes rev on a shard: here if this store leads it, else
+// through the leader's Shard.Close.
+func (s *shardService) closeOnLeader(ctx context.Context, shardID uint64, rev int64) error {
+	leader := s.r.LeaderOf(shardID)
+	if leader == s.r.cfg.StoreID || leader == 0 {
+		return s.closeRevision(ctx, shardID, rev)
+	}
+	conn, err := s.r.revs.conn(s.r.storeAddress(leader))
+	if err != nil {
+		return err
+	}
+	rctx, cancel := s.r.withTimeout(ctx)
+	defer cancel()
+	_, err = shardpb.NewShardClient(conn).Close(rctx, &shardpb.CloseRequest{ShardId: shardID, Revision: rev})
+	return err
 }
 
 type countingWriter struct{ n int64 }

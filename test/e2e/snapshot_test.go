@@ -17,7 +17,15 @@ import (
 // dir and starts a new tessera dev on it: keys, history, leases and the
 // revision are back, and new writes get higher revisions.
 func TestSnapshotSaveRestore(t *testing.T) {
+	t.Run("one shard", func(t *testing.T) { snapshotSaveRestore(t) })
+	// Three shards cut through the keys: the backup is one cut of all of
+	// them at one revision, and the restore brings back the same shards.
+	t.Run("three shards", func(t *testing.T) { snapshotSaveRestore(t, "--initial-split-keys", "/snap/05,/snap/1") })
+}
+
+func snapshotSaveRestore(t *testing.T, devArgs ...string) {
 	d := newDevNode(t)
+	d.extraArgs = devArgs
 	d.start(t)
 	cli := newClient(t, d.endpoint())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -88,6 +96,16 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	next, err := cli2.Put(ctx, "/snap/after", "x")
 	if err != nil || next.Header.Revision <= lr.Header.Revision {
 		t.Fatalf("write after restore: %v (%v), want a revision above %d", next, err, lr.Header.Revision)
+	}
+	if len(devArgs) > 0 {
+		if !strings.Contains(status, "shards:     3") {
+			t.Fatalf("snapshot status of a 3-shard backup:\n%s", status)
+		}
+		// The restored cluster has the same three shards: a delete
+		// across them is refused.
+		if _, err := cli2.Delete(ctx, "/snap/", clientv3.WithPrefix()); err == nil || !strings.Contains(err.Error(), "shards 2, 3, 4") {
+			t.Fatalf("delete across the restored shards: %v", err)
+		}
 	}
 
 }

@@ -21,6 +21,12 @@ import (
 // serializableRange reads a shard directly from one store's local state.
 func serializableRange(t *testing.T, apiAddr string, req *pb.RangeRequest) *pb.RangeResponse {
 	t.Helper()
+	return serializableRangeOf(t, apiAddr, replica.FirstDataShardID, req)
+}
+
+// serializableRangeOf is serializableRange of a given shard.
+func serializableRangeOf(t *testing.T, apiAddr string, shardID uint64, req *pb.RangeRequest) *pb.RangeResponse {
+	t.Helper()
 	conn, err := grpc.NewClient(apiAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
@@ -31,7 +37,7 @@ func serializableRange(t *testing.T, apiAddr string, req *pb.RangeRequest) *pb.R
 	b, _ := proto.Marshal(req)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := shardpb.NewShardClient(conn).Range(ctx, &shardpb.RangeRequest{ShardId: replica.FirstDataShardID, Request: b})
+	out, err := shardpb.NewShardClient(conn).Range(ctx, &shardpb.RangeRequest{ShardId: shardID, Request: b})
 	if err != nil {
 		t.Fatalf("range on %s: %v", apiAddr, err)
 	}
@@ -51,10 +57,23 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("snapshot catch-up: not in -short")
 	}
-	c := testcluster.New(t, 3)
+	t.Run("one shard", func(t *testing.T) { laggingReplicaSnapshot(t, nil, replica.FirstDataShardID) })
+	// The keys in a shard over part of the keyspace, next to another
+	// shard in the same stores: its snapshot is written over the lagging
+	// copy without touching the other shard's keys.
+	t.Run("part of the keyspace", func(t *testing.T) {
+		laggingReplicaSnapshot(t, []string{"/snap/", "/snap0"}, replica.FirstDataShardID+1)
+	})
+}
+
+func laggingReplicaSnapshot(t *testing.T, splitKeys []string, shard uint64) {
+	c := testcluster.New(t, 3, testcluster.Options{SplitKeys: splitKeys})
 	cli := c.Client(t)
 	ctx := ctxT(t)
-	leader := c.LeaderIndex(replica.FirstDataShardID)
+	if _, err := cli.Put(ctx, "/other", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.LeaderIndex(shard)
 	lagging := (leader + 1) % 3
 	c.StopReplica(lagging)
 
@@ -119,7 +138,7 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 		b, _ := proto.Marshal(&pb.RangeRequest{Key: []byte("/snap/"), RangeEnd: []byte("/snap0"), CountOnly: true, Serializable: true})
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		out, err := shardpb.NewShardClient(conn).Range(rctx, &shardpb.RangeRequest{ShardId: replica.FirstDataShardID, Request: b})
+		out, err := shardpb.NewShardClient(conn).Range(rctx, &shardpb.RangeRequest{ShardId: shard, Request: b})
 		if err != nil {
 			refused++ // not open yet, or installing the snapshot
 			return
@@ -133,7 +152,7 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		probe()
-		st, err := c.Replica(lagging).ShardState(replica.FirstDataShardID)
+		st, err := c.Replica(lagging).ShardState(shard)
 		if err == nil && st.Revision >= head.Header.Revision {
 			if st.CompactRevision != mid.Header.Revision-1000 {
 				t.Fatalf("compaction revision %d on the restored replica, want %d", st.CompactRevision, mid.Header.Revision-1000)
@@ -172,7 +191,7 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 		req := func() *pb.RangeRequest {
 			return &pb.RangeRequest{Key: []byte("/snap/"), RangeEnd: []byte("/snap0"), Revision: rev}
 		}
-		got, want := serializableRange(t, lagAddr, req()), serializableRange(t, leadAddr, req())
+		got, want := serializableRangeOf(t, lagAddr, shard, req()), serializableRangeOf(t, leadAddr, shard, req())
 		if got.Count != want.Count || len(got.Kvs) != len(want.Kvs) {
 			t.Fatalf("rev %d: restored replica has %d keys, leader %d", rev, got.Count, want.Count)
 		}
@@ -181,5 +200,9 @@ func TestLaggingReplicaSnapshot(t *testing.T) {
 				t.Fatalf("rev %d: key %d differs: %v vs %v", rev, i, got.Kvs[i], want.Kvs[i])
 			}
 		}
+	}
+	// The store's other keys are intact.
+	if o := serializableRangeOf(t, lagAddr, replica.FirstDataShardID, &pb.RangeRequest{Key: []byte("/other")}); len(o.Kvs) != 1 || string(o.Kvs[0].Value) != "kept" {
+		t.Fatalf("/other on the restored replica: %v", o.Kvs)
 	}
 }
