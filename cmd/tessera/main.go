@@ -35,6 +35,7 @@ Usage:
   tessera snapshot save FILE [--endpoints URL]    take a backup through a gateway (or: --dir DIR --keep N)
   tessera snapshot restore FILE --data-dir DIR    restore a backup (or etcdctl snapshot save's) into a new cluster
   tessera snapshot status FILE                    check a backup and describe it
+  tessera shard list [--endpoints URL]            every data shard: range, replicas, leader, revisions
   tessera certs    [--dir DIR] [--hosts LIST]     create a CA and server, peer and client certificates
   tessera version                                 print the version (the git revision it was built from)
 
@@ -75,6 +76,8 @@ func main() {
 		err = runSnapshot(os.Args[2:])
 	case "certs":
 		err = runCerts(os.Args[2:])
+	case "shard":
+		err = runShard(os.Args[2:])
 	case "version", "--version":
 		fmt.Println(buildVersion())
 		return

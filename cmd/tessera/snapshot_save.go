@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,12 +15,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
-	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/services/replica"
 )
 
@@ -31,13 +25,9 @@ import (
 // file is named by the time, and --keep prunes the oldest.
 func snapshotSave(args []string) error {
 	fs := flag.NewFlagSet("snapshot save", flag.ExitOnError)
-	endpoint := fs.String("endpoints", "127.0.0.1:2379", "a gateway: host:port, http://host:port or https://host:port")
+	gw := registerGatewayClient(fs, "backups are root's")
 	dir := fs.String("dir", "", "write tessera-<UTC time>.db in this directory instead of FILE")
 	keep := fs.Int("keep", 0, "with --dir: keep only the newest N backups there (0: all)")
-	cacert := fs.String("cacert", "", "CA bundle that signs the gateway's certificate (https)")
-	cert := fs.String("cert", "", "client certificate (with --client-cert-auth)")
-	key := fs.String("key", "", "client certificate's key")
-	user := fs.String("user", "", "NAME:PASSWORD, with auth on (root: backups are root's)")
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long")
 	var file string
 	var err error
@@ -60,19 +50,11 @@ func snapshotSave(args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	conn, err := dialGateway(*endpoint, tlsconf.Files{Cert: *cert, Key: *key, CA: *cacert})
+	conn, ctx, err := gw.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if *user != "" {
-		name, password, _ := strings.Cut(*user, ":")
-		r, err := pb.NewAuthClient(conn).Authenticate(ctx, &pb.AuthenticateRequest{Name: name, Password: password})
-		if err != nil {
-			return fmt.Errorf("authenticate %s: %w", name, err)
-		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "token", r.Token)
-	}
 	if err := receiveSnapshot(ctx, pb.NewMaintenanceClient(conn), file); err != nil {
 		return err
 	}
@@ -131,23 +113,6 @@ func receiveSnapshot(ctx context.Context, mc pb.MaintenanceClient, file string) 
 		return err
 	}
 	return os.Rename(part, file)
-}
-
-// dialGateway connects to a gateway's client port.
-func dialGateway(endpoint string, files tlsconf.Files) (*grpc.ClientConn, error) {
-	host, secure := endpoint, files.CA != ""
-	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
-		host, secure = u.Host, secure || u.Scheme == "https"
-	}
-	creds := insecure.NewCredentials()
-	if secure {
-		cfg, err := tlsconf.ClientConfig(tlsconf.Options{Files: files})
-		if err != nil {
-			return nil, err
-		}
-		creds = credentials.NewTLS(cfg)
-	}
-	return grpc.NewClient(host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 }
 
 // prune deletes the oldest tessera-*.db backups in dir beyond the newest

@@ -1545,8 +1545,10 @@ type CloseResponse struct {
 	ClosedRevision  int64  `protobuf:"varint,2,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
 	CompactRevision int64  `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
 	RaftTerm        uint64 `protobuf:"varint,4,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The leader as the answering replica knows it (0: none).
+	LeaderStoreId uint64 `protobuf:"varint,5,opt,name=leader_store_id,json=leaderStoreId,proto3" json:"leader_store_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CloseResponse) Reset() {
@@ -1603,6 +1605,13 @@ func (x *CloseResponse) GetCompactRevision() int64 {
 func (x *CloseResponse) GetRaftTerm() uint64 {
 	if x != nil {
 		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *CloseResponse) GetLeaderStoreId() uint64 {
+	if x != nil {
+		return x.LeaderStoreId
 	}
 	return 0
 }
@@ -1714,12 +1723,13 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\fCloseRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\"\n" +
-	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\x9c\x01\n" +
+	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\xc4\x01\n" +
 	"\rCloseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1b\n" +
-	"\traft_term\x18\x04 \x01(\x04R\braftTerm2\xda\a\n" +
+	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12&\n" +
+	"\x0fleader_store_id\x18\x05 \x01(\x04R\rleaderStoreId2\xda\a\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12H\n" +
 	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12B\n" +

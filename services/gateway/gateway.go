@@ -38,9 +38,11 @@ import (
 	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/wirecodec"
+	"github.com/tessera-kv/tessera/proto/adminpb"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/services/gateway/internal/authgate"
 	"github.com/tessera-kv/tessera/services/gateway/internal/etcdapi"
+	"github.com/tessera-kv/tessera/services/gateway/internal/fanout"
 	"github.com/tessera-kv/tessera/services/gateway/internal/members"
 	"github.com/tessera-kv/tessera/services/gateway/internal/reqcheck"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
@@ -126,6 +128,7 @@ type Gateway struct {
 	cfg     Config
 	log     *slog.Logger
 	router  *router.Router
+	admin   *adminServer
 	grpcSrv *grpc.Server
 	https   []*http.Server
 	muxes   []cmux.CMux
@@ -202,6 +205,8 @@ func Start(cfg Config) (*Gateway, error) {
 	g.members = members.New(metaMembers{g.router}, hdr.MemberID, cfg.Name, nil, cfg.Logger)
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, g.members, hdr))
 	pb.RegisterClusterServer(g.grpcSrv, etcdapi.NewCluster(hdr, g.members))
+	g.admin = &adminServer{fan: fanout.New(g.router)}
+	adminpb.RegisterAdminServer(g.grpcSrv, g.admin)
 	for _, a := range cfg.Watchers {
 		// Round robin over every address a name resolves to: one DNS name
 		// of a headless Service spreads streams over all its watchers.
@@ -315,6 +320,9 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 	}
 	admin := runtime.NewServeMux(adminOpts...)
 	if err := metapb.RegisterMetaHandlerClient(ctx, admin, metapb.NewMetaClient(g.router.AnyReplica())); err != nil {
+		return nil, err
+	}
+	if err := adminpb.RegisterAdminHandlerServer(ctx, admin, g.admin); err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()

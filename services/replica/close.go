@@ -133,5 +133,6 @@ func (s *shardService) Close(ctx context.Context, req *shardpb.CloseRequest) (*s
 	}
 	st := sh.State()
 	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
-	return &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision, RaftTerm: term}, nil
+	return &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision,
+		RaftTerm: term, LeaderStoreId: s.r.LeaderOf(req.ShardId)}, nil
 }

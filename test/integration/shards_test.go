@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/proto/adminpb"
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
 
@@ -247,5 +248,35 @@ func TestIdleShardsWriteNoEntries(t *testing.T) {
 		if st.AppliedIndex != idx {
 			t.Fatalf("shard %d applied entries %d..%d while the cluster was idle", id, idx+1, st.AppliedIndex)
 		}
+	}
+}
+
+// The admin API lists every shard with its range, leader and revisions
+// (tessera shard list prints it).
+func TestListShards(t *testing.T) {
+	_, cli := splitCluster(t)
+	ctx := context.Background()
+	w, err := cli.Put(ctx, "/c/x", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := adminpb.NewAdminClient(cli.ActiveConnection()).ListShards(ctx, &adminpb.ListShardsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"", "/b/", "/c/", "/d/", ""}
+	if len(resp.Shards) != 4 {
+		t.Fatalf("%d shards, want 4", len(resp.Shards))
+	}
+	for i, s := range resp.Shards {
+		if string(s.Shard.StartKey) != want[i] || string(s.Shard.EndKey) != want[i+1] || len(s.Shard.Replicas) != 3 {
+			t.Fatalf("shard %d: %v", i, s.Shard)
+		}
+		if s.LeaderStoreId == 0 || s.ClosedRevision < s.Revision {
+			t.Fatalf("shard %d: leader %d, revision %d, closed %d", s.Shard.Id, s.LeaderStoreId, s.Revision, s.ClosedRevision)
+		}
+	}
+	if resp.Shards[2].Revision != w.Header.Revision || resp.Revision != w.Header.Revision {
+		t.Fatalf("/c/'s shard at %d, cluster at %d; want the write's %d", resp.Shards[2].Revision, resp.Revision, w.Header.Revision)
 	}
 }

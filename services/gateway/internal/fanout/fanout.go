@@ -56,6 +56,25 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 	return out, err
 }
 
+// States asks every data shard for its state (after a ReadIndex when
+// linearizable) and returns them with the shards' descriptors, in key
+// order.
+func (f *Reader) States(ctx context.Context, linearizable bool) ([]*metapb.ShardDescriptor, []*shardpb.CloseResponse, error) {
+	shards, err := f.router.All(ctx)
+	if err != nil {
+		return nil, nil, status.Error(codes.Unavailable, err.Error())
+	}
+	sts, err := f.states(ctx, shards, linearizable)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]*shardpb.CloseResponse, len(sts))
+	for i, s := range sts {
+		out[i] = s.resp
+	}
+	return shards, out, nil
+}
+
 // ClusterRevision is the cluster's current (etcd) revision: the highest of
 // every data shard's, each after a ReadIndex. It is at or above the revision
 // of every write acknowledged before the call.
@@ -67,18 +86,14 @@ func (f *Reader) ClusterRevision(ctx context.Context) (int64, error) {
 // cluster asks every data shard for its state and returns the highest
 // revision and Raft term.
 func (f *Reader) cluster(ctx context.Context, linearizable bool) (int64, uint64, error) {
-	shards, err := f.router.All(ctx)
-	if err != nil {
-		return 0, 0, status.Error(codes.Unavailable, err.Error())
-	}
-	sts, err := f.states(ctx, shards, linearizable)
+	_, sts, err := f.States(ctx, linearizable)
 	if err != nil {
 		return 0, 0, err
 	}
 	var rev int64
 	var term uint64
 	for _, s := range sts {
-		rev, term = max(rev, s.resp.Revision), max(term, s.resp.RaftTerm)
+		rev, term = max(rev, s.Revision), max(term, s.RaftTerm)
 	}
 	return rev, term, nil
 }
