@@ -31,7 +31,20 @@ const (
 	targetTesseraDev2W = "tessera-dev-2w"
 )
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W}
+// Targets "tessera-dev-Ns" (N of 2, 4, 8): one store with N data shards, the
+// put workloads' keys cut evenly among them.
+var shardTargets = map[string]int{"tessera-dev-2s": 2, "tessera-dev-4s": 4, "tessera-dev-8s": 8}
+
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s"}
+
+// splitKeys cuts the put workloads' key space into n shards.
+func splitKeys(n int) []string {
+	var keys []string
+	for i := 1; i < n; i++ {
+		keys = append(keys, fmt.Sprintf("%s%08d", putPrefix, i*putKeySpace/n))
+	}
+	return keys
+}
 
 // running is a started target: its client endpoints and how to stop it.
 type running struct {
@@ -54,13 +67,17 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 	case targetEtcd:
 		r, err = startEtcd(dir)
 	case targetTesseraDev:
-		r, err = startTessera(dir, 1, 1, log)
+		r, err = startTessera(dir, 1, 1, nil, log)
 	case targetTessera3:
-		r, err = startTessera(dir, 3, 1, log)
+		r, err = startTessera(dir, 3, 1, nil, log)
 	case targetTesseraDev2W:
-		r, err = startTessera(dir, 1, 2, log)
+		r, err = startTessera(dir, 1, 2, nil, log)
 	default:
-		err = fmt.Errorf("unknown target %q", name)
+		if n, ok := shardTargets[name]; ok {
+			r, err = startTessera(dir, 1, 1, splitKeys(n), log)
+		} else {
+			err = fmt.Errorf("unknown target %q", name)
+		}
 	}
 	if err != nil {
 		os.RemoveAll(dir)
@@ -154,8 +171,9 @@ func startEtcd(dir string) (*running, error) {
 	return &running{endpoints: []string{cu.String()}, stop: stop}, nil
 }
 
-// startTessera starts n replica stores and one gateway in this process.
-func startTessera(dir string, n, watchers int, log *slog.Logger) (*running, error) {
+// startTessera starts n replica stores (with data shards cut at splitKeys)
+// and one gateway in this process.
+func startTessera(dir string, n, watchers int, splitKeys []string, log *slog.Logger) (*running, error) {
 	ports, err := freePorts(2*n + watchers)
 	if err != nil {
 		return nil, err
@@ -187,6 +205,7 @@ func startTessera(dir string, n, watchers int, log *slog.Logger) (*running, erro
 	for _, m := range members {
 		cfg := replica.DefaultConfig()
 		cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, members
+		cfg.InitialSplitKeys = splitKeys
 		cfg.DataDir = filepath.Join(dir, fmt.Sprintf("store%d", m.ID))
 		if n == 1 {
 			cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
