@@ -66,9 +66,33 @@ func (s Source) Current(ctx context.Context) (int64, int64, error) {
 	return cur, compacted, nil
 }
 
-// status reads one shard's state after a ReadIndex, from the leader first
-// (its ReadIndex is the cheapest), each replica for at most replicaTimeout.
-func (s Source) status(ctx context.Context, shardID uint64) (*shardpb.StatusResponse, error) {
+// status reads one shard's state after a ReadIndex.
+func (s Source) status(ctx context.Context, shardID uint64) (resp *shardpb.StatusResponse, err error) {
+	err = s.leaderFirst(ctx, shardID, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+		resp, err = c.Status(ctx, &shardpb.StatusRequest{ShardId: shardID, Linearizable: true})
+		return err
+	})
+	return resp, err
+}
+
+// CloseRevision asks a shard's leader to close rev (a tick if the shard is
+// idle), so the cache can release other shards' events up to it.
+func (s Source) CloseRevision(ctx context.Context, shardID uint64, rev int64) error {
+	err := s.leaderFirst(ctx, shardID, func(ctx context.Context, c shardpb.ShardClient) error {
+		_, err := c.Close(ctx, &shardpb.CloseRequest{ShardId: shardID, Revision: rev})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("feed: close revision %d of shard %d: %w", rev, shardID, err)
+	}
+	return nil
+}
+
+// leaderFirst runs fn against a shard's replicas until one answers: the
+// leader hint first (its ReadIndex is the cheapest, and only it ticks),
+// each for at most replicaTimeout. A follower's NotLeader answer updates
+// the hint.
+func (s Source) leaderFirst(ctx context.Context, shardID uint64, fn func(context.Context, shardpb.ShardClient) error) error {
 	err := errors.New("no replicas")
 	for _, addr := range slices.Backward(s.M.Replicas(shardID)) {
 		c, cerr := s.M.Conn(addr)
@@ -77,30 +101,7 @@ func (s Source) status(ctx context.Context, shardID uint64) (*shardpb.StatusResp
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
-		resp, serr := shardpb.NewShardClient(c).Status(rctx, &shardpb.StatusRequest{ShardId: shardID, Linearizable: true})
-		cancel()
-		if serr == nil {
-			return resp, nil
-		}
-		err = serr
-	}
-	return nil, err
-}
-
-// CloseRevision asks a shard's leader to close rev (a tick if the shard is
-// idle), so the cache can release other shards' events up to it. The leader hint
-// is tried first, then every replica (a follower answers NotLeader, with
-// the leader it knows).
-func (s Source) CloseRevision(ctx context.Context, shardID uint64, rev int64) error {
-	var err error = errors.New("no replicas")
-	for _, addr := range slices.Backward(s.M.Replicas(shardID)) {
-		c, cerr := s.M.Conn(addr)
-		if cerr != nil {
-			err = cerr
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, replicaTimeout)
-		_, err = shardpb.NewShardClient(c).Close(rctx, &shardpb.CloseRequest{ShardId: shardID, Revision: rev})
+		err = fn(rctx, shardpb.NewShardClient(c))
 		cancel()
 		if err == nil {
 			return nil
@@ -109,7 +110,7 @@ func (s Source) CloseRevision(ctx context.Context, shardID uint64, rev int64) er
 			s.M.SetLeader(shardID, nl.LeaderStoreId)
 		}
 	}
-	return fmt.Errorf("feed: close revision %d of shard %d: %w", rev, shardID, err)
+	return err
 }
 
 // History reads [from, to] for a key range from the change logs of the
