@@ -591,8 +591,32 @@ func uvarintLen(n int) int {
 // ReadTxn evaluates a txn whose branches only read, at the current revision,
 // without a Raft entry (etcd serves read-only txns the same way).
 func (sh *Shard) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	return sh.readTxnAt(req, sh.State(), 0)
+}
+
+// ReadTxnAt is ReadTxn at revision at, which the shard has closed (at or
+// below its last entry): the keys, and the header's revision, as of it.
+func (sh *Shard) ReadTxnAt(req *pb.TxnRequest, at int64) (*pb.TxnResponse, error) {
 	st := sh.State()
-	w := &writer{sh: sh, view: snapshotView{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}, prev: st, rev: st.Revision}
+	switch {
+	case at > st.LastEntry:
+		return nil, ErrFutureRev
+	case at < st.CompactRevision:
+		return nil, ErrCompacted
+	}
+	return sh.readTxnAt(req, st, at)
+}
+
+func (sh *Shard) readTxnAt(req *pb.TxnRequest, st State, at int64) (*pb.TxnResponse, error) {
+	ts := st.LastEntry
+	if at > 0 {
+		ts = at
+	}
+	view := sh.store.db.NewTransactionAt(uint64(ts), false)
+	if at > 0 {
+		st.Revision = sh.revisionAt(view, st, at)
+	}
+	w := &writer{sh: sh, view: snapshotView{sh: sh, txn: view}, prev: st, rev: st.Revision}
 	w.rd = w.view
 	defer w.discard()
 	var resp *pb.TxnResponse

@@ -61,6 +61,18 @@ func (sh *Shard) RangeClosed(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	return resp, nil
 }
 
+// RevisionAt is the shard's etcd revision as of rev, a revision it has
+// closed (see revisionAt).
+func (sh *Shard) RevisionAt(rev int64) int64 {
+	st := sh.State()
+	if st.Revision <= rev {
+		return st.Revision
+	}
+	txn := sh.store.db.NewTransactionAt(uint64(rev), false)
+	defer txn.Discard()
+	return sh.revisionAt(txn, st, rev)
+}
+
 // revisionAt is the shard's etcd revision as of rev (at most rev): the
 // state record written by the last entry at or below rev, read in txn (a
 // view at rev). Where that record is gone (a snapshot installed since

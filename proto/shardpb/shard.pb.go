@@ -166,7 +166,11 @@ type TxnRequest struct {
 	Puts bool `protobuf:"varint,6,opt,name=puts,proto3" json:"puts,omitempty"`
 	// The epoch of each lease the txn's puts attach keys to (see
 	// DataCommand.lease_epochs).
-	LeaseEpochs   map[int64]uint64 `protobuf:"bytes,7,rep,name=lease_epochs,json=leaseEpochs,proto3" json:"lease_epochs,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	LeaseEpochs map[int64]uint64 `protobuf:"bytes,7,rep,name=lease_epochs,json=leaseEpochs,proto3" json:"lease_epochs,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// A read-only txn evaluated at this revision (0: the current one), as
+	// one read of a cluster of several shards at its revision: the leader
+	// closes it first, and it may be above the shard's own revision.
+	ReadAt        int64 `protobuf:"varint,8,opt,name=read_at,json=readAt,proto3" json:"read_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -250,11 +254,22 @@ func (x *TxnRequest) GetLeaseEpochs() map[int64]uint64 {
 	return nil
 }
 
+func (x *TxnRequest) GetReadAt() int64 {
+	if x != nil {
+		return x.ReadAt
+	}
+	return 0
+}
+
 type TxnResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A serialized etcdserverpb.TxnResponse.
-	Response      []byte `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
-	RaftTerm      uint64 `protobuf:"varint,2,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	Response []byte `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	RaftTerm uint64 `protobuf:"varint,2,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	// The revision of the entry that applied the txn (0 for a read-only
+	// one): with several shards, a txn that changed nothing reports the
+	// cluster's revision as of it, found by the gateway.
+	EntryRevision int64 `protobuf:"varint,3,opt,name=entry_revision,json=entryRevision,proto3" json:"entry_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +314,13 @@ func (x *TxnResponse) GetResponse() []byte {
 func (x *TxnResponse) GetRaftTerm() uint64 {
 	if x != nil {
 		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *TxnResponse) GetEntryRevision() int64 {
+	if x != nil {
+		return x.EntryRevision
 	}
 	return 0
 }
@@ -1547,6 +1569,9 @@ type CloseResponse struct {
 	RaftTerm        uint64 `protobuf:"varint,4,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
 	// The leader as the answering replica knows it (0: none).
 	LeaderStoreId uint64 `protobuf:"varint,5,opt,name=leader_store_id,json=leaderStoreId,proto3" json:"leader_store_id,omitempty"`
+	// With a revision to close: the shard's revision as of it (its last
+	// write at or below it).
+	RevisionAt    int64 `protobuf:"varint,6,opt,name=revision_at,json=revisionAt,proto3" json:"revision_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1616,6 +1641,13 @@ func (x *CloseResponse) GetLeaderStoreId() uint64 {
 	return 0
 }
 
+func (x *CloseResponse) GetRevisionAt() int64 {
+	if x != nil {
+		return x.RevisionAt
+	}
+	return 0
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -1631,7 +1663,7 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"closedRead\"H\n" +
 	"\rRangeResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xc8\x02\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"\xe1\x02\n" +
 	"\n" +
 	"TxnRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
@@ -1642,13 +1674,15 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12\"\n" +
 	"\fserializable\x18\x05 \x01(\bR\fserializable\x12\x12\n" +
 	"\x04puts\x18\x06 \x01(\bR\x04puts\x12P\n" +
-	"\flease_epochs\x18\a \x03(\v2-.tessera.shard.v1.TxnRequest.LeaseEpochsEntryR\vleaseEpochs\x1a>\n" +
+	"\flease_epochs\x18\a \x03(\v2-.tessera.shard.v1.TxnRequest.LeaseEpochsEntryR\vleaseEpochs\x12\x17\n" +
+	"\aread_at\x18\b \x01(\x03R\x06readAt\x1a>\n" +
 	"\x10LeaseEpochsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"F\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"m\n" +
 	"\vTxnResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x1b\n" +
-	"\traft_term\x18\x02 \x01(\x04R\braftTerm\"p\n" +
+	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12%\n" +
+	"\x0eentry_revision\x18\x03 \x01(\x03R\rentryRevision\"p\n" +
 	"\x0eCompactRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12'\n" +
@@ -1723,13 +1757,15 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\fCloseRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\"\n" +
-	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\xc4\x01\n" +
+	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\xe5\x01\n" +
 	"\rCloseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1b\n" +
 	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12&\n" +
-	"\x0fleader_store_id\x18\x05 \x01(\x04R\rleaderStoreId2\xda\a\n" +
+	"\x0fleader_store_id\x18\x05 \x01(\x04R\rleaderStoreId\x12\x1f\n" +
+	"\vrevision_at\x18\x06 \x01(\x03R\n" +
+	"revisionAt2\xda\a\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12H\n" +
 	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12B\n" +

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,6 +36,13 @@ type closer struct {
 	err      error         // of the tick that ended last
 }
 
+// While the shard has writes in flight, closeRevision waits for them (up to
+// busyPatience, in steps of at most busyWait) before it ticks.
+const (
+	busyWait     = 10 * time.Millisecond
+	busyPatience = 200 * time.Millisecond
+)
+
 // errNotClosed: the revision could not be closed.
 var errNotClosed = errors.New("tessera: revision not closed")
 
@@ -45,13 +53,32 @@ func (s *shardService) closeRevision(ctx context.Context, shardID uint64, rev in
 	if err != nil {
 		return err
 	}
+	waited := time.Duration(0)
 	for attempt := 0; ; attempt++ {
 		sh, err := s.openShard(shardID)
 		if err != nil {
 			return err
 		}
+		changed := sh.Changed()
 		if sh.State().LastEntry >= rev {
 			return nil
+		}
+		if ds.seq.Busy() && waited < busyPatience {
+			// Writes in flight close rev themselves when they were given
+			// revisions after it was served; a tick at rev now would make
+			// the earlier ones stale and send them round again.
+			attempt--
+			t := time.NewTimer(busyWait)
+			select {
+			case <-changed:
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+			t.Stop()
+			waited += busyWait
+			continue
 		}
 		if attempt == 3 {
 			return status.Errorf(codes.Unavailable, "%v: %d after %d ticks", errNotClosed, rev, attempt)
@@ -133,6 +160,10 @@ func (s *shardService) Close(ctx context.Context, req *shardpb.CloseRequest) (*s
 	}
 	st := sh.State()
 	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
-	return &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision,
-		RaftTerm: term, LeaderStoreId: s.r.LeaderOf(req.ShardId)}, nil
+	resp := &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision,
+		RaftTerm: term, LeaderStoreId: s.r.LeaderOf(req.ShardId)}
+	if req.Revision > 0 {
+		resp.RevisionAt = sh.RevisionAt(req.Revision)
+	}
+	return resp, nil
 }

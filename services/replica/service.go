@@ -118,14 +118,16 @@ func (s *shardService) Txn(ctx context.Context, req *shardpb.TxnRequest) (*shard
 	if err != nil {
 		return nil, err
 	}
-	res, err := ds.seq.Submit(ctx, &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}, LeaseEpochs: req.LeaseEpochs})
+	// The sequencer fills in the entry's revision (the last it tried).
+	cmd := &raftcmdpb.DataCommand{Op: &raftcmdpb.DataCommand_Txn{Txn: req.Request}, LeaseEpochs: req.LeaseEpochs}
+	res, err := ds.seq.Submit(ctx, cmd)
 	if err != nil {
 		return nil, s.submitErr(req.ShardId, err)
 	}
 	if err := resultErr(res); err != nil {
 		return nil, err
 	}
-	return &shardpb.TxnResponse{Response: res.TxnResponse, RaftTerm: term}, nil
+	return &shardpb.TxnResponse{Response: res.TxnResponse, RaftTerm: term, EntryRevision: cmd.Revision}, nil
 }
 
 func (s *shardService) readTxn(ctx context.Context, req *shardpb.TxnRequest) (*shardpb.TxnResponse, error) {
@@ -133,7 +135,14 @@ func (s *shardService) readTxn(ctx context.Context, req *shardpb.TxnRequest) (*s
 	if err := proto.Unmarshal(req.Request, tr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad txn request: %v", err)
 	}
-	b, term, err := s.read(ctx, req.ShardId, req.Serializable, datasm.TxnQuery{Request: tr})
+	serializable := req.Serializable
+	if req.ReadAt > 0 {
+		if err := s.closeRevision(ctx, req.ShardId, req.ReadAt); err != nil {
+			return nil, err
+		}
+		serializable = true // a past revision, closed here
+	}
+	b, term, err := s.read(ctx, req.ShardId, serializable, datasm.TxnQuery{Request: tr, At: req.ReadAt})
 	if err != nil {
 		return nil, err
 	}

@@ -62,11 +62,6 @@ func TestDifferential(t *testing.T) {
 var diffSplitKeys = []string{"/d/k3", "/d/k6", "/e"}
 
 // revMap pairs the revisions the two stores answered with. Both start at 1.
-// With several shards, Tessera's header revision of an answer that wrote
-// nothing is the revision of the last write to the shards it read (a lower
-// bound of the cluster's, documented), so such headers are checked to map
-// to an etcd revision no later than etcd's and not earlier than anything
-// the answer holds.
 type revMap struct {
 	e2t, t2e     map[int64]int64
 	known        []int64 // etcd revisions that exist, ascending
@@ -146,66 +141,12 @@ func (p *pair) do(desc string, mk opMaker) {
 		return
 	}
 	e, tm := opProto(eResp), opProto(tResp)
-	eh, th := header(e).GetRevision(), header(tm).GetRevision()
-	if p.split && th < p.revs.tCur {
-		p.shardHeader(desc, e, tm)
-		return
-	}
-	p.revs.observe(t, desc, eh, th)
+	p.revs.observe(t, desc, header(e).GetRevision(), header(tm).GetRevision())
 	tm = p.revs.toEtcd(tm)
-	if p.split {
-		// The headers of a txn's reads are the read shard's too.
-		eTop, tTop := header(e).GetRevision(), header(tm).GetRevision()
-		zeroHeaders(e)
-		zeroHeaders(tm)
-		header(e).Revision, header(tm).Revision = eTop, tTop
-	}
 	clearIdentity(e)
 	if !proto.Equal(e, tm) {
 		t.Fatalf("step %d %s:\n etcd    %s\n tessera %s", p.step, desc, prototext.Format(e), prototext.Format(tm))
 	}
-}
-
-// shardHeader compares an answer whose Tessera header names the last write
-// of the shards it read rather than the cluster's: that revision must be a
-// known one, at or below etcd's header (mapped), at or above every revision
-// in the answer; the rest must be equal.
-func (p *pair) shardHeader(desc string, e, tm proto.Message) {
-	t := p.t
-	t.Helper()
-	th := header(tm).GetRevision()
-	mapped, ok := p.revs.t2e[th]
-	if !ok || mapped > header(e).GetRevision() {
-		t.Fatalf("step %d %s: tessera header revision %d (etcd %d, known %v) is not a revision etcd had by then (%d)", p.step, desc, th, mapped, ok, header(e).GetRevision())
-	}
-	var highest int64
-	walk(tm.ProtoReflect(), func(field string, v int64) int64 {
-		if field != "revision" {
-			highest = max(highest, v)
-		}
-		return v
-	})
-	if highest > th {
-		t.Fatalf("step %d %s: tessera header revision %d is below a revision in the answer (%d)", p.step, desc, th, highest)
-	}
-	tm = p.revs.toEtcd(tm)
-	clearIdentity(e)
-	zeroHeaders(e)
-	zeroHeaders(tm)
-	if !proto.Equal(e, tm) {
-		t.Fatalf("step %d %s:\n etcd    %s\n tessera %s", p.step, desc, prototext.Format(e), prototext.Format(tm))
-	}
-}
-
-// zeroHeaders zeroes the revision of every header in msg (a txn's
-// responses carry their own).
-func zeroHeaders(msg proto.Message) {
-	walk(msg.ProtoReflect(), func(field string, v int64) int64 {
-		if field == "revision" {
-			return 0
-		}
-		return v
-	})
 }
 
 func (p *pair) compact(rng *rand.Rand) {

@@ -288,7 +288,27 @@ func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*p
 			serializable = serializable && u.GetRequestRange().GetSerializable()
 		}
 	}
-	return s.callTxn(ctx, shard, r, true, serializable, nil)
+	if !s.severalShards(ctx) {
+		return s.callTxn(ctx, shard, r, txnCall{readOnly: true, serializable: serializable})
+	}
+	// As a Range: at the cluster's revision, which the header carries.
+	current, err := s.fan.ClusterRevision(ctx, !serializable)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.callTxn(ctx, shard, r, txnCall{readOnly: true, readAt: current})
+	if err != nil {
+		return nil, err
+	}
+	setHeaders(resp, current)
+	return resp, nil
+}
+
+// txnCall is how a txn goes to its shard.
+type txnCall struct {
+	readOnly, serializable bool
+	readAt                 int64 // read-only, at this revision (closed first)
+	epochs                 map[int64]uint64
 }
 
 // write sends a txn with writes to its shard's leader.
@@ -311,18 +331,19 @@ func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.
 	if err != nil {
 		return nil, err
 	}
-	return s.callTxn(ctx, shard, r, false, false, epochs)
+	return s.callTxn(ctx, shard, r, txnCall{epochs: epochs})
 }
 
-func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, readOnly, serializable bool, epochs map[int64]uint64) (*pb.TxnResponse, error) {
+func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, call txnCall) (*pb.TxnResponse, error) {
 	b, err := proto.Marshal(r)
 	if err != nil {
 		return nil, err
 	}
 	var out *shardpb.TxnResponse
-	err = s.router.Call(ctx, shard, !readOnly, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+	err = s.router.Call(ctx, shard, !call.readOnly, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 		out, err = c.Txn(ctx, &shardpb.TxnRequest{ShardId: shard.Id, Generation: shard.Generation, Request: b,
-			ReadOnly: readOnly, Serializable: serializable, Puts: !readOnly && reqcheck.HasPuts(r), LeaseEpochs: epochs})
+			ReadOnly: call.readOnly, Serializable: call.serializable, Puts: !call.readOnly && reqcheck.HasPuts(r),
+			LeaseEpochs: call.epochs, ReadAt: call.readAt})
 		return err
 	})
 	if err != nil {
@@ -332,8 +353,81 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 	if err := proto.Unmarshal(out.Response, resp); err != nil {
 		return nil, status.Errorf(codes.Internal, "tessera: bad txn response: %v", err)
 	}
+	if e := out.EntryRevision; e > 0 && s.severalShards(ctx) {
+		// The headers say the shard's revision; etcd's say the store's,
+		// the cluster's: as of the entry for a txn that changed nothing,
+		// as of just before it for the reads of one that did.
+		switch {
+		case resp.Header.GetRevision() < e:
+			at, err := s.fan.RevisionAt(ctx, e)
+			if err != nil {
+				return nil, err
+			}
+			setHeaders(resp, at)
+		case hasPartHeaders(resp):
+			before, err := s.fan.RevisionAt(ctx, e-1)
+			if err != nil {
+				return nil, err
+			}
+			// A part after the txn's first write already says the
+			// txn's revision; one before it, the shard's from before.
+			top := resp.Header.Revision
+			mapHeaders(resp, func(r int64) int64 {
+				if r == top {
+					return r
+				}
+				return before
+			})
+		}
+	}
 	resp.Header = s.hdr.fill(resp.Header, out.RaftTerm)
 	return resp, nil
+}
+
+// setHeaders sets the revision of a txn's header and of its responses'
+// headers (a txn that changed nothing answers every part at one revision).
+func setHeaders(resp *pb.TxnResponse, rev int64) {
+	if resp.Header == nil {
+		resp.Header = &pb.ResponseHeader{}
+	}
+	resp.Header.Revision = rev
+	mapHeaders(resp, func(int64) int64 { return rev })
+}
+
+// mapHeaders replaces the revision of every header of a txn's responses
+// (not the txn's own) with f of it, where one is set.
+func mapHeaders(resp *pb.TxnResponse, f func(int64) int64) {
+	for _, r := range resp.Responses {
+		var h *pb.ResponseHeader
+		switch op := r.Response.(type) {
+		case *pb.ResponseOp_ResponseRange:
+			h = op.ResponseRange.Header
+		case *pb.ResponseOp_ResponseDeleteRange:
+			h = op.ResponseDeleteRange.Header
+		case *pb.ResponseOp_ResponseTxn:
+			h = op.ResponseTxn.Header
+			mapHeaders(op.ResponseTxn, f)
+		}
+		if h != nil && h.Revision != 0 { // etcd leaves a nested txn's header empty
+			h.Revision = f(h.Revision)
+		}
+	}
+}
+
+// hasPartHeaders reports whether a txn's responses carry headers of their
+// own (ranges and deletes do; puts carry the txn's).
+func hasPartHeaders(resp *pb.TxnResponse) bool {
+	for _, r := range resp.Responses {
+		switch op := r.Response.(type) {
+		case *pb.ResponseOp_ResponseRange, *pb.ResponseOp_ResponseDeleteRange:
+			return true
+		case *pb.ResponseOp_ResponseTxn:
+			if hasPartHeaders(op.ResponseTxn) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Compact compacts every shard at the revision, checked first against the
@@ -347,7 +441,7 @@ func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compacti
 	}
 	several := len(shards) > 1
 	if several {
-		cluster, err := s.fan.ClusterRevision(ctx)
+		cluster, err := s.fan.ClusterRevision(ctx, true)
 		if err != nil {
 			return nil, err
 		}

@@ -75,11 +75,36 @@ func (f *Reader) States(ctx context.Context, linearizable bool) ([]*metapb.Shard
 	return shards, out, nil
 }
 
+// RevisionAt is the cluster's (etcd) revision as of rev, a revision the
+// oracle served: the highest shard revision at or below it, once every
+// shard has closed it. A write that changed nothing at entry revision rev
+// reports it, as etcd reports its current revision.
+func (f *Reader) RevisionAt(ctx context.Context, rev int64) (int64, error) {
+	shards, err := f.router.All(ctx)
+	if err != nil {
+		return 0, status.Error(codes.Unavailable, err.Error())
+	}
+	var mu sync.Mutex
+	var at int64
+	err = each(ctx, shards, func(ctx context.Context, _ int, d *metapb.ShardDescriptor) error {
+		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) error {
+			resp, err := c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Revision: rev})
+			if err == nil {
+				mu.Lock()
+				at = max(at, resp.RevisionAt)
+				mu.Unlock()
+			}
+			return err
+		})
+	})
+	return at, err
+}
+
 // ClusterRevision is the cluster's current (etcd) revision: the highest of
-// every data shard's, each after a ReadIndex. It is at or above the revision
-// of every write acknowledged before the call.
-func (f *Reader) ClusterRevision(ctx context.Context) (int64, error) {
-	rev, _, err := f.cluster(ctx, true)
+// every data shard's, each after a ReadIndex when linearizable. It is then
+// at or above the revision of every write acknowledged before the call.
+func (f *Reader) ClusterRevision(ctx context.Context, linearizable bool) (int64, error) {
+	rev, _, err := f.cluster(ctx, linearizable)
 	return rev, err
 }
 

@@ -44,8 +44,12 @@ type RangeQuery struct {
 	Closed  bool
 }
 
-// TxnQuery asks Lookup to evaluate a read-only txn.
-type TxnQuery struct{ Request *pb.TxnRequest }
+// TxnQuery asks Lookup to evaluate a read-only txn, at revision At (a
+// closed one) if not 0.
+type TxnQuery struct {
+	Request *pb.TxnRequest
+	At      int64
+}
 
 // StateQuery asks Lookup for the shard state (mvcc.State).
 type StateQuery struct{}
@@ -210,6 +214,9 @@ func (s *StateMachine) Lookup(q any) (any, error) {
 		}
 		return s.shard.Range(q.Request)
 	case TxnQuery:
+		if q.At > 0 {
+			return s.shard.ReadTxnAt(q.Request, q.At)
+		}
 		return s.shard.ReadTxn(q.Request)
 	case StateQuery:
 		return s.shard.State(), nil

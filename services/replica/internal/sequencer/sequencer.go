@@ -149,6 +149,10 @@ func (s *Sequencer) Submit(ctx context.Context, cmd *raftcmdpb.DataCommand) (res
 	return s.submit(ctx, cmd, false)
 }
 
+// Busy reports whether submissions are in flight: their entries will
+// advance the shard's last entry without a tick.
+func (s *Sequencer) Busy() bool { return s.inflight.Load() > 0 }
+
 // SubmitAt proposes cmd at the revision it carries instead of a fresh one,
 // for entries that change no key (a tick closing a revision already served
 // to another shard): they need not consume a revision of their own, which
