@@ -1648,6 +1648,106 @@ func (x *CloseResponse) GetRevisionAt() int64 {
 	return 0
 }
 
+// StatesRequest asks one store for the state of several shards it holds,
+// each after a ReadIndex when linearizable: one call where a read of a
+// cluster of many shards needs all their revisions.
+type StatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardIds      []uint64               `protobuf:"varint,1,rep,packed,name=shard_ids,json=shardIds,proto3" json:"shard_ids,omitempty"`
+	Linearizable  bool                   `protobuf:"varint,2,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatesRequest) Reset() {
+	*x = StatesRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatesRequest) ProtoMessage() {}
+
+func (x *StatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatesRequest.ProtoReflect.Descriptor instead.
+func (*StatesRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *StatesRequest) GetShardIds() []uint64 {
+	if x != nil {
+		return x.ShardIds
+	}
+	return nil
+}
+
+func (x *StatesRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
+type StatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In the order asked.
+	States        []*CloseResponse `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatesResponse) Reset() {
+	*x = StatesResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatesResponse) ProtoMessage() {}
+
+func (x *StatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatesResponse.ProtoReflect.Descriptor instead.
+func (*StatesResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *StatesResponse) GetStates() []*CloseResponse {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
 var File_tessera_shard_v1_shard_proto protoreflect.FileDescriptor
 
 const file_tessera_shard_v1_shard_proto_rawDesc = "" +
@@ -1765,10 +1865,16 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12&\n" +
 	"\x0fleader_store_id\x18\x05 \x01(\x04R\rleaderStoreId\x12\x1f\n" +
 	"\vrevision_at\x18\x06 \x01(\x03R\n" +
-	"revisionAt2\xda\a\n" +
+	"revisionAt\"P\n" +
+	"\rStatesRequest\x12\x1b\n" +
+	"\tshard_ids\x18\x01 \x03(\x04R\bshardIds\x12\"\n" +
+	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"I\n" +
+	"\x0eStatesResponse\x127\n" +
+	"\x06states\x18\x01 \x03(\v2\x1f.tessera.shard.v1.CloseResponseR\x06states2\xa7\b\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12H\n" +
-	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12B\n" +
+	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12K\n" +
+	"\x06States\x12\x1f.tessera.shard.v1.StatesRequest\x1a .tessera.shard.v1.StatesResponse\x12B\n" +
 	"\x03Txn\x12\x1c.tessera.shard.v1.TxnRequest\x1a\x1d.tessera.shard.v1.TxnResponse\x12N\n" +
 	"\aCompact\x12 .tessera.shard.v1.CompactRequest\x1a!.tessera.shard.v1.CompactResponse\x12K\n" +
 	"\x06Status\x12\x1f.tessera.shard.v1.StatusRequest\x1a .tessera.shard.v1.StatusResponse\x12P\n" +
@@ -1793,7 +1899,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1822,42 +1928,47 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*BackupResponse)(nil),         // 24: tessera.shard.v1.BackupResponse
 	(*CloseRequest)(nil),           // 25: tessera.shard.v1.CloseRequest
 	(*CloseResponse)(nil),          // 26: tessera.shard.v1.CloseResponse
-	nil,                            // 27: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	(*metapb.ShardDescriptor)(nil), // 28: tessera.meta.v1.ShardDescriptor
+	(*StatesRequest)(nil),          // 27: tessera.shard.v1.StatesRequest
+	(*StatesResponse)(nil),         // 28: tessera.shard.v1.StatesResponse
+	nil,                            // 29: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	(*metapb.ShardDescriptor)(nil), // 30: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	27, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	28, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	29, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	30, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 2: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
-	0,  // 3: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
-	25, // 4: tessera.shard.v1.Shard.Close:input_type -> tessera.shard.v1.CloseRequest
-	2,  // 5: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
-	4,  // 6: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
-	6,  // 7: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
-	10, // 8: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
-	13, // 9: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
-	15, // 10: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
-	17, // 11: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
-	19, // 12: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
-	21, // 13: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
-	23, // 14: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
-	1,  // 15: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	26, // 16: tessera.shard.v1.Shard.Close:output_type -> tessera.shard.v1.CloseResponse
-	3,  // 17: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 18: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 19: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 20: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 21: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 22: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	18, // 23: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
-	20, // 24: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
-	22, // 25: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
-	24, // 26: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
-	15, // [15:27] is the sub-list for method output_type
-	3,  // [3:15] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	26, // 3: tessera.shard.v1.StatesResponse.states:type_name -> tessera.shard.v1.CloseResponse
+	0,  // 4: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
+	25, // 5: tessera.shard.v1.Shard.Close:input_type -> tessera.shard.v1.CloseRequest
+	27, // 6: tessera.shard.v1.Shard.States:input_type -> tessera.shard.v1.StatesRequest
+	2,  // 7: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
+	4,  // 8: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
+	6,  // 9: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
+	10, // 10: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
+	13, // 11: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
+	15, // 12: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
+	17, // 13: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
+	19, // 14: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
+	21, // 15: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
+	23, // 16: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
+	1,  // 17: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	26, // 18: tessera.shard.v1.Shard.Close:output_type -> tessera.shard.v1.CloseResponse
+	28, // 19: tessera.shard.v1.Shard.States:output_type -> tessera.shard.v1.StatesResponse
+	3,  // 20: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 21: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 22: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 23: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 24: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 25: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 26: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 27: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 28: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	24, // 29: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
+	17, // [17:30] is the sub-list for method output_type
+	4,  // [4:17] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_tessera_shard_v1_shard_proto_init() }
@@ -1871,7 +1982,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

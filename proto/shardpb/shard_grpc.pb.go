@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Shard_Range_FullMethodName          = "/tessera.shard.v1.Shard/Range"
 	Shard_Close_FullMethodName          = "/tessera.shard.v1.Shard/Close"
+	Shard_States_FullMethodName         = "/tessera.shard.v1.Shard/States"
 	Shard_Txn_FullMethodName            = "/tessera.shard.v1.Shard/Txn"
 	Shard_Compact_FullMethodName        = "/tessera.shard.v1.Shard/Compact"
 	Shard_Status_FullMethodName         = "/tessera.shard.v1.Shard/Status"
@@ -44,6 +45,8 @@ type ShardClient interface {
 	// shard is idle): readers of several shards at one revision and the
 	// watcher tier call it, and only when they wait for it.
 	Close(ctx context.Context, in *CloseRequest, opts ...grpc.CallOption) (*CloseResponse, error)
+	// States is Close without a revision for several shards of one store.
+	States(ctx context.Context, in *StatesRequest, opts ...grpc.CallOption) (*StatesResponse, error)
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -90,6 +93,16 @@ func (c *shardClient) Close(ctx context.Context, in *CloseRequest, opts ...grpc.
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CloseResponse)
 	err := c.cc.Invoke(ctx, Shard_Close_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardClient) States(ctx context.Context, in *StatesRequest, opts ...grpc.CallOption) (*StatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatesResponse)
+	err := c.cc.Invoke(ctx, Shard_States_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +236,8 @@ type ShardServer interface {
 	// shard is idle): readers of several shards at one revision and the
 	// watcher tier call it, and only when they wait for it.
 	Close(context.Context, *CloseRequest) (*CloseResponse, error)
+	// States is Close without a revision for several shards of one store.
+	States(context.Context, *StatesRequest) (*StatesResponse, error)
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -260,6 +275,9 @@ func (UnimplementedShardServer) Range(context.Context, *RangeRequest) (*RangeRes
 }
 func (UnimplementedShardServer) Close(context.Context, *CloseRequest) (*CloseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Close not implemented")
+}
+func (UnimplementedShardServer) States(context.Context, *StatesRequest) (*StatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method States not implemented")
 }
 func (UnimplementedShardServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
@@ -344,6 +362,24 @@ func _Shard_Close_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ShardServer).Close(ctx, req.(*CloseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shard_States_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).States(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_States_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).States(ctx, req.(*StatesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -528,6 +564,10 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Close",
 			Handler:    _Shard_Close_Handler,
+		},
+		{
+			MethodName: "States",
+			Handler:    _Shard_States_Handler,
 		},
 		{
 			MethodName: "Txn",

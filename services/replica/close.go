@@ -167,3 +167,25 @@ func (s *shardService) Close(ctx context.Context, req *shardpb.CloseRequest) (*s
 	}
 	return resp, nil
 }
+
+// States serves Shard.States: Close without a revision for each shard, in
+// parallel. A shard this store does not hold fails the call.
+func (s *shardService) States(ctx context.Context, req *shardpb.StatesRequest) (*shardpb.StatesResponse, error) {
+	out := make([]*shardpb.CloseResponse, len(req.ShardIds))
+	errs := make([]error, len(req.ShardIds))
+	var wg sync.WaitGroup
+	for i, id := range req.ShardIds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], errs[i] = s.Close(ctx, &shardpb.CloseRequest{ShardId: id, Linearizable: req.Linearizable})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &shardpb.StatesResponse{States: out}, nil
+}

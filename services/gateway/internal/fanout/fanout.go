@@ -20,6 +20,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -44,8 +45,30 @@ type state struct {
 }
 
 // states asks each shard for its state (after a ReadIndex when
-// linearizable), in parallel.
+// linearizable): in one call to a store that holds them all when there is
+// one (the first shard's leader if it does), else one call per shard.
 func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, linearizable bool) ([]state, error) {
+	if len(shards) > 1 {
+		if addr := f.holderOfAll(shards); addr != "" {
+			ids := make([]uint64, len(shards))
+			for i, d := range shards {
+				ids[i] = d.Id
+			}
+			var resp *shardpb.StatesResponse
+			err := f.router.CallStore(ctx, addr, func(ctx context.Context, c grpc.ClientConnInterface) (err error) {
+				resp, err = shardpb.NewShardClient(c).States(ctx, &shardpb.StatesRequest{ShardIds: ids, Linearizable: linearizable})
+				return err
+			})
+			if err == nil && len(resp.States) == len(shards) {
+				out := make([]state, len(shards))
+				for i, st := range resp.States {
+					out[i].resp = st
+				}
+				return out, nil
+			}
+			// That store could not answer: each shard's leader will.
+		}
+	}
 	out := make([]state, len(shards))
 	err := each(ctx, shards, func(ctx context.Context, i int, d *metapb.ShardDescriptor) error {
 		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
@@ -98,6 +121,26 @@ func (f *Reader) RevisionAt(ctx context.Context, rev int64) (int64, error) {
 		})
 	})
 	return at, err
+}
+
+// holderOfAll is the address of a store holding a replica of every shard
+// given: the first shard's leader if it does, else the first such store.
+func (f *Reader) holderOfAll(shards []*metapb.ShardDescriptor) string {
+	count := map[uint64]int{}
+	for _, d := range shards {
+		for _, id := range d.Replicas {
+			count[id]++
+		}
+	}
+	if l := f.router.LeaderHint(shards[0].Id); l != 0 && count[l] == len(shards) {
+		return f.router.StoreAddr(l)
+	}
+	for _, id := range shards[0].Replicas {
+		if count[id] == len(shards) {
+			return f.router.StoreAddr(id)
+		}
+	}
+	return ""
 }
 
 // ClusterRevision is the cluster's current (etcd) revision: the highest of

@@ -119,6 +119,12 @@ func (r *Router) MetaShard() *metapb.ShardDescriptor {
 // Replicas lists the API addresses of a shard's replicas, followers first.
 func (r *Router) Replicas(shardID uint64) []string { return r.m.Replicas(shardID) }
 
+// LeaderHint is the store believed to lead a shard (0: none).
+func (r *Router) LeaderHint(shardID uint64) uint64 { return r.m.Leader(shardID) }
+
+// StoreAddr is a store's API address ("" if unknown).
+func (r *Router) StoreAddr(store uint64) string { return r.m.StoreAddr(store) }
+
 // StoreAddresses lists every store's API address.
 func (r *Router) StoreAddresses() []string { return r.m.StoreAddresses() }
 
