@@ -614,7 +614,12 @@ func (sh *Shard) readTxnAt(req *pb.TxnRequest, st State, at int64) (*pb.TxnRespo
 	}
 	view := sh.store.db.NewTransactionAt(uint64(ts), false)
 	if at > 0 {
-		st.Revision = sh.revisionAt(view, st, at)
+		rev, err := sh.revisionAt(view, st, at)
+		if err != nil {
+			view.Discard()
+			return nil, err
+		}
+		st.Revision = rev
 	}
 	w := &writer{sh: sh, view: snapshotView{sh: sh, txn: view}, prev: st, rev: st.Revision}
 	w.rd = w.view

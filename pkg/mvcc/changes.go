@@ -31,7 +31,10 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int) ([]ChangeRecord, State, i
 	}
 	defer done()
 	st := sh.State()
-	if from < st.CompactRevision {
+	// Below the compaction records are gone, unless there were none to
+	// lose: from above the shard's last write (one shard of several may
+	// be compacted above its own revision).
+	if from < st.CompactRevision && from <= st.Revision {
 		return nil, st, 0, ErrCompacted
 	}
 	if from > st.Revision {

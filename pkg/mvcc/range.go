@@ -2,6 +2,8 @@ package mvcc
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"math"
 	"sort"
 
@@ -57,39 +59,67 @@ func (sh *Shard) RangeClosed(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp.Header = &pb.ResponseHeader{Revision: sh.revisionAt(txn, st, rev)}
+	hdr, err := sh.revisionAt(txn, st, rev)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = &pb.ResponseHeader{Revision: hdr}
 	return resp, nil
 }
 
 // RevisionAt is the shard's etcd revision as of rev, a revision it has
 // closed (see revisionAt).
-func (sh *Shard) RevisionAt(rev int64) int64 {
+func (sh *Shard) RevisionAt(rev int64) (int64, error) {
 	st := sh.State()
 	if st.Revision <= rev {
-		return st.Revision
+		return st.Revision, nil
 	}
 	txn := sh.store.db.NewTransactionAt(uint64(rev), false)
 	defer txn.Discard()
 	return sh.revisionAt(txn, st, rev)
 }
 
-// revisionAt is the shard's etcd revision as of rev (at most rev): the
-// state record written by the last entry at or below rev, read in txn (a
-// view at rev). Where that record is gone (a snapshot installed since
-// carries only the newest), rev itself, which reads the same keys.
-func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) int64 {
+// revisionAt is the shard's etcd revision as of rev (at most rev), read in
+// txn (a view at rev): the newest change-log record at or below rev (each
+// entry that changed a key has one), else the state record of the last
+// entry at or below rev, else, for a shard never compacted and with neither,
+// its initial revision. A replica that installed a snapshot since may have
+// neither for an old rev: ErrStateGone (another replica may answer).
+func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) (int64, error) {
 	if st.Revision <= rev {
-		return st.Revision
+		return st.Revision, nil
+	}
+	prefix := changePrefix(sh.id)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: true})
+	it.Seek(changeKey(sh.id, rev+1))
+	found := int64(0)
+	for ; it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if r := int64(binary.BigEndian.Uint64(k[9:17])); r <= rev {
+			found = r
+			break
+		}
+	}
+	it.Close()
+	if found > 0 && found >= st.CompactRevision {
+		return found, nil
 	}
 	item, err := txn.Get(stateKey(sh.id))
-	if err != nil {
-		return rev
+	switch {
+	case err == nil:
+		var old State
+		if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil {
+			return 0, err
+		}
+		if old.Revision <= rev {
+			return old.Revision, nil
+		}
+	case !errors.Is(err, badger.ErrKeyNotFound):
+		return 0, err
+	case st.CompactRevision == 0 && found == 0:
+		return InitialRevision, nil // no entry at or below rev
 	}
-	var old State
-	if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil || old.Revision > rev {
-		return rev
-	}
-	return old.Revision
+	return 0, ErrStateGone
 }
 
 // RangeEnd converts a request's range_end to the form this package uses:

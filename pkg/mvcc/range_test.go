@@ -448,3 +448,31 @@ func TestRangeOnPartialShards(t *testing.T) {
 	assertState(t, "left", left.State(), State{AppliedIndex: 2, Revision: 3})
 	assertState(t, "right", right.State(), State{AppliedIndex: 3, Revision: 4})
 }
+
+// RevisionAt names the last write at or below a revision, with the entries
+// that changed nothing in between, and a shard's initial revision before its
+// first entry.
+func TestRevisionAt(t *testing.T) {
+	_, sh, _ := newShard(t)
+	got := func(rev int64) int64 {
+		t.Helper()
+		r, err := sh.RevisionAt(rev)
+		if err != nil {
+			t.Fatalf("RevisionAt(%d): %v", rev, err)
+		}
+		return r
+	}
+	if err := sh.Tick(nextIndex(sh), 3); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, sh, 6, "a", "1")
+	if err := sh.Tick(nextIndex(sh), 8); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, sh, 9, "b", "1")
+	for rev, want := range map[int64]int64{2: InitialRevision, 3: InitialRevision, 5: InitialRevision, 6: 6, 7: 6, 8: 6, 9: 9, 12: 9} {
+		if g := got(rev); g != want {
+			t.Errorf("RevisionAt(%d) = %d, want %d", rev, g, want)
+		}
+	}
+}

@@ -163,7 +163,9 @@ func (s *shardService) Close(ctx context.Context, req *shardpb.CloseRequest) (*s
 	resp := &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision,
 		RaftTerm: term, LeaderStoreId: s.r.LeaderOf(req.ShardId)}
 	if req.Revision > 0 {
-		resp.RevisionAt = sh.RevisionAt(req.Revision)
+		if resp.RevisionAt, err = sh.RevisionAt(req.Revision); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	return resp, nil
 }

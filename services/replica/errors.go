@@ -35,6 +35,8 @@ func toStatus(err error) error {
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, sequencer.ErrBusy), errors.Is(err, dragonboat.ErrSystemBusy):
 		return rpctypes.ErrGRPCRequestTooManyRequests
+	case errors.Is(err, mvcc.ErrStateGone):
+		return status.Error(codes.Unavailable, "tessera: this replica no longer has the shard's state at that revision (it installed a snapshot since); ask another")
 	case errors.Is(err, mvcc.ErrRestoring):
 		return status.Error(codes.Unavailable, "tessera: replica is installing a snapshot of the shard; ask another")
 	case errors.Is(err, sequencer.ErrUnavailable), errors.Is(err, dragonboat.ErrShardNotReady),

@@ -52,9 +52,12 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 	if next <= 0 {
 		// "From now": the first message names the revision the feed
 		// starts after, before any change.
+		// After the last entry: everything at or below it is past (with
+		// several shards, the compaction revision may be above the
+		// shard's own revision, never above its last entry).
 		st := sh.State()
-		next = st.Revision + 1
-		if err := stream.Send(&shardpb.ChangesResponse{ClosedRevision: st.Revision, CompactRevision: st.CompactRevision}); err != nil {
+		next = st.LastEntry + 1
+		if err := stream.Send(&shardpb.ChangesResponse{ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision}); err != nil {
 			return err
 		}
 	}

@@ -185,7 +185,7 @@ func TestWatchAcrossIdleShards(t *testing.T) {
 }
 
 func TestCompactAcrossShards(t *testing.T) {
-	_, cli := splitCluster(t)
+	c, cli := splitCluster(t)
 	ctx := context.Background()
 	first, err := cli.Put(ctx, "/a/k", "1")
 	if err != nil {
@@ -213,6 +213,21 @@ func TestCompactAcrossShards(t *testing.T) {
 	r, err := cli.Get(ctx, "/", clientv3.WithPrefix())
 	if err != nil || r.Count != 2 {
 		t.Fatalf("after compaction: %v %v", r, err)
+	}
+	// A watcher that starts now follows shards compacted above their own
+	// revision, and a watch from now gets the next write.
+	c.StopWatcher()
+	c.StartWatcher()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	wch := cli.Watch(wctx, "/", clientv3.WithPrefix())
+	time.Sleep(200 * time.Millisecond)
+	next, err := cli.Put(ctx, "/b/k", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs := recvEvents(t, wch, 1); evs[0].Kv.ModRevision != next.Header.Revision {
+		t.Fatalf("event at %d, want %d", evs[0].Kv.ModRevision, next.Header.Revision)
 	}
 }
 
