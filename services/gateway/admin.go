@@ -14,9 +14,10 @@ type adminServer struct {
 	fan *fanout.Reader
 }
 
-// ListShards describes every data shard from its leader's state.
+// ListShards describes every data shard, each after a ReadIndex (so a
+// write acknowledged before the call shows in its revision).
 func (a *adminServer) ListShards(ctx context.Context, _ *adminpb.ListShardsRequest) (*adminpb.ListShardsResponse, error) {
-	shards, states, err := a.fan.States(ctx, false)
+	shards, states, err := a.fan.States(ctx, true)
 	if err != nil {
 		return nil, err
 	}
