@@ -116,10 +116,25 @@ func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) (int64, error)
 		}
 	case !errors.Is(err, badger.ErrKeyNotFound):
 		return 0, err
-	case st.CompactRevision == 0 && found == 0:
-		return InitialRevision, nil // no entry at or below rev
+	case found == 0 && !sh.restoredAbove(rev):
+		// Every entry writes a state record, and Badger keeps the newest
+		// version at or below any revision at or above the compaction's:
+		// with none, no entry at or below rev applied here.
+		return InitialRevision, nil
 	}
 	return 0, ErrStateGone
+}
+
+// restoredAbove reports whether the shard installed a snapshot whose last
+// entry is above rev (its state records below that are gone).
+func (sh *Shard) restoredAbove(rev int64) bool {
+	txn := sh.store.db.NewTransactionAt(math.MaxUint64, false)
+	defer txn.Discard()
+	item, err := txn.Get(restoredKey(sh.id))
+	if err != nil {
+		return false
+	}
+	return item.Version() > uint64(rev)
 }
 
 // RangeEnd converts a request's range_end to the form this package uses:

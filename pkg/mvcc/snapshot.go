@@ -336,6 +336,9 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	if err := wb.SetEntryAt(badger.NewEntry(stateKey(sh.id), st.encode()), uint64(st.LastEntry)); err != nil {
 		return err
 	}
+	if err := wb.SetEntryAt(badger.NewEntry(restoredKey(sh.id), binary.BigEndian.AppendUint64(nil, uint64(st.LastEntry))), uint64(st.LastEntry)); err != nil {
+		return err
+	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("mvcc: restore shard %d: %w", sh.id, err)
 	}

@@ -39,6 +39,10 @@ const (
 	familyLease  = 'l'
 	familyIndex  = 'i'
 	familyRevoke = 'r'
+	// familyRestored marks a shard that installed a snapshot: its state
+	// records below the snapshot's last entry are gone (the value is that
+	// revision, the key versioned by it).
+	familyRestored = 'h'
 )
 
 // MinMemTableSize is the smallest memtable the store runs with: Badger's
@@ -220,6 +224,12 @@ func changePartKey(shardID uint64, rev int64, n int) []byte {
 		return k
 	}
 	return binary.BigEndian.AppendUint32(k, uint32(n))
+}
+
+func restoredKey(shardID uint64) []byte {
+	k := stateKey(shardID)
+	k[0] = familyRestored
+	return k
 }
 
 func indexKey(shardID uint64) []byte {
