@@ -140,14 +140,22 @@ func (w *Watcher) follow(ctx context.Context) {
 	t := time.NewTicker(w.cfg.RefreshInterval)
 	defer t.Stop()
 	for {
-		if err := w.smap.Refresh(ctx, time.Now()); err != nil && ctx.Err() == nil {
+		err := w.smap.Refresh(ctx, time.Now())
+		if err != nil && ctx.Err() == nil {
 			w.log.Warn("shard map refresh failed", "err", err)
 		}
 		w.followShards(ctx, w.smap.Shards())
+		// Until every shard is followed, try again soon: feeds that start
+		// late start "from now", and with several shards a watch placed
+		// before then can miss what a late shard wrote in between.
+		next := t.C
+		if err != nil || len(w.smap.Shards()) == 0 {
+			next = time.After(100 * time.Millisecond)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-next:
 		}
 	}
 }
