@@ -614,12 +614,9 @@ func (sh *Shard) readTxnAt(req *pb.TxnRequest, st State, at int64) (*pb.TxnRespo
 	}
 	view := sh.store.db.NewTransactionAt(uint64(ts), false)
 	if at > 0 {
-		rev, err := sh.revisionAt(view, st, at)
-		if err != nil {
-			view.Discard()
-			return nil, err
-		}
-		st.Revision = rev
+		// The txn's reads see the cluster at revision at, and a read
+		// inside it may name any revision up to there.
+		st.Revision = at
 	}
 	w := &writer{sh: sh, view: snapshotView{sh: sh, txn: view}, prev: st, rev: st.Revision}
 	w.rd = w.view

@@ -59,11 +59,8 @@ func (sh *Shard) RangeClosed(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	hdr, err := sh.revisionAt(txn, st, rev)
-	if err != nil {
-		return nil, err
-	}
-	resp.Header = &pb.ResponseHeader{Revision: hdr}
+	// The gateway answers with the cluster's revision; rev reads the same.
+	resp.Header = &pb.ResponseHeader{Revision: rev}
 	return resp, nil
 }
 
@@ -81,10 +78,8 @@ func (sh *Shard) RevisionAt(rev int64) (int64, error) {
 
 // revisionAt is the shard's etcd revision as of rev (at most rev), read in
 // txn (a view at rev): the newest change-log record at or below rev (each
-// entry that changed a key has one), else the state record of the last
-// entry at or below rev, else, for a shard never compacted and with neither,
-// its initial revision. A replica that installed a snapshot since may have
-// neither for an old rev: ErrStateGone (another replica may answer).
+// entry that changed a key has one), else the revision in its state as of
+// rev (stateAt).
 func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) (int64, error) {
 	if st.Revision <= rev {
 		return st.Revision, nil
@@ -104,25 +99,35 @@ func (sh *Shard) revisionAt(txn *badger.Txn, st State, rev int64) (int64, error)
 	if found > 0 && found >= st.CompactRevision {
 		return found, nil
 	}
+	old, err := sh.stateAt(txn, rev)
+	if err != nil {
+		return 0, err
+	}
+	return old.Revision, nil
+}
+
+// stateAt is the shard's state as of rev, read in txn (a view at rev): the
+// state record of the last entry at or below rev, or the initial state if
+// no entry at or below rev applied here. Every entry writes a state record,
+// and Badger keeps the newest version at or below any revision at or above
+// the compaction's, so none means no such entry, unless the shard installed
+// a snapshot above rev since (its older records are gone): ErrStateGone.
+func (sh *Shard) stateAt(txn *badger.Txn, rev int64) (State, error) {
 	item, err := txn.Get(stateKey(sh.id))
 	switch {
-	case err == nil:
-		var old State
-		if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil {
-			return 0, err
+	case errors.Is(err, badger.ErrKeyNotFound):
+		if sh.restoredAbove(rev) {
+			return State{}, ErrStateGone
 		}
-		if old.Revision <= rev {
-			return old.Revision, nil
-		}
-	case !errors.Is(err, badger.ErrKeyNotFound):
-		return 0, err
-	case found == 0 && !sh.restoredAbove(rev):
-		// Every entry writes a state record, and Badger keeps the newest
-		// version at or below any revision at or above the compaction's:
-		// with none, no entry at or below rev applied here.
-		return InitialRevision, nil
+		return State{Revision: InitialRevision, LastEntry: InitialRevision}, nil
+	case err != nil:
+		return State{}, err
 	}
-	return 0, ErrStateGone
+	var st State
+	if err := item.Value(func(v []byte) (err error) { st, err = decodeState(v); return err }); err != nil {
+		return State{}, err
+	}
+	return st, nil
 }
 
 // restoredAbove reports whether the shard installed a snapshot whose last

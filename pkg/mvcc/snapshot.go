@@ -49,27 +49,14 @@ func (sh *Shard) PrepareSnapshotAt(rev int64) (*Snapshot, error) {
 		return nil, ErrCompacted
 	}
 	txn := sh.store.db.NewTransactionAt(uint64(rev), false)
-	item, err := txn.Get(stateKey(sh.id))
-	if errors.Is(err, badger.ErrKeyNotFound) && st.LastEntry == InitialRevision {
-		// A shard that never applied an entry: its initial state.
-		return &Snapshot{sh: sh, state: st, txn: txn}, nil
-	}
+	old, err := sh.stateAt(txn, rev)
 	if err != nil {
 		txn.Discard()
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil, ErrStateGone
-		}
 		return nil, err
 	}
-	var old State
-	if err := item.Value(func(v []byte) (err error) { old, err = decodeState(v); return err }); err != nil {
-		txn.Discard()
-		return nil, err
-	}
-	if old.LastEntry > rev || old.CompactRevision > rev {
-		txn.Discard()
-		return nil, ErrStateGone
-	}
+	// A compaction applied since dropped history below its revision from
+	// this view too: the copy is compacted there.
+	old.CompactRevision = max(old.CompactRevision, st.CompactRevision)
 	return &Snapshot{sh: sh, state: old, txn: txn}, nil
 }
 

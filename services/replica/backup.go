@@ -20,7 +20,6 @@ import (
 	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
-	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
 )
 
@@ -123,7 +122,7 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 func (s *shardService) cutRevision(ctx context.Context, shards []*metapb.ShardDescriptor) (int64, error) {
 	var cut int64
 	for _, d := range shards {
-		st, err := s.localState(ctx, d.Id, true)
+		st, err := s.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: true})
 		if err != nil {
 			return 0, err
 		}
@@ -131,11 +130,11 @@ func (s *shardService) cutRevision(ctx context.Context, shards []*metapb.ShardDe
 	}
 	for _, d := range shards {
 		for attempt := 0; ; attempt++ {
-			st, err := s.localState(ctx, d.Id, attempt > 0)
+			st, err := s.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: attempt > 0})
 			if err != nil {
 				return 0, err
 			}
-			if st.LastEntry >= cut {
+			if st.ClosedRevision >= cut {
 				break
 			}
 			if attempt == 5 {
@@ -147,27 +146,6 @@ func (s *shardService) cutRevision(ctx context.Context, shards []*metapb.ShardDe
 		}
 	}
 	return cut, nil
-}
-
-// localState is this store's state of a shard, after a ReadIndex when
-// linearizable (so it includes every entry committed before the call).
-func (s *shardService) localState(ctx context.Context, shardID uint64, linearizable bool) (mvcc.State, error) {
-	if _, err := s.lookup(shardID); err != nil {
-		return mvcc.State{}, err
-	}
-	if linearizable {
-		rctx, cancel := s.r.withTimeout(ctx)
-		_, err := s.r.nh.SyncRead(rctx, shardID, datasm.StateQuery{})
-		cancel()
-		if err != nil {
-			return mvcc.State{}, toStatus(err)
-		}
-	}
-	sh, err := s.openShard(shardID)
-	if err != nil {
-		return mvcc.State{}, err
-	}
-	return sh.State(), nil
 }
 
 // closeOnLeader closes rev on a shard: here if this store leads it, else

@@ -53,35 +53,10 @@ func (s *shardService) closeRevision(ctx context.Context, shardID uint64, rev in
 	if err != nil {
 		return err
 	}
-	waited := time.Duration(0)
-	for attempt := 0; ; attempt++ {
-		sh, err := s.openShard(shardID)
-		if err != nil {
+	for attempt := 0; attempt < 3; attempt++ {
+		closed, err := s.awaitWrites(ctx, ds, shardID, rev)
+		if err != nil || closed {
 			return err
-		}
-		changed := sh.Changed()
-		if sh.State().LastEntry >= rev {
-			return nil
-		}
-		if ds.seq.Busy() && waited < busyPatience {
-			// Writes in flight close rev themselves when they were given
-			// revisions after it was served; a tick at rev now would make
-			// the earlier ones stale and send them round again.
-			attempt--
-			t := time.NewTimer(busyWait)
-			select {
-			case <-changed:
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			}
-			t.Stop()
-			waited += busyWait
-			continue
-		}
-		if attempt == 3 {
-			return status.Errorf(codes.Unavailable, "%v: %d after %d ticks", errNotClosed, rev, attempt)
 		}
 		if _, err := s.r.requireLeader(shardID); err != nil {
 			return err
@@ -98,6 +73,40 @@ func (s *shardService) closeRevision(ctx context.Context, shardID uint64, rev in
 		}
 		if err := ds.tick(ctx, rev); err != nil {
 			return s.submitErr(shardID, err)
+		}
+	}
+	if closed, err := s.awaitWrites(ctx, ds, shardID, rev); err != nil || closed {
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "%v: %d after 3 ticks", errNotClosed, rev)
+}
+
+// awaitWrites reports whether the shard has closed rev, first waiting (up
+// to busyPatience) while it has writes in flight: those given revisions
+// after rev was served close it themselves, and a tick at rev now would
+// make the earlier ones stale and send them round again.
+func (s *shardService) awaitWrites(ctx context.Context, ds *dataShard, shardID uint64, rev int64) (bool, error) {
+	for waited := time.Duration(0); ; waited += busyWait {
+		sh, err := s.openShard(shardID)
+		if err != nil {
+			return false, err
+		}
+		changed := sh.Changed()
+		if sh.State().LastEntry >= rev {
+			return true, nil
+		}
+		if !ds.seq.Busy() || waited >= busyPatience {
+			return false, nil
+		}
+		t := time.NewTimer(busyWait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if err := ctx.Err(); err != nil {
+			return false, err
 		}
 	}
 }

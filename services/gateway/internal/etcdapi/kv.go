@@ -83,20 +83,6 @@ func (s *KV) shardsOf(ctx context.Context, key, end []byte) ([]*metapb.ShardDesc
 	return shards, nil
 }
 
-// oneShard resolves the single shard that owns [key, end) for a write:
-// a write to keys of several shards is refused until cross-shard commit
-// exists, with a reason that names them, and nothing is written.
-func (s *KV) oneShard(ctx context.Context, key, end []byte) (*metapb.ShardDescriptor, error) {
-	shards, err := s.shardsOf(ctx, key, end)
-	if err != nil {
-		return nil, err
-	}
-	if len(shards) > 1 {
-		return nil, crossShard(shards)
-	}
-	return shards[0], nil
-}
-
 // crossShard is the answer to a request that needs an atomic write (or a
 // transaction's reads) across shards.
 func crossShard(shards []*metapb.ShardDescriptor) error {

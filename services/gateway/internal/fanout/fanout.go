@@ -262,8 +262,8 @@ func partRequest(req *pb.RangeRequest) *pb.RangeRequest {
 // Merge combines the answers of shards (in key order) to one Range, each
 // read with partRequest(req) at one revision, as one shard holding all their keys would
 // have answered: count is the total, the key-values are ordered as req asks
-// and cut at its limit, more says whether the limit cut any, and the
-// header's revision is the highest of the parts'.
+// and cut at its limit, and more says whether the limit cut any. The
+// caller fills in the header.
 func Merge(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeResponse {
 	out := &pb.RangeResponse{Header: &pb.ResponseHeader{}}
 	var kvs []*mvccpb.KeyValue
@@ -271,9 +271,6 @@ func Merge(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeResponse {
 		out.Count += p.Count
 		out.More = out.More || p.More
 		kvs = append(kvs, p.Kvs...)
-		if p.Header != nil {
-			out.Header.Revision = max(out.Header.Revision, p.Header.Revision)
-		}
 	}
 	if sortsFirstKeys(req) {
 		// The parts answered partRequest: their first keys, in key order.
