@@ -35,7 +35,7 @@ const (
 // put workloads' keys cut evenly among them.
 var shardTargets = map[string]int{"tessera-dev-2s": 2, "tessera-dev-4s": 4, "tessera-dev-8s": 8}
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s"}
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6"}
 
 // splitKeys cuts the put workloads' key space into n shards.
 func splitKeys(n int) []string {
@@ -54,6 +54,8 @@ type running struct {
 	stop func()
 	// watchLoad describes each watcher's load (Tessera targets only).
 	watchLoad func() string
+	// procCPU reads each server process's CPU so far (procs-N only).
+	procCPU func() map[string]time.Duration
 }
 
 // startTarget starts the named target with its data under a fresh temp dir.
@@ -75,6 +77,8 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 	default:
 		if n, ok := shardTargets[name]; ok {
 			r, err = startTessera(dir, 1, 1, splitKeys(n), log)
+		} else if n, ok := procTargets[name]; ok {
+			r, err = startProcs(dir, n)
 		} else {
 			err = fmt.Errorf("unknown target %q", name)
 		}

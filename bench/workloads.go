@@ -134,7 +134,9 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		if err != nil {
 			return nil, fmt.Errorf("leases: %w", err)
 		}
-		defer func() { res.note = fmt.Sprintf("%d leases of %ds, one key each, expiring", n, leaseTTL) }()
+		defer func() {
+			res.note = joinNotes(fmt.Sprintf("%d leases of %ds, one key each, expiring", n, leaseTTL), res.note)
+		}()
 		fallthrough
 	case wlPut1, wlPut64:
 		factory = func(_ context.Context, w int, _ *clientv3.Client) (opFunc, error) {
@@ -218,7 +220,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		}
 		defer func() {
 			if n := ok.Load() + conflict.Load(); n > 0 {
-				res.note = fmt.Sprintf("cas ok %.1f%%", 100*float64(ok.Load())/float64(n))
+				res.note = joinNotes(fmt.Sprintf("cas ok %.1f%%", 100*float64(ok.Load())/float64(n)), res.note)
 			}
 		}()
 	default:
@@ -312,6 +314,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		}
 		runtime.SetBlockProfileRate(p.blockRate)
 	}
+	procs0, procs1 := readProcs(t), map[string]time.Duration(nil)
 	start, cpu0 := time.Now(), processCPU()
 	phase.Store(1)
 	end := time.Time{} // zero: keep every op (fixed op count)
@@ -323,6 +326,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		stopAll()
 		wg.Wait()
 		res.elapsed, res.cpu = time.Since(start), processCPU()-cpu0
+		procs1 = readProcs(t)
 	} else {
 		select {
 		case <-time.After(p.duration):
@@ -330,6 +334,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		}
 		end = time.Now()
 		res.cpu = processCPU() - cpu0
+		procs1 = readProcs(t)
 		stopAll()
 		res.elapsed = end.Sub(start)
 		wg.Wait()
@@ -358,6 +363,9 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	}
 	slices.Sort(res.lat)
 	res.ops = len(res.lat)
+	if procs0 != nil {
+		res.note = joinNotes(res.note, describeProcs(procs0, procs1, res.ops))
+	}
 	return res, nil
 }
 
@@ -444,4 +452,15 @@ func grantLeases(ctx context.Context, clis []*clientv3.Client, n int, val string
 	}
 	wg.Wait()
 	return int(granted.Load()), firstErr
+}
+
+// joinNotes joins a result's notes with "; ", skipping empty ones.
+func joinNotes(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tessera-kv/tessera/pkg/tlsconf"
+	"github.com/tessera-kv/tessera/proto/adminpb"
 )
 
 // gatewayClient is how the admin commands reach a gateway, with etcdctl's
@@ -66,4 +68,20 @@ func dialGateway(endpoint string, files tlsconf.Files) (*grpc.ClientConn, error)
 		creds = credentials.NewTLS(cfg)
 	}
 	return grpc.NewClient(host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+}
+
+// adminCall parses an admin verb's flags (fs, args; the verb's own
+// positional arguments stay in fs.Args()), connects to the gateway and
+// runs fn with its Admin client, within timeout.
+func adminCall(fs *flag.FlagSet, args []string, timeout time.Duration, fn func(context.Context, adminpb.AdminClient) error) error {
+	gw := registerGatewayClient(fs, "the admin API is root's")
+	fs.Parse(args)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, ctx, err := gw.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return fn(ctx, adminpb.NewAdminClient(conn))
 }

@@ -29,13 +29,15 @@ const usage = `tessera: an etcd v3 compatible store for Kubernetes control plane
 
 Usage:
   tessera dev      [--data-dir DIR] [--listen-client-urls URLS] [--initial-split-keys kubernetes]   everything in one process
-  tessera replica  --id N (or --ordinal N) --data-dir DIR --raft-address A --api-address A --initial-cluster LIST
+  tessera replica  --id N (or --ordinal N) --data-dir DIR --raft-address A --api-address A --initial-cluster LIST [--replication-factor 3]
   tessera gateway  --listen-client-urls URLS --replicas ADDRS --watchers ADDRS
   tessera watcher  --replicas ADDRS --api-address A [--listen-address A]
   tessera snapshot save FILE [--endpoints URL]    take a backup through a gateway (or: --dir DIR --keep N)
   tessera snapshot restore FILE --data-dir DIR    restore a backup (or etcdctl snapshot save's) into a new cluster
   tessera snapshot status FILE                    check a backup and describe it
   tessera shard list [--endpoints URL]            every data shard: range, replicas, leader, revisions
+  tessera shard split KEY [--endpoints URL]       split the shard holding KEY at it, online
+  tessera store list [--endpoints URL]            every store: up or down, labels, replicas and leaders held
   tessera certs    [--dir DIR] [--hosts LIST]     create a CA and server, peer and client certificates
   tessera version                                 print the version (the git revision it was built from)
 
@@ -78,6 +80,8 @@ func main() {
 		err = runCerts(os.Args[2:])
 	case "shard":
 		err = runShard(os.Args[2:])
+	case "store":
+		err = runStore(os.Args[2:])
 	case "version", "--version":
 		fmt.Println(buildVersion())
 		return
@@ -203,17 +207,34 @@ func runDev(args []string, log *slog.Logger) error {
 
 const splitKeysHelp = "when the cluster is created, start a data shard at each of these comma-separated keys, where \"kubernetes\" stands for Kubernetes' busiest resource prefixes (9 shards); every replica must be given the same"
 
-// parseCluster reads "1=raftaddr/apiaddr,2=...".
+// parseCluster reads "1=raftaddr/apiaddr@zone=a,2=...": each store with
+// its labels (where it runs), which every store must know alike since
+// they place the first shards' replicas.
 func parseCluster(s string) ([]replica.Member, error) {
 	var out []replica.Member
 	for _, part := range splitList(s) {
-		id, addrs, ok := strings.Cut(part, "=")
+		entry, labels, _ := strings.Cut(part, "@")
+		id, addrs, ok := strings.Cut(entry, "=")
 		raft, api, ok2 := strings.Cut(addrs, "/")
 		n, err := strconv.ParseUint(id, 10, 64)
 		if !ok || !ok2 || err != nil || n == 0 {
-			return nil, fmt.Errorf("bad --initial-cluster entry %q (want ID=RAFT_ADDR/API_ADDR)", part)
+			return nil, fmt.Errorf("bad --initial-cluster entry %q (want ID=RAFT_ADDR/API_ADDR[@LABEL=VALUE...])", part)
 		}
-		out = append(out, replica.Member{ID: n, RaftAddress: raft, APIAddress: api})
+		m := replica.Member{ID: n, RaftAddress: raft, APIAddress: api}
+		for _, l := range strings.Split(labels, "@") {
+			if l == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(l, "=")
+			if !ok || k == "" || v == "" {
+				return nil, fmt.Errorf("bad label %q in --initial-cluster entry %q (want NAME=VALUE)", l, part)
+			}
+			if m.Labels == nil {
+				m.Labels = map[string]string{}
+			}
+			m.Labels[k] = v
+		}
+		out = append(out, m)
 	}
 	if len(out) == 0 {
 		return nil, errors.New("--initial-cluster is required")
@@ -228,7 +249,8 @@ func runReplica(args []string, log *slog.Logger) error {
 	dataDir := fs.String("data-dir", "", "data directory")
 	raftAddr := fs.String("raft-address", "", "Raft transport address host:port")
 	apiAddr := fs.String("api-address", "", "internal API address host:port")
-	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR,...")
+	cluster := fs.String("initial-cluster", "", "every store: ID=RAFT_ADDR/API_ADDR[@zone=Z...],... (labels say where a store runs; replicas of a shard go to different values)")
+	rf := fs.Int("replication-factor", replica.DefaultReplicationFactor, "how many stores hold each data shard, when the cluster is created (every store must be given the same)")
 	splitKeys := fs.String("initial-split-keys", "", splitKeysHelp)
 	httpAddr := fs.String("listen-address", "", "address for /livez, /readyz and /metrics (off if empty)")
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
@@ -252,6 +274,7 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	cfg := replica.DefaultConfig()
 	cfg.StoreID, cfg.DataDir, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = *id, *dataDir, *raftAddr, *apiAddr, members
+	cfg.ReplicationFactor = *rf
 	if cfg.InitialSplitKeys, err = replica.ParseSplitKeys(*splitKeys); err != nil {
 		return err
 	}

@@ -15,32 +15,60 @@ import (
 
 // runShard runs the shard admin verbs.
 func runShard(args []string) error {
-	if len(args) == 0 || args[0] != "list" {
-		return errors.New("usage: tessera shard list [--endpoints URL]")
+	const usage = "usage: tessera shard list [--endpoints URL] | tessera shard split [--endpoints URL] KEY"
+	if len(args) == 0 {
+		return errors.New(usage)
 	}
-	fs := flag.NewFlagSet("shard list", flag.ExitOnError)
-	gw := registerGatewayClient(fs, "the admin API is root's")
-	fs.Parse(args[1:])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, ctx, err := gw.connect(ctx)
-	if err != nil {
+	switch args[0] {
+	case "list":
+	case "split":
+		return runShardSplit(args[1:])
+	default:
+		return errors.New(usage)
+	}
+	var resp *adminpb.ListShardsResponse
+	err := adminCall(flag.NewFlagSet("shard list", flag.ExitOnError), args[1:], 30*time.Second, func(ctx context.Context, c adminpb.AdminClient) (err error) {
+		resp, err = c.ListShards(ctx, &adminpb.ListShardsRequest{})
 		return err
-	}
-	defer conn.Close()
-	resp, err := adminpb.NewAdminClient(conn).ListShards(ctx, &adminpb.ListShardsRequest{})
+	})
 	if err != nil {
 		return err
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tSTART\tEND\tREPLICAS\tLEADER\tREVISION\tCLOSED\tCOMPACTED")
+	fmt.Fprintln(w, "ID\tSTART\tEND\tREPLICAS\tLEADER\tSIZE\tREVISION\tCLOSED\tCOMPACTED")
 	for _, s := range resp.Shards {
 		d := s.Shard
-		end := strconv.Quote(string(d.EndKey))
-		if len(d.EndKey) == 0 {
-			end = "(end)"
-		}
-		fmt.Fprintf(w, "%d\t%q\t%s\t%v\t%d\t%d\t%d\t%d\n", d.Id, d.StartKey, end, d.Replicas, s.LeaderStoreId, s.Revision, s.ClosedRevision, s.CompactRevision)
+		fmt.Fprintf(w, "%d\t%q\t%s\t%v\t%d\t~%s\t%d\t%d\t%d\n", d.Id, d.StartKey, endName(d.EndKey), d.Replicas, s.LeaderStoreId,
+			bytesString(s.ApproximateBytes), s.Revision, s.ClosedRevision, s.CompactRevision)
 	}
 	return w.Flush()
+}
+
+// runShardSplit splits the shard holding KEY at it, online.
+func runShardSplit(args []string) error {
+	fs := flag.NewFlagSet("shard split", flag.ExitOnError)
+	var resp *adminpb.SplitShardResponse
+	began := time.Now()
+	err := adminCall(fs, args, 60*time.Second, func(ctx context.Context, c adminpb.AdminClient) (err error) {
+		if fs.NArg() != 1 || fs.Arg(0) == "" {
+			return errors.New("usage: tessera shard split [--endpoints URL] KEY")
+		}
+		fmt.Fprintf(os.Stderr, "splitting the shard of %q ...\n", fs.Arg(0))
+		resp, err = c.SplitShard(ctx, &adminpb.SplitShardRequest{SplitKey: []byte(fs.Arg(0))})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	l, r := resp.Left, resp.Right
+	fmt.Printf("split shard %d at %q (revision %d, %s): shard %d [%q, %q), shard %d [%q, %s)\n", l.Id, r.StartKey, r.SplitRevision,
+		time.Since(began).Round(time.Millisecond), l.Id, l.StartKey, l.EndKey, r.Id, r.StartKey, endName(r.EndKey))
+	return nil
+}
+
+func endName(end []byte) string {
+	if len(end) == 0 {
+		return "(end)"
+	}
+	return strconv.Quote(string(end))
 }

@@ -74,8 +74,9 @@ func snapshotRestore(args []string) error {
 	dataDir := fs.String("data-dir", "", "where to create the restored data: a tessera dev --data-dir, or with --initial-cluster a tessera replica --data-dir")
 	raftAddr := fs.String("raft-address", "127.0.0.1:2380", "for tessera dev: its --raft-address")
 	apiAddr := fs.String("api-address", "127.0.0.1:2381", "for tessera dev: its --api-address")
-	cluster := fs.String("initial-cluster", "", "for a cluster: every store, ID=RAFT_ADDR/API_ADDR,... (restore each store from the same file)")
+	cluster := fs.String("initial-cluster", "", "for a cluster: every store, ID=RAFT_ADDR/API_ADDR[@zone=Z],... (restore each store from the same file)")
 	id := fs.Uint64("id", 0, "for a cluster: this store's ID")
+	rf := fs.Int("replication-factor", replica.DefaultReplicationFactor, "for a cluster: how many stores hold each shard (give every store the same)")
 	file, err := splitFile(fs, args)
 	if err != nil {
 		return err
@@ -92,7 +93,7 @@ func snapshotRestore(args []string) error {
 		storeDir, storeID = *dataDir, *id
 	}
 	bar := newProgress(os.Stderr)
-	info, err := replica.RestoreBackup(file, storeDir, storeID, members, bar.update)
+	info, err := replica.RestoreBackup(file, storeDir, storeID, members, *rf, bar.update)
 	bar.done()
 	if err != nil {
 		return err

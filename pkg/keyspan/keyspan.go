@@ -86,3 +86,23 @@ func compare(a, b Span) int {
 	}
 	return compareEnds(a, b)
 }
+
+// Clip intersects the span with a shard's range [start, end) (an empty end
+// runs to the end of the keyspace). ok is false when they share no key;
+// the span is then empty (or the single key outside the range).
+func (s Span) Clip(start, end []byte) (out Span, ok bool) {
+	inRange := func(k []byte) bool {
+		return bytes.Compare(k, start) >= 0 && (len(end) == 0 || bytes.Compare(k, end) < 0)
+	}
+	if s.Single() {
+		return s, inRange(s.Key)
+	}
+	out = s
+	if bytes.Compare(out.Key, start) < 0 {
+		out.Key = start
+	}
+	if len(end) > 0 && (out.Open() || bytes.Compare(out.End, end) > 0) {
+		out.End = end
+	}
+	return out, !out.Empty()
+}

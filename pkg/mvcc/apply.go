@@ -29,6 +29,8 @@ type writer struct {
 	events []*mvccpb.Event
 	// leaseEpochs are the epochs of the leases the txn's puts attach keys to.
 	leaseEpochs LeaseEpochs
+	// bounds are the shard's bounds after the entry (a split changes them).
+	bounds Bounds
 }
 
 // newWriter starts the entry at Raft index index with revision rev. An entry
@@ -42,7 +44,7 @@ func (sh *Shard) newWriter(index uint64, rev int64) (*writer, error) {
 		}
 		return nil, fmt.Errorf("%w: %d <= %d", ErrStaleRevision, rev, st.LastEntry)
 	}
-	w := &writer{sh: sh, prev: st, rev: rev, index: index}
+	w := &writer{sh: sh, prev: st, rev: rev, index: index, bounds: st.Bounds}
 	w.view = snapshotView{sh: sh, txn: sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)}
 	w.rd = overlay{view: w.view, p: &w.pending}
 	return w, nil
@@ -76,7 +78,7 @@ func (w *writer) evaluate(fn func() error) (err error) {
 func (w *writer) commit(compact int64) (State, error) {
 	defer w.discard()
 	// Only an entry that changed a key moves etcd's revision.
-	st := State{AppliedIndex: w.index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev}
+	st := State{AppliedIndex: w.index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev, Bounds: w.bounds}
 	if len(w.events) > 0 {
 		st.Revision = w.rev
 		for i, part := range encodeEventParts(w.events, changePartBytes) {
@@ -136,7 +138,7 @@ func (sh *Shard) ApplyTxnLeases(index uint64, rev int64, req *pb.TxnRequest, epo
 // isRequestError tells the errors a request causes (the same on every
 // replica, answered as results) from storage failures.
 func isRequestError(err error) bool {
-	for _, e := range []error{ErrKeyNotFound, ErrCompacted, ErrFutureRev, ErrKeyTooLarge, ErrInvalidEntry, ErrLeaseNotFound} {
+	for _, e := range []error{ErrKeyNotFound, ErrCompacted, ErrFutureRev, ErrKeyTooLarge, ErrInvalidEntry, ErrLeaseNotFound, ErrWrongShard} {
 		if errors.Is(err, e) {
 			return true
 		}

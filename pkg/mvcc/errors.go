@@ -25,6 +25,10 @@ var (
 	// ErrRestoring: the shard is installing a snapshot; it serves no read
 	// until the install is complete (another replica can).
 	ErrRestoring = errors.New("mvcc: shard is installing a snapshot")
+	// ErrWrongShard: the request was routed by a stale descriptor (the
+	// shard split since), or a split does not fit the shard; nothing
+	// changed.
+	ErrWrongShard = errors.New("mvcc: wrong shard")
 	// ErrStaleRevision: an entry's revision is not above the shard's revision.
 	ErrStaleRevision = errors.New("mvcc: entry revision not above applied revision")
 )

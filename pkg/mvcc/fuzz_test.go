@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"reflect"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -81,10 +82,19 @@ func FuzzChangeRecord(f *testing.F) {
 // decode or fail, never panic.
 func FuzzStoredValues(f *testing.F) {
 	f.Add(State{AppliedIndex: 3, Revision: 9, CompactRevision: 2, LastEntry: 10}.encode())
+	f.Add(State{AppliedIndex: 3, Revision: 9, LastEntry: 10, Bounds: Bounds{Start: []byte("m"), Generation: 2, Parent: 1, SplitRevision: 8}}.encode())
 	f.Add(encodeKV(kv("a", "v", 2, 3, 2, 7)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if st, err := decodeState(data); err == nil && len(data) == 32 && !bytes.Equal(st.encode(), data) {
-			t.Fatalf("state %+v re-encodes differently", st)
+		if st, err := decodeState(data); err == nil {
+			// The 24- and 32-byte forms predate bounds: the shard fills them
+			// in when it opens, so only a record with bounds round-trips.
+			if st.Bounds.Generation == 0 {
+				if len(data) > stateFixed {
+					t.Fatalf("state of %d bytes decoded without bounds", len(data))
+				}
+			} else if again, err := decodeState(st.encode()); err != nil || !reflect.DeepEqual(again, st) {
+				t.Fatalf("state %+v re-encodes as %+v (%v)", st, again, err)
+			}
 		}
 		var kv mvccpb.KeyValue
 		_ = proto.Unmarshal(data, &kv)

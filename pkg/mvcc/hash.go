@@ -3,6 +3,7 @@ package mvcc
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 
 	"github.com/dgraph-io/badger/v4"
@@ -19,12 +20,18 @@ func (sh *Shard) HashKV(rev int64) (hash uint32, compacted, hashRev int64, err e
 		return 0, 0, 0, err
 	}
 	defer done()
+	asked := rev
 	txn, st, rev, err := sh.readTxn(rev)
+	if errors.Is(err, ErrFutureRev) && asked <= st.LastEntry {
+		// A cluster's revision above this shard's last write but closed
+		// here: its keys there are its current ones.
+		txn, rev, err = sh.store.db.NewTransactionAt(uint64(asked), false), asked, nil
+	}
 	if err != nil {
 		return 0, st.CompactRevision, 0, err
 	}
 	defer txn.Discard()
-	lo, hi, ok := sh.clip(sh.start, []byte{})
+	lo, hi, ok := sh.clip(sh.Bounds().Start, []byte{})
 	if !ok {
 		return 0, st.CompactRevision, rev, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -162,7 +163,7 @@ func TestCrashInsideAnEntryReplays(t *testing.T) {
 	if _, err := sh.ApplyTxn(index, rev, del); !errors.Is(err, errCrash) {
 		t.Fatalf("ApplyTxn with a crash after the first chunk: %v", err)
 	}
-	if st := sh.State(); st != before {
+	if st := sh.State(); !reflect.DeepEqual(st, before) {
 		t.Fatalf("state moved to %+v after a crash inside the entry", st)
 	}
 	if n := countKeys(t, sh, "/a/", 0); n != 40000 {
@@ -175,7 +176,7 @@ func TestCrashInsideAnEntryReplays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sh.State() != before {
+	if !reflect.DeepEqual(sh.State(), before) {
 		t.Fatalf("state after restart %+v, want %+v", sh.State(), before)
 	}
 	got, err := sh.ApplyTxn(index, rev, del)
@@ -225,7 +226,7 @@ func TestRequestErrorsApplyNothing(t *testing.T) {
 			}
 			want := before
 			want.AppliedIndex, want.LastEntry = idx, rev-1
-			if sh.State() != want {
+			if !reflect.DeepEqual(sh.State(), want) {
 				t.Errorf("state %+v, want %+v", sh.State(), want)
 			}
 			assertKV(t, "b not written", get(t, sh, "b", 0), nil)

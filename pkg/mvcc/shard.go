@@ -11,6 +11,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 )
 
 // InitialRevision is the revision of an empty shard, as in etcd: the first
@@ -32,19 +34,48 @@ type State struct {
 	// changed a key: every entry of this shard carries a larger one, and it
 	// is the Badger version the state was last written at.
 	LastEntry int64
+	// Bounds is the shard's key range as of the state: a split changes it
+	// in the entry that splits.
+	Bounds Bounds
 }
 
+// Bounds is a shard's key range [Start, End) (an empty End is the end of
+// the keyspace) and its descriptor generation, bumped by each split. A
+// shard made by a split knows its parent and the split's revision: its own
+// change log starts above that revision.
+type Bounds struct {
+	Start, End    []byte
+	Generation    uint64
+	Parent        uint64
+	SplitRevision int64
+}
+
+// contains reports whether a user key is in the range.
+func (b Bounds) contains(k []byte) bool {
+	return bytes.Compare(k, b.Start) >= 0 && (len(b.End) == 0 || bytes.Compare(k, b.End) < 0)
+}
+
+// stateFixed is the size of a state record without its bounds (records
+// of 24 and 32 bytes predate LastEntry and bounds).
+const stateFixed = 32
+
 func (s State) encode() []byte {
-	b := make([]byte, 32)
+	b := make([]byte, stateFixed, stateFixed+40+len(s.Bounds.Start)+len(s.Bounds.End))
 	binary.BigEndian.PutUint64(b[0:], s.AppliedIndex)
 	binary.BigEndian.PutUint64(b[8:], uint64(s.Revision))
 	binary.BigEndian.PutUint64(b[16:], uint64(s.CompactRevision))
 	binary.BigEndian.PutUint64(b[24:], uint64(s.LastEntry))
-	return b
+	b = binary.BigEndian.AppendUint64(b, s.Bounds.Generation)
+	b = binary.BigEndian.AppendUint64(b, s.Bounds.Parent)
+	b = binary.BigEndian.AppendUint64(b, uint64(s.Bounds.SplitRevision))
+	b = binary.AppendUvarint(b, uint64(len(s.Bounds.Start)))
+	b = append(b, s.Bounds.Start...)
+	b = binary.AppendUvarint(b, uint64(len(s.Bounds.End)))
+	return append(b, s.Bounds.End...)
 }
 
 func decodeState(b []byte) (State, error) {
-	if len(b) != 24 && len(b) != 32 {
+	if len(b) != 24 && len(b) < stateFixed {
 		return State{}, fmt.Errorf("mvcc: shard state of %d bytes", len(b))
 	}
 	st := State{
@@ -53,10 +84,39 @@ func decodeState(b []byte) (State, error) {
 		CompactRevision: int64(binary.BigEndian.Uint64(b[16:])),
 	}
 	st.LastEntry = st.Revision // the 24-byte form predates LastEntry: they were equal
-	if len(b) == 32 {
+	if len(b) >= stateFixed {
 		st.LastEntry = int64(binary.BigEndian.Uint64(b[24:]))
 	}
+	if len(b) > stateFixed {
+		bd, err := decodeBounds(b[stateFixed:])
+		if err != nil {
+			return State{}, err
+		}
+		st.Bounds = bd
+	}
 	return st, nil
+}
+
+func decodeBounds(b []byte) (Bounds, error) {
+	bad := fmt.Errorf("mvcc: shard state bounds of %d bytes", len(b))
+	if len(b) < 24 {
+		return Bounds{}, bad
+	}
+	bd := Bounds{Generation: binary.BigEndian.Uint64(b), Parent: binary.BigEndian.Uint64(b[8:]),
+		SplitRevision: int64(binary.BigEndian.Uint64(b[16:]))}
+	b = b[24:]
+	for _, dst := range []*[]byte{&bd.Start, &bd.End} {
+		n, w := binary.Uvarint(b)
+		if w <= 0 || n > uint64(len(b)-w) {
+			return Bounds{}, bad
+		}
+		*dst = cloneOrNil(b[w : w+int(n)])
+		b = b[w+int(n):]
+	}
+	if len(b) != 0 || bd.Generation == 0 {
+		return Bounds{}, bad
+	}
+	return bd, nil
 }
 
 // Shard is one shard's view of the store: the user keys in [start, end)
@@ -65,9 +125,8 @@ func decodeState(b []byte) (State, error) {
 // Apply, Compact and Restore must be called by one goroutine at a time (the
 // Raft apply loop); Range, State and snapshots may run concurrently with it.
 type Shard struct {
-	store      *Store
-	id         uint64
-	start, end []byte
+	store *Store
+	id    uint64
 
 	mu    sync.RWMutex // guards state and changed; held briefly, never across I/O
 	state State
@@ -82,12 +141,17 @@ type Shard struct {
 	restoring bool // guarded by readers
 }
 
-// OpenShard loads the shard's persisted state, or the initial one.
+// OpenShard loads the shard's persisted state, or the initial one. start
+// and end are the range it was created with: a shard whose state records
+// its bounds (every state written since bounds were) keeps its own.
 func (s *Store) OpenShard(id uint64, start, end []byte) (*Shard, error) {
-	sh := &Shard{store: s, id: id, start: bytes.Clone(start), end: bytes.Clone(end), changed: make(chan struct{})}
+	sh := &Shard{store: s, id: id, changed: make(chan struct{})}
 	st, err := sh.loadState()
 	if err != nil {
 		return nil, err
+	}
+	if st.Bounds.Generation == 0 {
+		st.Bounds = Bounds{Start: cloneOrNil(start), End: cloneOrNil(end), Generation: 1}
 	}
 	sh.state = st
 	s.setCompacted(id, st.CompactRevision)
@@ -173,37 +237,42 @@ func (sh *Shard) setState(st State) {
 	sh.mu.Unlock()
 }
 
+// Bounds is the shard's current key range and generation.
+func (sh *Shard) Bounds() Bounds { return sh.State().Bounds }
+
 // contains reports whether a user key is in the shard's range.
-func (sh *Shard) contains(k []byte) bool {
-	return bytes.Compare(k, sh.start) >= 0 && (len(sh.end) == 0 || bytes.Compare(k, sh.end) < 0)
-}
+func (sh *Shard) contains(k []byte) bool { return sh.Bounds().contains(k) }
 
 // clipUser intersects the request range [key, end) (end non-nil; empty is
 // "to the end of the keyspace") with the shard's range, in user keys; an
 // empty hi is the end of the keyspace.
 func (sh *Shard) clipUser(key, end []byte) (lo, hi []byte, ok bool) {
-	if bytes.Compare(key, sh.start) < 0 {
-		key = sh.start
+	return sh.Bounds().clipUser(key, end)
+}
+
+func (b Bounds) clipUser(key, end []byte) (lo, hi []byte, ok bool) {
+	if end == nil {
+		end = []byte{} // the callers' empty end: to the end of the keyspace
 	}
-	if len(sh.end) > 0 && (len(end) == 0 || bytes.Compare(end, sh.end) > 0) {
-		end = sh.end
-	}
-	if len(end) > 0 && bytes.Compare(key, end) >= 0 {
+	s, ok := keyspan.Span{Key: key, End: end}.Clip(b.Start, b.End)
+	if !ok {
 		return nil, nil, false
 	}
-	return key, end, true
+	return s.Key, s.End, true
 }
 
 // clip is clipUser in Badger keys. A nil end in the request means the
 // single key.
-func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) {
+func (sh *Shard) clip(key, end []byte) (lo, hi []byte, ok bool) { return sh.Bounds().clip(key, end) }
+
+func (b Bounds) clip(key, end []byte) (lo, hi []byte, ok bool) {
 	if end == nil {
-		if !sh.contains(key) {
+		if !b.contains(key) {
 			return nil, nil, false
 		}
 		return dataKey(key), append(dataKey(key), 0), true
 	}
-	key, end, ok = sh.clipUser(key, end)
+	key, end, ok = b.clipUser(key, end)
 	if !ok {
 		return nil, nil, false
 	}
@@ -331,4 +400,13 @@ func (sh *Shard) readTxn(rev int64) (*badger.Txn, State, int64, error) {
 		return nil, st, 0, ErrCompacted
 	}
 	return sh.store.db.NewTransactionAt(uint64(rev), false), st, rev, nil
+}
+
+// cloneOrNil copies b; empty is nil, so bounds compare alike however
+// they were made.
+func cloneOrNil(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return bytes.Clone(b)
 }

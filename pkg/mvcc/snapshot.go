@@ -15,7 +15,17 @@ import (
 // shard (data keys in its range, its change log) in key order, newest
 // version first, then an empty key as terminator. Badger's Stream/Backup is
 // not used: it stops at the newest tombstone and is unsorted.
-var snapshotMagic = []byte("TESSERA-SHARD-SNAP-2")
+// snapshotMagic starts a shard snapshot; its header is the shard ID and the
+// state record, length-prefixed. The previous format ("-SNAP-2") had a
+// fixed 32-byte state and is still read.
+var (
+	snapshotMagic   = []byte("TESSERA-SHARD-SNAP-3")
+	snapshotMagicV2 = []byte("TESSERA-SHARD-SNAP-2")
+)
+
+// maxStateBytes bounds a snapshot header's state record: two keys and the
+// fixed fields.
+const maxStateBytes = stateFixed + 64 + 2*maxSnapshotKey
 
 // Snapshot is a consistent view of a shard taken between two applied entries.
 type Snapshot struct {
@@ -72,11 +82,14 @@ func (s *Snapshot) WriteTo(out io.Writer, stop <-chan struct{}) error {
 	w.Write(snapshotMagic)
 	var hdr []byte
 	hdr = binary.BigEndian.AppendUint64(hdr, s.sh.id)
-	hdr = append(hdr, s.state.encode()...)
+	enc := s.state.encode()
+	hdr = binary.AppendUvarint(hdr, uint64(len(enc)))
+	hdr = append(hdr, enc...)
 	w.Write(hdr)
 
-	ranges := [][2][]byte{changeRange(s.sh.id), {{familyLease}, {familyLease + 1}}, revokedRange(s.sh.id)}
-	if lo, hi, ok := s.sh.clip(s.sh.start, []byte{}); ok {
+	ranges := [][2][]byte{changeRange(s.sh.id), {{familyLease}, {familyLease + 1}}, familyRange(familyRevoke, s.sh.id), familyRange(familySplit, s.sh.id)}
+	bounds := s.state.Bounds
+	if lo, hi, ok := bounds.clip(bounds.Start, []byte{}); ok {
 		ranges = append([][2][]byte{{lo, hi}}, ranges...)
 	}
 	opts := badger.IteratorOptions{AllVersions: true, PrefetchValues: false}
@@ -93,7 +106,7 @@ func (s *Snapshot) WriteTo(out io.Writer, stop <-chan struct{}) error {
 				}
 			}
 			item := it.Item()
-			if k := item.Key(); k[0] == familyLease && !s.sh.contains(k[9:]) {
+			if k := item.Key(); k[0] == familyLease && !bounds.contains(k[9:]) {
 				continue // another shard's key in the lease index
 			}
 			var rec []byte
@@ -131,9 +144,11 @@ func changeRange(shardID uint64) [2][]byte {
 	return [2][]byte{p, end}
 }
 
-func revokedRange(shardID uint64) [2][]byte {
+// familyRange is the key range of a shard's records in a per-shard
+// family keyed by shard ID.
+func familyRange(family byte, shardID uint64) [2][]byte {
 	r := changeRange(shardID)
-	r[0][0], r[1][0] = familyRevoke, familyRevoke
+	r[0][0], r[1][0] = family, family
 	return r
 }
 
@@ -158,15 +173,30 @@ type record struct {
 // readHeader checks the magic and returns the shard ID and state.
 func readHeader(r *bufio.Reader) (uint64, State, error) {
 	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
+	if _, err := io.ReadFull(r, magic); err != nil {
 		return 0, State{}, fmt.Errorf("mvcc: not a shard snapshot")
 	}
-	hdr := make([]byte, 8+32)
-	if _, err := io.ReadFull(r, hdr); err != nil {
+	v2 := bytes.Equal(magic, snapshotMagicV2)
+	if !v2 && !bytes.Equal(magic, snapshotMagic) {
+		return 0, State{}, fmt.Errorf("mvcc: not a shard snapshot")
+	}
+	var id [8]byte
+	if _, err := io.ReadFull(r, id[:]); err != nil {
 		return 0, State{}, fmt.Errorf("mvcc: snapshot header: %w", err)
 	}
-	st, err := decodeState(hdr[8:])
-	return binary.BigEndian.Uint64(hdr[:8]), st, err
+	n := uint64(32)
+	if !v2 {
+		var err error
+		if n, err = binary.ReadUvarint(r); err != nil {
+			return 0, State{}, fmt.Errorf("mvcc: snapshot header: %w", err)
+		}
+	}
+	enc, err := ReadClaimed(r, n, maxStateBytes)
+	if err != nil {
+		return 0, State{}, fmt.Errorf("mvcc: snapshot header: %w", err)
+	}
+	st, err := decodeState(enc)
+	return binary.BigEndian.Uint64(id[:]), st, err
 }
 
 // readRecord reads the next record; ok is false at the terminator.
@@ -285,10 +315,14 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	// Readers see the old contents until here and nothing until the new
 	// ones are complete (a failed install leaves the shard refusing reads:
 	// dragonboat installs the snapshot again or stops).
+	cur := sh.Bounds()
+	if st.Bounds.Generation == 0 {
+		st.Bounds = cur // a snapshot from before states held bounds
+	}
 	finished := sh.installing()
 	db := sh.store.db
-	drop := [][]byte{changePrefix(sh.id), revokedPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)}
-	if len(sh.start) == 0 && len(sh.end) == 0 {
+	drop := [][]byte{changePrefix(sh.id), revokedPrefix(sh.id), splitPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)}
+	if whole(cur) && whole(st.Bounds) {
 		drop = append(drop, []byte{familyData}, []byte{familyLease})
 	}
 	if err := db.DropPrefix(drop...); err != nil {
@@ -334,3 +368,6 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	finished()
 	return nil
 }
+
+// whole reports whether the bounds are the whole keyspace.
+func whole(b Bounds) bool { return len(b.Start) == 0 && len(b.End) == 0 }

@@ -14,6 +14,7 @@
 //	'l' lease-id(8) user-key      -> empty: the lease index (keys attached to a lease)
 //	'i' shard-id(8)               -> applied index of a rejected entry, at version = that index
 //	'r' shard-id(8) lease-id(8)   -> epoch(8): the lease was revoked on this shard at that epoch
+//	'p' shard-id(8) revision(8)   -> a split at that revision: the child's ID and bounds
 //
 // Every key of the 'k', 'c', 's' and 'l' families is written at most once
 // per timestamp: each applied Raft entry writes at its own revision (in
@@ -39,6 +40,7 @@ const (
 	familyLease  = 'l'
 	familyIndex  = 'i'
 	familyRevoke = 'r'
+	familySplit  = 'p'
 	// familyRestored marks a shard that installed a snapshot: its state
 	// records below the snapshot's last entry are gone (the value is that
 	// revision, the key versioned by it).

@@ -25,7 +25,7 @@ const fetchTimeout = 2 * time.Second
 // Cache is the cached shard map and the connections to replicas.
 type Cache struct {
 	seeds []string
-	peer  rpcconn.Peer
+	pool  *rpcconn.Pool
 
 	refreshMu sync.Mutex // serializes refreshes: concurrent misses share one
 
@@ -35,7 +35,6 @@ type Cache struct {
 		stores  map[uint64]string         // store ID -> API address
 		meta    *metapb.ShardDescriptor   // the meta shard, on every store
 		leaders map[uint64]uint64         // shard ID -> leader store hint
-		conns   map[string]*grpc.ClientConn
 		fetched time.Time
 	}
 }
@@ -43,43 +42,17 @@ type Cache struct {
 // New returns a cache that bootstraps from the given replica API addresses
 // and connects to replicas through peer.
 func New(seeds []string, peer rpcconn.Peer) *Cache {
-	c := &Cache{seeds: seeds, peer: peer}
+	c := &Cache{seeds: seeds, pool: rpcconn.NewPool(peer)}
 	c.mu.stores = map[uint64]string{}
 	c.mu.leaders = map[uint64]uint64{}
-	c.mu.conns = map[string]*grpc.ClientConn{}
 	return c
 }
 
 // Close closes every connection.
-func (c *Cache) Close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, cc := range c.mu.conns {
-		cc.Close()
-	}
-	c.mu.conns = map[string]*grpc.ClientConn{}
-}
+func (c *Cache) Close() { c.pool.Close() }
 
 // Conn returns the connection to the replica process at addr.
-func (c *Cache) Conn(addr string) (*grpc.ClientConn, error) {
-	c.mu.RLock()
-	cc, ok := c.mu.conns[addr]
-	c.mu.RUnlock()
-	if ok {
-		return cc, nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cc, ok := c.mu.conns[addr]; ok {
-		return cc, nil
-	}
-	cc, err := c.peer.Dial(addr)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.conns[addr] = cc
-	return cc, nil
-}
+func (c *Cache) Conn(addr string) (*grpc.ClientConn, error) { return c.pool.Conn(addr) }
 
 // Addresses returns the seeds and every known replica address.
 func (c *Cache) Addresses() []string {
@@ -141,11 +114,9 @@ func (c *Cache) Refresh(ctx context.Context, since time.Time) error {
 }
 
 func (c *Cache) install(resp *metapb.GetShardMapResponse) {
-	shards := append([]*metapb.ShardDescriptor(nil), resp.ShardMap.Shards...)
-	sort.Slice(shards, func(i, j int) bool { return bytes.Compare(shards[i].StartKey, shards[j].StartKey) < 0 })
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.mu.shards = shards
+	c.mu.shards = merge(c.mu.shards, resp.ShardMap.Shards)
 	meta := &metapb.ShardDescriptor{Id: resp.ShardMap.MetaShardId}
 	for _, s := range resp.ShardMap.Stores {
 		c.mu.stores[s.Id] = s.ApiAddress
@@ -158,6 +129,80 @@ func (c *Cache) install(resp *metapb.GetShardMapResponse) {
 		}
 	}
 	c.mu.fetched = time.Now()
+}
+
+// Install merges descriptors a shard sent with a WrongShard answer (its
+// own, newer than the map the meta shard served, and those split from
+// it) into the cache. It reports whether any was newer than the cache's.
+func (c *Cache) Install(ds []*metapb.ShardDescriptor) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	before := c.mu.shards
+	c.mu.shards = merge(before, ds)
+	if len(before) != len(c.mu.shards) {
+		return true
+	}
+	for i := range before {
+		if before[i] != c.mu.shards[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// merge combines two views of the shard map. Per shard ID the higher
+// generation wins, so an older map (a meta shard behind the split a shard
+// already applied, or a stale answer) never replaces a newer descriptor.
+// A descriptor overlapping another that is newer by that rule is older
+// than the split that cut it, and is dropped: the key range a split moved
+// goes to the child.
+func merge(have, in []*metapb.ShardDescriptor) []*metapb.ShardDescriptor {
+	byID := map[uint64]*metapb.ShardDescriptor{}
+	for _, list := range [][]*metapb.ShardDescriptor{have, in} {
+		for _, d := range list {
+			if d == nil {
+				continue
+			}
+			if old, ok := byID[d.Id]; !ok || d.Generation > old.Generation {
+				byID[d.Id] = d
+			}
+		}
+	}
+	all := make([]*metapb.ShardDescriptor, 0, len(byID))
+	for _, d := range byID {
+		all = append(all, d)
+	}
+	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i].StartKey, all[j].StartKey) < 0 })
+	out := all[:0]
+	for _, d := range all {
+		keep := true
+		for _, o := range all {
+			if o != d && overlapsRange(o, d) && newer(o, d) {
+				keep = false
+				break
+			}
+		}
+		if keep {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// newer reports whether a descriptor describes a later state of the range
+// both cover: the one made by the later split, ties (a parent and the child
+// its current descriptor made) to the narrower.
+func newer(a, b *metapb.ShardDescriptor) bool {
+	if a.SplitRevision != b.SplitRevision {
+		return a.SplitRevision > b.SplitRevision
+	}
+	return a.Generation > b.Generation
+}
+
+func overlapsRange(a, b *metapb.ShardDescriptor) bool {
+	aEndsBefore := len(a.EndKey) > 0 && bytes.Compare(a.EndKey, b.StartKey) <= 0
+	bEndsBefore := len(b.EndKey) > 0 && bytes.Compare(b.EndKey, a.StartKey) <= 0
+	return !aEndsBefore && !bEndsBefore
 }
 
 // Shards returns every data shard, in key order (nil before a refresh).

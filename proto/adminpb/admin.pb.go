@@ -22,6 +22,182 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ListStoresRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStoresRequest) Reset() {
+	*x = ListStoresRequest{}
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStoresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStoresRequest) ProtoMessage() {}
+
+func (x *ListStoresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStoresRequest.ProtoReflect.Descriptor instead.
+func (*ListStoresRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type ListStoresResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stores        []*metapb.StoreStatus  `protobuf:"bytes,1,rep,name=stores,proto3" json:"stores,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStoresResponse) Reset() {
+	*x = ListStoresResponse{}
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStoresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStoresResponse) ProtoMessage() {}
+
+func (x *ListStoresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStoresResponse.ProtoReflect.Descriptor instead.
+func (*ListStoresResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListStoresResponse) GetStores() []*metapb.StoreStatus {
+	if x != nil {
+		return x.Stores
+	}
+	return nil
+}
+
+type SplitShardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SplitKey      []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitShardRequest) Reset() {
+	*x = SplitShardRequest{}
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitShardRequest) ProtoMessage() {}
+
+func (x *SplitShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitShardRequest.ProtoReflect.Descriptor instead.
+func (*SplitShardRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SplitShardRequest) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+type SplitShardResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Left          *metapb.ShardDescriptor `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *metapb.ShardDescriptor `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitShardResponse) Reset() {
+	*x = SplitShardResponse{}
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitShardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitShardResponse) ProtoMessage() {}
+
+func (x *SplitShardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitShardResponse.ProtoReflect.Descriptor instead.
+func (*SplitShardResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SplitShardResponse) GetLeft() *metapb.ShardDescriptor {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitShardResponse) GetRight() *metapb.ShardDescriptor {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
 type ListShardsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +206,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +218,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +231,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 type ListShardsResponse struct {
@@ -69,7 +245,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -81,7 +257,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -94,7 +270,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardStatus {
@@ -122,13 +298,16 @@ type ShardStatus struct {
 	ClosedRevision  int64  `protobuf:"varint,4,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
 	CompactRevision int64  `protobuf:"varint,5,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
 	RaftTerm        uint64 `protobuf:"varint,6,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The shard's approximate size, as its leader last reported it (0: not
+	// reported yet, or still all in memtables).
+	ApproximateBytes int64 `protobuf:"varint,7,opt,name=approximate_bytes,json=approximateBytes,proto3" json:"approximate_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +319,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_tessera_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +332,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tessera_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ShardStatus) GetShard() *metapb.ShardDescriptor {
@@ -198,25 +377,45 @@ func (x *ShardStatus) GetRaftTerm() uint64 {
 	return 0
 }
 
+func (x *ShardStatus) GetApproximateBytes() int64 {
+	if x != nil {
+		return x.ApproximateBytes
+	}
+	return 0
+}
+
 var File_tessera_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tessera_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1ctessera/admin/v1/admin.proto\x12\x10tessera.admin.v1\x1a\x1atessera/meta/v1/meta.proto\"\x13\n" +
+	"\x11ListStoresRequest\"J\n" +
+	"\x12ListStoresResponse\x124\n" +
+	"\x06stores\x18\x01 \x03(\v2\x1c.tessera.meta.v1.StoreStatusR\x06stores\"0\n" +
+	"\x11SplitShardRequest\x12\x1b\n" +
+	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\"\x82\x01\n" +
+	"\x12SplitShardResponse\x124\n" +
+	"\x04left\x18\x01 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x04left\x126\n" +
+	"\x05right\x18\x02 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x05right\"\x13\n" +
 	"\x11ListShardsRequest\"g\n" +
 	"\x12ListShardsResponse\x125\n" +
 	"\x06shards\x18\x01 \x03(\v2\x1d.tessera.admin.v1.ShardStatusR\x06shards\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xfa\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa7\x02\n" +
 	"\vShardStatus\x126\n" +
 	"\x05shard\x18\x01 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x05shard\x12&\n" +
 	"\x0fleader_store_id\x18\x02 \x01(\x04R\rleaderStoreId\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12'\n" +
 	"\x0fclosed_revision\x18\x04 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12\x1b\n" +
-	"\traft_term\x18\x06 \x01(\x04R\braftTerm2`\n" +
+	"\traft_term\x18\x06 \x01(\x04R\braftTerm\x12+\n" +
+	"\x11approximate_bytes\x18\a \x01(\x03R\x10approximateBytes2\x92\x02\n" +
 	"\x05Admin\x12W\n" +
 	"\n" +
-	"ListShards\x12#.tessera.admin.v1.ListShardsRequest\x1a$.tessera.admin.v1.ListShardsResponseB-Z+github.com/tessera-kv/tessera/proto/adminpbb\x06proto3"
+	"ListShards\x12#.tessera.admin.v1.ListShardsRequest\x1a$.tessera.admin.v1.ListShardsResponse\x12W\n" +
+	"\n" +
+	"SplitShard\x12#.tessera.admin.v1.SplitShardRequest\x1a$.tessera.admin.v1.SplitShardResponse\x12W\n" +
+	"\n" +
+	"ListStores\x12#.tessera.admin.v1.ListStoresRequest\x1a$.tessera.admin.v1.ListStoresResponseB-Z+github.com/tessera-kv/tessera/proto/adminpbb\x06proto3"
 
 var (
 	file_tessera_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -230,23 +429,35 @@ func file_tessera_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tessera_admin_v1_admin_proto_rawDescData
 }
 
-var file_tessera_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_tessera_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_tessera_admin_v1_admin_proto_goTypes = []any{
-	(*ListShardsRequest)(nil),      // 0: tessera.admin.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),     // 1: tessera.admin.v1.ListShardsResponse
-	(*ShardStatus)(nil),            // 2: tessera.admin.v1.ShardStatus
-	(*metapb.ShardDescriptor)(nil), // 3: tessera.meta.v1.ShardDescriptor
+	(*ListStoresRequest)(nil),      // 0: tessera.admin.v1.ListStoresRequest
+	(*ListStoresResponse)(nil),     // 1: tessera.admin.v1.ListStoresResponse
+	(*SplitShardRequest)(nil),      // 2: tessera.admin.v1.SplitShardRequest
+	(*SplitShardResponse)(nil),     // 3: tessera.admin.v1.SplitShardResponse
+	(*ListShardsRequest)(nil),      // 4: tessera.admin.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),     // 5: tessera.admin.v1.ListShardsResponse
+	(*ShardStatus)(nil),            // 6: tessera.admin.v1.ShardStatus
+	(*metapb.StoreStatus)(nil),     // 7: tessera.meta.v1.StoreStatus
+	(*metapb.ShardDescriptor)(nil), // 8: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_admin_v1_admin_proto_depIdxs = []int32{
-	2, // 0: tessera.admin.v1.ListShardsResponse.shards:type_name -> tessera.admin.v1.ShardStatus
-	3, // 1: tessera.admin.v1.ShardStatus.shard:type_name -> tessera.meta.v1.ShardDescriptor
-	0, // 2: tessera.admin.v1.Admin.ListShards:input_type -> tessera.admin.v1.ListShardsRequest
-	1, // 3: tessera.admin.v1.Admin.ListShards:output_type -> tessera.admin.v1.ListShardsResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	7, // 0: tessera.admin.v1.ListStoresResponse.stores:type_name -> tessera.meta.v1.StoreStatus
+	8, // 1: tessera.admin.v1.SplitShardResponse.left:type_name -> tessera.meta.v1.ShardDescriptor
+	8, // 2: tessera.admin.v1.SplitShardResponse.right:type_name -> tessera.meta.v1.ShardDescriptor
+	6, // 3: tessera.admin.v1.ListShardsResponse.shards:type_name -> tessera.admin.v1.ShardStatus
+	8, // 4: tessera.admin.v1.ShardStatus.shard:type_name -> tessera.meta.v1.ShardDescriptor
+	4, // 5: tessera.admin.v1.Admin.ListShards:input_type -> tessera.admin.v1.ListShardsRequest
+	2, // 6: tessera.admin.v1.Admin.SplitShard:input_type -> tessera.admin.v1.SplitShardRequest
+	0, // 7: tessera.admin.v1.Admin.ListStores:input_type -> tessera.admin.v1.ListStoresRequest
+	5, // 8: tessera.admin.v1.Admin.ListShards:output_type -> tessera.admin.v1.ListShardsResponse
+	3, // 9: tessera.admin.v1.Admin.SplitShard:output_type -> tessera.admin.v1.SplitShardResponse
+	1, // 10: tessera.admin.v1.Admin.ListStores:output_type -> tessera.admin.v1.ListStoresResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_tessera_admin_v1_admin_proto_init() }
@@ -260,7 +471,7 @@ func file_tessera_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_admin_v1_admin_proto_rawDesc), len(file_tessera_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

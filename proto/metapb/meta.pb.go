@@ -23,6 +23,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Up: reported within the liveness timeout. Down: not since. Unknown:
+// the meta leader took over too recently to tell.
+type StoreStatus_State int32
+
+const (
+	StoreStatus_STATE_UNKNOWN StoreStatus_State = 0
+	StoreStatus_STATE_UP      StoreStatus_State = 1
+	StoreStatus_STATE_DOWN    StoreStatus_State = 2
+)
+
+// Enum value maps for StoreStatus_State.
+var (
+	StoreStatus_State_name = map[int32]string{
+		0: "STATE_UNKNOWN",
+		1: "STATE_UP",
+		2: "STATE_DOWN",
+	}
+	StoreStatus_State_value = map[string]int32{
+		"STATE_UNKNOWN": 0,
+		"STATE_UP":      1,
+		"STATE_DOWN":    2,
+	}
+)
+
+func (x StoreStatus_State) Enum() *StoreStatus_State {
+	p := new(StoreStatus_State)
+	*p = x
+	return p
+}
+
+func (x StoreStatus_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StoreStatus_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_tessera_meta_v1_meta_proto_enumTypes[0].Descriptor()
+}
+
+func (StoreStatus_State) Type() protoreflect.EnumType {
+	return &file_tessera_meta_v1_meta_proto_enumTypes[0]
+}
+
+func (x StoreStatus_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StoreStatus_State.Descriptor instead.
+func (StoreStatus_State) EnumDescriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{33, 0}
+}
+
 // ShardDescriptor names a data shard and the key range [start_key, end_key)
 // it owns. An empty end_key means the end of the keyspace.
 type ShardDescriptor struct {
@@ -33,7 +84,12 @@ type ShardDescriptor struct {
 	// Store IDs holding a replica (the dragonboat replica ID is the store ID).
 	Replicas []uint64 `protobuf:"varint,4,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
 	// Bumped by every change of range or replicas; routing caches compare it.
-	Generation    uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	// For a shard made by a split: the revision of the split entry. Its own
+	// change log starts above it; events at or below it are its parent's.
+	SplitRevision int64 `protobuf:"varint,6,opt,name=split_revision,json=splitRevision,proto3" json:"split_revision,omitempty"`
+	// For a shard made by a split: the shard it was split from.
+	ParentId      uint64 `protobuf:"varint,7,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -103,13 +159,30 @@ func (x *ShardDescriptor) GetGeneration() uint64 {
 	return 0
 }
 
+func (x *ShardDescriptor) GetSplitRevision() int64 {
+	if x != nil {
+		return x.SplitRevision
+	}
+	return 0
+}
+
+func (x *ShardDescriptor) GetParentId() uint64 {
+	if x != nil {
+		return x.ParentId
+	}
+	return 0
+}
+
 // Store is one replica process.
 type Store struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
 	// The address of the store's internal gRPC API (Shard and Meta services).
-	ApiAddress    string `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	ApiAddress string `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Where the store runs (zone=a, ...), from the initial cluster: a
+	// shard's replicas are placed in as many different values as there are.
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +236,13 @@ func (x *Store) GetApiAddress() string {
 		return x.ApiAddress
 	}
 	return ""
+}
+
+func (x *Store) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
 }
 
 // ShardMap is the meta shard's view of the cluster.
@@ -245,9 +325,15 @@ type MetaState struct {
 	Auth *AuthState `protobuf:"bytes,6,opt,name=auth,proto3" json:"auth,omitempty"`
 	// The gateways that registered, by member ID: etcd's members, as clients
 	// see them (MemberList).
-	Gateways      map[uint64]*Gateway `protobuf:"bytes,7,rep,name=gateways,proto3" json:"gateways,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gateways map[uint64]*Gateway `protobuf:"bytes,7,rep,name=gateways,proto3" json:"gateways,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The next data shard ID a split may take (0: one above the highest in
+	// the shard map).
+	NextShardId uint64 `protobuf:"varint,8,opt,name=next_shard_id,json=nextShardId,proto3" json:"next_shard_id,omitempty"`
+	// The cluster's compaction revision: every data shard compacts at it
+	// (history below it is gone everywhere); it only grows.
+	CompactRevision int64 `protobuf:"varint,9,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
@@ -327,6 +413,20 @@ func (x *MetaState) GetGateways() map[uint64]*Gateway {
 		return x.Gateways
 	}
 	return nil
+}
+
+func (x *MetaState) GetNextShardId() uint64 {
+	if x != nil {
+		return x.NextShardId
+	}
+	return 0
+}
+
+func (x *MetaState) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
 }
 
 // Gateway is one registered gateway. It renews its registration while it
@@ -1936,11 +2036,513 @@ func (x *LeaseResponse) GetEpoch() uint64 {
 	return 0
 }
 
+type CompactRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactRequest) Reset() {
+	*x = CompactRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactRequest) ProtoMessage() {}
+
+func (x *CompactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
+func (*CompactRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CompactRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type CompactResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactResponse) Reset() {
+	*x = CompactResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactResponse) ProtoMessage() {}
+
+func (x *CompactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
+func (*CompactResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{28}
+}
+
+type StoreHeartbeatRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	StoreId uint64                 `protobuf:"varint,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// Data shards with a replica started on the store, and those it leads.
+	Replicas []uint64 `protobuf:"varint,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	Leading  []uint64 `protobuf:"varint,3,rep,packed,name=leading,proto3" json:"leading,omitempty"`
+	// The store's Badger size, and the free space of its filesystem.
+	UsedBytes int64 `protobuf:"varint,4,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	FreeBytes int64 `protobuf:"varint,5,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	// The approximate size of each data shard the store leads, by shard ID
+	// (its keys' flushed Badger tables; see mvcc.Shard.ApproximateSize).
+	ShardBytes    map[uint64]int64 `protobuf:"bytes,6,rep,name=shard_bytes,json=shardBytes,proto3" json:"shard_bytes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreHeartbeatRequest) Reset() {
+	*x = StoreHeartbeatRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreHeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreHeartbeatRequest) ProtoMessage() {}
+
+func (x *StoreHeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreHeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*StoreHeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *StoreHeartbeatRequest) GetStoreId() uint64 {
+	if x != nil {
+		return x.StoreId
+	}
+	return 0
+}
+
+func (x *StoreHeartbeatRequest) GetReplicas() []uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *StoreHeartbeatRequest) GetLeading() []uint64 {
+	if x != nil {
+		return x.Leading
+	}
+	return nil
+}
+
+func (x *StoreHeartbeatRequest) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *StoreHeartbeatRequest) GetFreeBytes() int64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *StoreHeartbeatRequest) GetShardBytes() map[uint64]int64 {
+	if x != nil {
+		return x.ShardBytes
+	}
+	return nil
+}
+
+type StoreHeartbeatResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreHeartbeatResponse) Reset() {
+	*x = StoreHeartbeatResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreHeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreHeartbeatResponse) ProtoMessage() {}
+
+func (x *StoreHeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreHeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*StoreHeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{30}
+}
+
+type ListStoresRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStoresRequest) Reset() {
+	*x = ListStoresRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStoresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStoresRequest) ProtoMessage() {}
+
+func (x *ListStoresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStoresRequest.ProtoReflect.Descriptor instead.
+func (*ListStoresRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{31}
+}
+
+type ListStoresResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stores        []*StoreStatus         `protobuf:"bytes,1,rep,name=stores,proto3" json:"stores,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStoresResponse) Reset() {
+	*x = ListStoresResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStoresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStoresResponse) ProtoMessage() {}
+
+func (x *ListStoresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStoresResponse.ProtoReflect.Descriptor instead.
+func (*ListStoresResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListStoresResponse) GetStores() []*StoreStatus {
+	if x != nil {
+		return x.Stores
+	}
+	return nil
+}
+
+// StoreStatus is a store as the meta leader sees it.
+type StoreStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Store *Store                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	State StoreStatus_State      `protobuf:"varint,2,opt,name=state,proto3,enum=tessera.meta.v1.StoreStatus_State" json:"state,omitempty"`
+	// Milliseconds since the last report (-1: none since this leader took over).
+	LastHeartbeatMs int64 `protobuf:"varint,3,opt,name=last_heartbeat_ms,json=lastHeartbeatMs,proto3" json:"last_heartbeat_ms,omitempty"`
+	// The last report's contents.
+	Replicas      []uint64         `protobuf:"varint,4,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	Leading       []uint64         `protobuf:"varint,5,rep,packed,name=leading,proto3" json:"leading,omitempty"`
+	UsedBytes     int64            `protobuf:"varint,6,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	FreeBytes     int64            `protobuf:"varint,7,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	ShardBytes    map[uint64]int64 `protobuf:"bytes,8,rep,name=shard_bytes,json=shardBytes,proto3" json:"shard_bytes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreStatus) Reset() {
+	*x = StoreStatus{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreStatus) ProtoMessage() {}
+
+func (x *StoreStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreStatus.ProtoReflect.Descriptor instead.
+func (*StoreStatus) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *StoreStatus) GetStore() *Store {
+	if x != nil {
+		return x.Store
+	}
+	return nil
+}
+
+func (x *StoreStatus) GetState() StoreStatus_State {
+	if x != nil {
+		return x.State
+	}
+	return StoreStatus_STATE_UNKNOWN
+}
+
+func (x *StoreStatus) GetLastHeartbeatMs() int64 {
+	if x != nil {
+		return x.LastHeartbeatMs
+	}
+	return 0
+}
+
+func (x *StoreStatus) GetReplicas() []uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *StoreStatus) GetLeading() []uint64 {
+	if x != nil {
+		return x.Leading
+	}
+	return nil
+}
+
+func (x *StoreStatus) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *StoreStatus) GetFreeBytes() int64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *StoreStatus) GetShardBytes() map[uint64]int64 {
+	if x != nil {
+		return x.ShardBytes
+	}
+	return nil
+}
+
+type SplitShardRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// The descriptor generation the caller saw (0: any).
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The first key of the new shard: strictly inside the parent's range.
+	SplitKey      []byte `protobuf:"bytes,3,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitShardRequest) Reset() {
+	*x = SplitShardRequest{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitShardRequest) ProtoMessage() {}
+
+func (x *SplitShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitShardRequest.ProtoReflect.Descriptor instead.
+func (*SplitShardRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SplitShardRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *SplitShardRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *SplitShardRequest) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+type SplitShardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The parent's descriptor after the split and the new shard's.
+	Left          *ShardDescriptor `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *ShardDescriptor `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitShardResponse) Reset() {
+	*x = SplitShardResponse{}
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitShardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitShardResponse) ProtoMessage() {}
+
+func (x *SplitShardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_meta_v1_meta_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitShardResponse.ProtoReflect.Descriptor instead.
+func (*SplitShardResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_meta_v1_meta_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SplitShardResponse) GetLeft() *ShardDescriptor {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitShardResponse) GetRight() *ShardDescriptor {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
 var File_tessera_meta_v1_meta_proto protoreflect.FileDescriptor
 
 const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x1atessera/meta/v1/meta.proto\x12\x0ftessera.meta.v1\"\x93\x01\n" +
+	"\x1atessera/meta/v1/meta.proto\x12\x0ftessera.meta.v1\"\xd7\x01\n" +
 	"\x0fShardDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -1948,16 +2550,22 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"[\n" +
+	"generation\x12%\n" +
+	"\x0esplit_revision\x18\x06 \x01(\x03R\rsplitRevision\x12\x1b\n" +
+	"\tparent_id\x18\a \x01(\x04R\bparentId\"\xd2\x01\n" +
 	"\x05Store\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
-	"apiAddress\"\x98\x01\n" +
+	"apiAddress\x12:\n" +
+	"\x06labels\x18\x04 \x03(\v2\".tessera.meta.v1.Store.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x01\n" +
 	"\bShardMap\x12\"\n" +
 	"\rmeta_shard_id\x18\x01 \x01(\x04R\vmetaShardId\x128\n" +
 	"\x06shards\x18\x02 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shards\x12.\n" +
-	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\x94\x04\n" +
+	"\x06stores\x18\x03 \x03(\v2\x16.tessera.meta.v1.StoreR\x06stores\"\xe3\x04\n" +
 	"\tMetaState\x126\n" +
 	"\tshard_map\x18\x01 \x01(\v2\x19.tessera.meta.v1.ShardMapR\bshardMap\x12\x1b\n" +
 	"\ttso_limit\x18\x02 \x01(\x03R\btsoLimit\x12>\n" +
@@ -1965,7 +2573,9 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\rnext_lease_id\x18\x04 \x01(\x03R\vnextLeaseId\x12.\n" +
 	"\x06alarms\x18\x05 \x03(\v2\x16.tessera.meta.v1.AlarmR\x06alarms\x12.\n" +
 	"\x04auth\x18\x06 \x01(\v2\x1a.tessera.meta.v1.AuthStateR\x04auth\x12D\n" +
-	"\bgateways\x18\a \x03(\v2(.tessera.meta.v1.MetaState.GatewaysEntryR\bgateways\x1aQ\n" +
+	"\bgateways\x18\a \x03(\v2(.tessera.meta.v1.MetaState.GatewaysEntryR\bgateways\x12\"\n" +
+	"\rnext_shard_id\x18\b \x01(\x04R\vnextShardId\x12)\n" +
+	"\x10compact_revision\x18\t \x01(\x03R\x0fcompactRevision\x1aQ\n" +
 	"\vLeasesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.tessera.meta.v1.LeaseR\x05value:\x028\x01\x1aU\n" +
@@ -2084,7 +2694,56 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\bgateways\x18\x01 \x03(\v2\x18.tessera.meta.v1.GatewayR\bgateways\"A\n" +
 	"\rLeaseResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch2\xc1\x05\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\",\n" +
+	"\x0eCompactRequest\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x11\n" +
+	"\x0fCompactResponse\"\xbe\x02\n" +
+	"\x15StoreHeartbeatRequest\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12\x1a\n" +
+	"\breplicas\x18\x02 \x03(\x04R\breplicas\x12\x18\n" +
+	"\aleading\x18\x03 \x03(\x04R\aleading\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x04 \x01(\x03R\tusedBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x05 \x01(\x03R\tfreeBytes\x12W\n" +
+	"\vshard_bytes\x18\x06 \x03(\v26.tessera.meta.v1.StoreHeartbeatRequest.ShardBytesEntryR\n" +
+	"shardBytes\x1a=\n" +
+	"\x0fShardBytesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x18\n" +
+	"\x16StoreHeartbeatResponse\"\x13\n" +
+	"\x11ListStoresRequest\"J\n" +
+	"\x12ListStoresResponse\x124\n" +
+	"\x06stores\x18\x01 \x03(\v2\x1c.tessera.meta.v1.StoreStatusR\x06stores\"\xdd\x03\n" +
+	"\vStoreStatus\x12,\n" +
+	"\x05store\x18\x01 \x01(\v2\x16.tessera.meta.v1.StoreR\x05store\x128\n" +
+	"\x05state\x18\x02 \x01(\x0e2\".tessera.meta.v1.StoreStatus.StateR\x05state\x12*\n" +
+	"\x11last_heartbeat_ms\x18\x03 \x01(\x03R\x0flastHeartbeatMs\x12\x1a\n" +
+	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x18\n" +
+	"\aleading\x18\x05 \x03(\x04R\aleading\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x06 \x01(\x03R\tusedBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\a \x01(\x03R\tfreeBytes\x12M\n" +
+	"\vshard_bytes\x18\b \x03(\v2,.tessera.meta.v1.StoreStatus.ShardBytesEntryR\n" +
+	"shardBytes\x1a=\n" +
+	"\x0fShardBytesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"8\n" +
+	"\x05State\x12\x11\n" +
+	"\rSTATE_UNKNOWN\x10\x00\x12\f\n" +
+	"\bSTATE_UP\x10\x01\x12\x0e\n" +
+	"\n" +
+	"STATE_DOWN\x10\x02\"k\n" +
+	"\x11SplitShardRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x1b\n" +
+	"\tsplit_key\x18\x03 \x01(\fR\bsplitKey\"\x82\x01\n" +
+	"\x12SplitShardResponse\x124\n" +
+	"\x04left\x18\x01 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x04left\x126\n" +
+	"\x05right\x18\x02 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x05right2\xa0\b\n" +
 	"\x04Meta\x12X\n" +
 	"\vGetShardMap\x12#.tessera.meta.v1.GetShardMapRequest\x1a$.tessera.meta.v1.GetShardMapResponse\x12j\n" +
 	"\x11AllocateRevisions\x12).tessera.meta.v1.AllocateRevisionsRequest\x1a*.tessera.meta.v1.AllocateRevisionsResponse\x12F\n" +
@@ -2093,7 +2752,13 @@ const file_tessera_meta_v1_meta_proto_rawDesc = "" +
 	"\x04Auth\x12\x1c.tessera.meta.v1.AuthRequest\x1a\x1d.tessera.meta.v1.AuthResponse\x12[\n" +
 	"\fGetAuthState\x12$.tessera.meta.v1.GetAuthStateRequest\x1a%.tessera.meta.v1.GetAuthStateResponse\x12d\n" +
 	"\x0fRegisterGateway\x12'.tessera.meta.v1.RegisterGatewayRequest\x1a(.tessera.meta.v1.RegisterGatewayResponse\x12[\n" +
-	"\fListGateways\x12$.tessera.meta.v1.ListGatewaysRequest\x1a%.tessera.meta.v1.ListGatewaysResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
+	"\fListGateways\x12$.tessera.meta.v1.ListGatewaysRequest\x1a%.tessera.meta.v1.ListGatewaysResponse\x12U\n" +
+	"\n" +
+	"SplitShard\x12\".tessera.meta.v1.SplitShardRequest\x1a#.tessera.meta.v1.SplitShardResponse\x12a\n" +
+	"\x0eStoreHeartbeat\x12&.tessera.meta.v1.StoreHeartbeatRequest\x1a'.tessera.meta.v1.StoreHeartbeatResponse\x12U\n" +
+	"\n" +
+	"ListStores\x12\".tessera.meta.v1.ListStoresRequest\x1a#.tessera.meta.v1.ListStoresResponse\x12L\n" +
+	"\aCompact\x12\x1f.tessera.meta.v1.CompactRequest\x1a .tessera.meta.v1.CompactResponseB,Z*github.com/tessera-kv/tessera/proto/metapbb\x06proto3"
 
 var (
 	file_tessera_meta_v1_meta_proto_rawDescOnce sync.Once
@@ -2107,82 +2772,112 @@ func file_tessera_meta_v1_meta_proto_rawDescGZIP() []byte {
 	return file_tessera_meta_v1_meta_proto_rawDescData
 }
 
-var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_tessera_meta_v1_meta_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tessera_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_tessera_meta_v1_meta_proto_goTypes = []any{
-	(*ShardDescriptor)(nil),           // 0: tessera.meta.v1.ShardDescriptor
-	(*Store)(nil),                     // 1: tessera.meta.v1.Store
-	(*ShardMap)(nil),                  // 2: tessera.meta.v1.ShardMap
-	(*MetaState)(nil),                 // 3: tessera.meta.v1.MetaState
-	(*Gateway)(nil),                   // 4: tessera.meta.v1.Gateway
-	(*AuthState)(nil),                 // 5: tessera.meta.v1.AuthState
-	(*AuthUser)(nil),                  // 6: tessera.meta.v1.AuthUser
-	(*AuthRole)(nil),                  // 7: tessera.meta.v1.AuthRole
-	(*AuthPermission)(nil),            // 8: tessera.meta.v1.AuthPermission
-	(*Alarm)(nil),                     // 9: tessera.meta.v1.Alarm
-	(*Lease)(nil),                     // 10: tessera.meta.v1.Lease
-	(*GetShardMapRequest)(nil),        // 11: tessera.meta.v1.GetShardMapRequest
-	(*GetShardMapResponse)(nil),       // 12: tessera.meta.v1.GetShardMapResponse
-	(*AllocateRevisionsRequest)(nil),  // 13: tessera.meta.v1.AllocateRevisionsRequest
-	(*AllocateRevisionsResponse)(nil), // 14: tessera.meta.v1.AllocateRevisionsResponse
-	(*LeaseRequest)(nil),              // 15: tessera.meta.v1.LeaseRequest
-	(*AlarmRequest)(nil),              // 16: tessera.meta.v1.AlarmRequest
-	(*AlarmResponse)(nil),             // 17: tessera.meta.v1.AlarmResponse
-	(*AuthRequest)(nil),               // 18: tessera.meta.v1.AuthRequest
-	(*AuthResponse)(nil),              // 19: tessera.meta.v1.AuthResponse
-	(*GetAuthStateRequest)(nil),       // 20: tessera.meta.v1.GetAuthStateRequest
-	(*GetAuthStateResponse)(nil),      // 21: tessera.meta.v1.GetAuthStateResponse
-	(*RegisterGatewayRequest)(nil),    // 22: tessera.meta.v1.RegisterGatewayRequest
-	(*RegisterGatewayResponse)(nil),   // 23: tessera.meta.v1.RegisterGatewayResponse
-	(*ListGatewaysRequest)(nil),       // 24: tessera.meta.v1.ListGatewaysRequest
-	(*ListGatewaysResponse)(nil),      // 25: tessera.meta.v1.ListGatewaysResponse
-	(*LeaseResponse)(nil),             // 26: tessera.meta.v1.LeaseResponse
-	nil,                               // 27: tessera.meta.v1.MetaState.LeasesEntry
-	nil,                               // 28: tessera.meta.v1.MetaState.GatewaysEntry
-	nil,                               // 29: tessera.meta.v1.AuthState.UsersEntry
-	nil,                               // 30: tessera.meta.v1.AuthState.RolesEntry
-	nil,                               // 31: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	(StoreStatus_State)(0),            // 0: tessera.meta.v1.StoreStatus.State
+	(*ShardDescriptor)(nil),           // 1: tessera.meta.v1.ShardDescriptor
+	(*Store)(nil),                     // 2: tessera.meta.v1.Store
+	(*ShardMap)(nil),                  // 3: tessera.meta.v1.ShardMap
+	(*MetaState)(nil),                 // 4: tessera.meta.v1.MetaState
+	(*Gateway)(nil),                   // 5: tessera.meta.v1.Gateway
+	(*AuthState)(nil),                 // 6: tessera.meta.v1.AuthState
+	(*AuthUser)(nil),                  // 7: tessera.meta.v1.AuthUser
+	(*AuthRole)(nil),                  // 8: tessera.meta.v1.AuthRole
+	(*AuthPermission)(nil),            // 9: tessera.meta.v1.AuthPermission
+	(*Alarm)(nil),                     // 10: tessera.meta.v1.Alarm
+	(*Lease)(nil),                     // 11: tessera.meta.v1.Lease
+	(*GetShardMapRequest)(nil),        // 12: tessera.meta.v1.GetShardMapRequest
+	(*GetShardMapResponse)(nil),       // 13: tessera.meta.v1.GetShardMapResponse
+	(*AllocateRevisionsRequest)(nil),  // 14: tessera.meta.v1.AllocateRevisionsRequest
+	(*AllocateRevisionsResponse)(nil), // 15: tessera.meta.v1.AllocateRevisionsResponse
+	(*LeaseRequest)(nil),              // 16: tessera.meta.v1.LeaseRequest
+	(*AlarmRequest)(nil),              // 17: tessera.meta.v1.AlarmRequest
+	(*AlarmResponse)(nil),             // 18: tessera.meta.v1.AlarmResponse
+	(*AuthRequest)(nil),               // 19: tessera.meta.v1.AuthRequest
+	(*AuthResponse)(nil),              // 20: tessera.meta.v1.AuthResponse
+	(*GetAuthStateRequest)(nil),       // 21: tessera.meta.v1.GetAuthStateRequest
+	(*GetAuthStateResponse)(nil),      // 22: tessera.meta.v1.GetAuthStateResponse
+	(*RegisterGatewayRequest)(nil),    // 23: tessera.meta.v1.RegisterGatewayRequest
+	(*RegisterGatewayResponse)(nil),   // 24: tessera.meta.v1.RegisterGatewayResponse
+	(*ListGatewaysRequest)(nil),       // 25: tessera.meta.v1.ListGatewaysRequest
+	(*ListGatewaysResponse)(nil),      // 26: tessera.meta.v1.ListGatewaysResponse
+	(*LeaseResponse)(nil),             // 27: tessera.meta.v1.LeaseResponse
+	(*CompactRequest)(nil),            // 28: tessera.meta.v1.CompactRequest
+	(*CompactResponse)(nil),           // 29: tessera.meta.v1.CompactResponse
+	(*StoreHeartbeatRequest)(nil),     // 30: tessera.meta.v1.StoreHeartbeatRequest
+	(*StoreHeartbeatResponse)(nil),    // 31: tessera.meta.v1.StoreHeartbeatResponse
+	(*ListStoresRequest)(nil),         // 32: tessera.meta.v1.ListStoresRequest
+	(*ListStoresResponse)(nil),        // 33: tessera.meta.v1.ListStoresResponse
+	(*StoreStatus)(nil),               // 34: tessera.meta.v1.StoreStatus
+	(*SplitShardRequest)(nil),         // 35: tessera.meta.v1.SplitShardRequest
+	(*SplitShardResponse)(nil),        // 36: tessera.meta.v1.SplitShardResponse
+	nil,                               // 37: tessera.meta.v1.Store.LabelsEntry
+	nil,                               // 38: tessera.meta.v1.MetaState.LeasesEntry
+	nil,                               // 39: tessera.meta.v1.MetaState.GatewaysEntry
+	nil,                               // 40: tessera.meta.v1.AuthState.UsersEntry
+	nil,                               // 41: tessera.meta.v1.AuthState.RolesEntry
+	nil,                               // 42: tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	nil,                               // 43: tessera.meta.v1.StoreHeartbeatRequest.ShardBytesEntry
+	nil,                               // 44: tessera.meta.v1.StoreStatus.ShardBytesEntry
 }
 var file_tessera_meta_v1_meta_proto_depIdxs = []int32{
-	0,  // 0: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
-	1,  // 1: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
-	2,  // 2: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
-	27, // 3: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
-	9,  // 4: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
-	5,  // 5: tessera.meta.v1.MetaState.auth:type_name -> tessera.meta.v1.AuthState
-	28, // 6: tessera.meta.v1.MetaState.gateways:type_name -> tessera.meta.v1.MetaState.GatewaysEntry
-	29, // 7: tessera.meta.v1.AuthState.users:type_name -> tessera.meta.v1.AuthState.UsersEntry
-	30, // 8: tessera.meta.v1.AuthState.roles:type_name -> tessera.meta.v1.AuthState.RolesEntry
-	8,  // 9: tessera.meta.v1.AuthRole.permissions:type_name -> tessera.meta.v1.AuthPermission
-	2,  // 10: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
-	31, // 11: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
-	5,  // 12: tessera.meta.v1.GetAuthStateResponse.state:type_name -> tessera.meta.v1.AuthState
-	4,  // 13: tessera.meta.v1.RegisterGatewayRequest.gateway:type_name -> tessera.meta.v1.Gateway
-	4,  // 14: tessera.meta.v1.ListGatewaysResponse.gateways:type_name -> tessera.meta.v1.Gateway
-	10, // 15: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
-	4,  // 16: tessera.meta.v1.MetaState.GatewaysEntry.value:type_name -> tessera.meta.v1.Gateway
-	6,  // 17: tessera.meta.v1.AuthState.UsersEntry.value:type_name -> tessera.meta.v1.AuthUser
-	7,  // 18: tessera.meta.v1.AuthState.RolesEntry.value:type_name -> tessera.meta.v1.AuthRole
-	11, // 19: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
-	13, // 20: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
-	15, // 21: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
-	16, // 22: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
-	18, // 23: tessera.meta.v1.Meta.Auth:input_type -> tessera.meta.v1.AuthRequest
-	20, // 24: tessera.meta.v1.Meta.GetAuthState:input_type -> tessera.meta.v1.GetAuthStateRequest
-	22, // 25: tessera.meta.v1.Meta.RegisterGateway:input_type -> tessera.meta.v1.RegisterGatewayRequest
-	24, // 26: tessera.meta.v1.Meta.ListGateways:input_type -> tessera.meta.v1.ListGatewaysRequest
-	12, // 27: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
-	14, // 28: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
-	26, // 29: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
-	17, // 30: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
-	19, // 31: tessera.meta.v1.Meta.Auth:output_type -> tessera.meta.v1.AuthResponse
-	21, // 32: tessera.meta.v1.Meta.GetAuthState:output_type -> tessera.meta.v1.GetAuthStateResponse
-	23, // 33: tessera.meta.v1.Meta.RegisterGateway:output_type -> tessera.meta.v1.RegisterGatewayResponse
-	25, // 34: tessera.meta.v1.Meta.ListGateways:output_type -> tessera.meta.v1.ListGatewaysResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	37, // 0: tessera.meta.v1.Store.labels:type_name -> tessera.meta.v1.Store.LabelsEntry
+	1,  // 1: tessera.meta.v1.ShardMap.shards:type_name -> tessera.meta.v1.ShardDescriptor
+	2,  // 2: tessera.meta.v1.ShardMap.stores:type_name -> tessera.meta.v1.Store
+	3,  // 3: tessera.meta.v1.MetaState.shard_map:type_name -> tessera.meta.v1.ShardMap
+	38, // 4: tessera.meta.v1.MetaState.leases:type_name -> tessera.meta.v1.MetaState.LeasesEntry
+	10, // 5: tessera.meta.v1.MetaState.alarms:type_name -> tessera.meta.v1.Alarm
+	6,  // 6: tessera.meta.v1.MetaState.auth:type_name -> tessera.meta.v1.AuthState
+	39, // 7: tessera.meta.v1.MetaState.gateways:type_name -> tessera.meta.v1.MetaState.GatewaysEntry
+	40, // 8: tessera.meta.v1.AuthState.users:type_name -> tessera.meta.v1.AuthState.UsersEntry
+	41, // 9: tessera.meta.v1.AuthState.roles:type_name -> tessera.meta.v1.AuthState.RolesEntry
+	9,  // 10: tessera.meta.v1.AuthRole.permissions:type_name -> tessera.meta.v1.AuthPermission
+	3,  // 11: tessera.meta.v1.GetShardMapResponse.shard_map:type_name -> tessera.meta.v1.ShardMap
+	42, // 12: tessera.meta.v1.GetShardMapResponse.leaders:type_name -> tessera.meta.v1.GetShardMapResponse.LeadersEntry
+	6,  // 13: tessera.meta.v1.GetAuthStateResponse.state:type_name -> tessera.meta.v1.AuthState
+	5,  // 14: tessera.meta.v1.RegisterGatewayRequest.gateway:type_name -> tessera.meta.v1.Gateway
+	5,  // 15: tessera.meta.v1.ListGatewaysResponse.gateways:type_name -> tessera.meta.v1.Gateway
+	43, // 16: tessera.meta.v1.StoreHeartbeatRequest.shard_bytes:type_name -> tessera.meta.v1.StoreHeartbeatRequest.ShardBytesEntry
+	34, // 17: tessera.meta.v1.ListStoresResponse.stores:type_name -> tessera.meta.v1.StoreStatus
+	2,  // 18: tessera.meta.v1.StoreStatus.store:type_name -> tessera.meta.v1.Store
+	0,  // 19: tessera.meta.v1.StoreStatus.state:type_name -> tessera.meta.v1.StoreStatus.State
+	44, // 20: tessera.meta.v1.StoreStatus.shard_bytes:type_name -> tessera.meta.v1.StoreStatus.ShardBytesEntry
+	1,  // 21: tessera.meta.v1.SplitShardResponse.left:type_name -> tessera.meta.v1.ShardDescriptor
+	1,  // 22: tessera.meta.v1.SplitShardResponse.right:type_name -> tessera.meta.v1.ShardDescriptor
+	11, // 23: tessera.meta.v1.MetaState.LeasesEntry.value:type_name -> tessera.meta.v1.Lease
+	5,  // 24: tessera.meta.v1.MetaState.GatewaysEntry.value:type_name -> tessera.meta.v1.Gateway
+	7,  // 25: tessera.meta.v1.AuthState.UsersEntry.value:type_name -> tessera.meta.v1.AuthUser
+	8,  // 26: tessera.meta.v1.AuthState.RolesEntry.value:type_name -> tessera.meta.v1.AuthRole
+	12, // 27: tessera.meta.v1.Meta.GetShardMap:input_type -> tessera.meta.v1.GetShardMapRequest
+	14, // 28: tessera.meta.v1.Meta.AllocateRevisions:input_type -> tessera.meta.v1.AllocateRevisionsRequest
+	16, // 29: tessera.meta.v1.Meta.Lease:input_type -> tessera.meta.v1.LeaseRequest
+	17, // 30: tessera.meta.v1.Meta.Alarm:input_type -> tessera.meta.v1.AlarmRequest
+	19, // 31: tessera.meta.v1.Meta.Auth:input_type -> tessera.meta.v1.AuthRequest
+	21, // 32: tessera.meta.v1.Meta.GetAuthState:input_type -> tessera.meta.v1.GetAuthStateRequest
+	23, // 33: tessera.meta.v1.Meta.RegisterGateway:input_type -> tessera.meta.v1.RegisterGatewayRequest
+	25, // 34: tessera.meta.v1.Meta.ListGateways:input_type -> tessera.meta.v1.ListGatewaysRequest
+	35, // 35: tessera.meta.v1.Meta.SplitShard:input_type -> tessera.meta.v1.SplitShardRequest
+	30, // 36: tessera.meta.v1.Meta.StoreHeartbeat:input_type -> tessera.meta.v1.StoreHeartbeatRequest
+	32, // 37: tessera.meta.v1.Meta.ListStores:input_type -> tessera.meta.v1.ListStoresRequest
+	28, // 38: tessera.meta.v1.Meta.Compact:input_type -> tessera.meta.v1.CompactRequest
+	13, // 39: tessera.meta.v1.Meta.GetShardMap:output_type -> tessera.meta.v1.GetShardMapResponse
+	15, // 40: tessera.meta.v1.Meta.AllocateRevisions:output_type -> tessera.meta.v1.AllocateRevisionsResponse
+	27, // 41: tessera.meta.v1.Meta.Lease:output_type -> tessera.meta.v1.LeaseResponse
+	18, // 42: tessera.meta.v1.Meta.Alarm:output_type -> tessera.meta.v1.AlarmResponse
+	20, // 43: tessera.meta.v1.Meta.Auth:output_type -> tessera.meta.v1.AuthResponse
+	22, // 44: tessera.meta.v1.Meta.GetAuthState:output_type -> tessera.meta.v1.GetAuthStateResponse
+	24, // 45: tessera.meta.v1.Meta.RegisterGateway:output_type -> tessera.meta.v1.RegisterGatewayResponse
+	26, // 46: tessera.meta.v1.Meta.ListGateways:output_type -> tessera.meta.v1.ListGatewaysResponse
+	36, // 47: tessera.meta.v1.Meta.SplitShard:output_type -> tessera.meta.v1.SplitShardResponse
+	31, // 48: tessera.meta.v1.Meta.StoreHeartbeat:output_type -> tessera.meta.v1.StoreHeartbeatResponse
+	33, // 49: tessera.meta.v1.Meta.ListStores:output_type -> tessera.meta.v1.ListStoresResponse
+	29, // 50: tessera.meta.v1.Meta.Compact:output_type -> tessera.meta.v1.CompactResponse
+	39, // [39:51] is the sub-list for method output_type
+	27, // [27:39] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_tessera_meta_v1_meta_proto_init() }
@@ -2220,13 +2915,14 @@ func file_tessera_meta_v1_meta_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_meta_v1_meta_proto_rawDesc), len(file_tessera_meta_v1_meta_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   32,
+			NumEnums:      1,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tessera_meta_v1_meta_proto_goTypes,
 		DependencyIndexes: file_tessera_meta_v1_meta_proto_depIdxs,
+		EnumInfos:         file_tessera_meta_v1_meta_proto_enumTypes,
 		MessageInfos:      file_tessera_meta_v1_meta_proto_msgTypes,
 	}.Build()
 	File_tessera_meta_v1_meta_proto = out.File

@@ -37,6 +37,9 @@ const (
 	DataResult_CODE_INVALID         DataResult_Code = 6
 	// A put attached a key to a lease this shard has revoked.
 	DataResult_CODE_LEASE_NOT_FOUND DataResult_Code = 7
+	// The entry was routed by a stale descriptor generation, or a split
+	// did not fit the shard; nothing changed.
+	DataResult_CODE_WRONG_SHARD DataResult_Code = 8
 )
 
 // Enum value maps for DataResult_Code.
@@ -50,6 +53,7 @@ var (
 		5: "CODE_TOO_LARGE",
 		6: "CODE_INVALID",
 		7: "CODE_LEASE_NOT_FOUND",
+		8: "CODE_WRONG_SHARD",
 	}
 	DataResult_Code_value = map[string]int32{
 		"CODE_OK":              0,
@@ -60,6 +64,7 @@ var (
 		"CODE_TOO_LARGE":       5,
 		"CODE_INVALID":         6,
 		"CODE_LEASE_NOT_FOUND": 7,
+		"CODE_WRONG_SHARD":     8,
 	}
 )
 
@@ -87,7 +92,7 @@ func (x DataResult_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DataResult_Code.Descriptor instead.
 func (DataResult_Code) EnumDescriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4, 0}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // DataCommand is one entry of a data shard's Raft log.
@@ -104,7 +109,12 @@ type DataCommand struct {
 	//	*DataCommand_Compact
 	//	*DataCommand_Tick
 	//	*DataCommand_RevokeLease
+	//	*DataCommand_Split
 	Op isDataCommand_Op `protobuf_oneof:"op"`
+	// The descriptor generation the request was routed by (0: unchecked):
+	// an entry routed by an older generation than the shard's, whose keys
+	// may have moved to another shard since, is refused (CODE_WRONG_SHARD).
+	Generation uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
 	// For txn: the epoch of each lease the txn's puts attach keys to, as the
 	// gateway's lease check saw it. A put to a lease this shard has revoked
 	// at that epoch or later fails with "requested lease not found".
@@ -193,6 +203,22 @@ func (x *DataCommand) GetRevokeLease() *RevokeLease {
 	return nil
 }
 
+func (x *DataCommand) GetSplit() *Split {
+	if x != nil {
+		if x, ok := x.Op.(*DataCommand_Split); ok {
+			return x.Split
+		}
+	}
+	return nil
+}
+
+func (x *DataCommand) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 func (x *DataCommand) GetLeaseEpochs() map[int64]uint64 {
 	if x != nil {
 		return x.LeaseEpochs
@@ -223,6 +249,10 @@ type DataCommand_RevokeLease struct {
 	RevokeLease *RevokeLease `protobuf:"bytes,5,opt,name=revoke_lease,json=revokeLease,proto3,oneof"`
 }
 
+type DataCommand_Split struct {
+	Split *Split `protobuf:"bytes,7,opt,name=split,proto3,oneof"`
+}
+
 func (*DataCommand_Txn) isDataCommand_Op() {}
 
 func (*DataCommand_Compact) isDataCommand_Op() {}
@@ -230,6 +260,8 @@ func (*DataCommand_Compact) isDataCommand_Op() {}
 func (*DataCommand_Tick) isDataCommand_Op() {}
 
 func (*DataCommand_RevokeLease) isDataCommand_Op() {}
+
+func (*DataCommand_Split) isDataCommand_Op() {}
 
 // RevokeLease deletes every key of the shard attached to the leases, at the
 // entry's revision: one revision per shard for a batch of expired leases.
@@ -287,6 +319,81 @@ func (x *RevokeLease) GetEpochs() []uint64 {
 	return nil
 }
 
+// Split cuts the shard at split_key: it keeps [start, split_key) and a new
+// shard child_id takes [split_key, end) from the same Badger store on every
+// replica, closed at the entry's revision (no data is copied).
+type Split struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SplitKey []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	ChildId  uint64                 `protobuf:"varint,2,opt,name=child_id,json=childId,proto3" json:"child_id,omitempty"`
+	// The parent's generation the split was planned against: a split of a
+	// shard that changed since is refused (CODE_WRONG_SHARD). A repeat of a
+	// split already applied (same key and child) succeeds without change.
+	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The child's replicas (the parent's stores).
+	Replicas      []uint64 `protobuf:"varint,4,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Split) Reset() {
+	*x = Split{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Split) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Split) ProtoMessage() {}
+
+func (x *Split) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Split.ProtoReflect.Descriptor instead.
+func (*Split) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Split) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+func (x *Split) GetChildId() uint64 {
+	if x != nil {
+		return x.ChildId
+	}
+	return 0
+}
+
+func (x *Split) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Split) GetReplicas() []uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
 // Compact drops history below revision.
 type Compact struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -302,7 +409,7 @@ type Compact struct {
 
 func (x *Compact) Reset() {
 	*x = Compact{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +421,7 @@ func (x *Compact) String() string {
 func (*Compact) ProtoMessage() {}
 
 func (x *Compact) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[2]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +434,7 @@ func (x *Compact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compact.ProtoReflect.Descriptor instead.
 func (*Compact) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{2}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Compact) GetRevision() int64 {
@@ -353,7 +460,7 @@ type Tick struct {
 
 func (x *Tick) Reset() {
 	*x = Tick{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +472,7 @@ func (x *Tick) String() string {
 func (*Tick) ProtoMessage() {}
 
 func (x *Tick) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[3]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +485,7 @@ func (x *Tick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tick.ProtoReflect.Descriptor instead.
 func (*Tick) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{3}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4}
 }
 
 // DataResult is the state machine's answer to one DataCommand.
@@ -396,7 +503,7 @@ type DataResult struct {
 
 func (x *DataResult) Reset() {
 	*x = DataResult{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +515,7 @@ func (x *DataResult) String() string {
 func (*DataResult) ProtoMessage() {}
 
 func (x *DataResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[4]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +528,7 @@ func (x *DataResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataResult.ProtoReflect.Descriptor instead.
 func (*DataResult) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{4}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DataResult) GetCode() DataResult_Code {
@@ -466,6 +573,9 @@ type MetaCommand struct {
 	//	*MetaCommand_CheckpointLeases
 	//	*MetaCommand_Auth
 	//	*MetaCommand_RegisterGateway
+	//	*MetaCommand_AllocateShardId
+	//	*MetaCommand_UpdateShards
+	//	*MetaCommand_CompactCluster
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -473,7 +583,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +595,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +608,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{5}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -589,6 +699,33 @@ func (x *MetaCommand) GetRegisterGateway() *metapb.Gateway {
 	return nil
 }
 
+func (x *MetaCommand) GetAllocateShardId() *AllocateShardID {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_AllocateShardId); ok {
+			return x.AllocateShardId
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetUpdateShards() *UpdateShards {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_UpdateShards); ok {
+			return x.UpdateShards
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetCompactCluster() *CompactCluster {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_CompactCluster); ok {
+			return x.CompactCluster
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -631,6 +768,18 @@ type MetaCommand_RegisterGateway struct {
 	RegisterGateway *metapb.Gateway `protobuf:"bytes,9,opt,name=register_gateway,json=registerGateway,proto3,oneof"`
 }
 
+type MetaCommand_AllocateShardId struct {
+	AllocateShardId *AllocateShardID `protobuf:"bytes,10,opt,name=allocate_shard_id,json=allocateShardId,proto3,oneof"`
+}
+
+type MetaCommand_UpdateShards struct {
+	UpdateShards *UpdateShards `protobuf:"bytes,11,opt,name=update_shards,json=updateShards,proto3,oneof"`
+}
+
+type MetaCommand_CompactCluster struct {
+	CompactCluster *CompactCluster `protobuf:"bytes,12,opt,name=compact_cluster,json=compactCluster,proto3,oneof"`
+}
+
 func (*MetaCommand_ExtendTso) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterStore) isMetaCommand_Op() {}
@@ -649,6 +798,58 @@ func (*MetaCommand_Auth) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterGateway) isMetaCommand_Op() {}
 
+func (*MetaCommand_AllocateShardId) isMetaCommand_Op() {}
+
+func (*MetaCommand_UpdateShards) isMetaCommand_Op() {}
+
+func (*MetaCommand_CompactCluster) isMetaCommand_Op() {}
+
+// CompactCluster raises the cluster's compaction revision (MetaState);
+// refused (result 0) at or below the current one, as etcd refuses it.
+type CompactCluster struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactCluster) Reset() {
+	*x = CompactCluster{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactCluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactCluster) ProtoMessage() {}
+
+func (x *CompactCluster) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactCluster.ProtoReflect.Descriptor instead.
+func (*CompactCluster) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CompactCluster) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // AuthResult is the meta state machine's answer to an auth entry: etcd's
 // serialized response, or etcd's error message (rpctypes) if the change was
 // refused and nothing changed.
@@ -662,7 +863,7 @@ type AuthResult struct {
 
 func (x *AuthResult) Reset() {
 	*x = AuthResult{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +875,7 @@ func (x *AuthResult) String() string {
 func (*AuthResult) ProtoMessage() {}
 
 func (x *AuthResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +888,7 @@ func (x *AuthResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthResult.ProtoReflect.Descriptor instead.
 func (*AuthResult) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{6}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuthResult) GetResponse() []byte {
@@ -716,7 +917,7 @@ type CheckpointLeases struct {
 
 func (x *CheckpointLeases) Reset() {
 	*x = CheckpointLeases{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +929,7 @@ func (x *CheckpointLeases) String() string {
 func (*CheckpointLeases) ProtoMessage() {}
 
 func (x *CheckpointLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[7]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +942,7 @@ func (x *CheckpointLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointLeases.ProtoReflect.Descriptor instead.
 func (*CheckpointLeases) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{7}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckpointLeases) GetIds() []int64 {
@@ -770,7 +971,7 @@ type StartRevoke struct {
 
 func (x *StartRevoke) Reset() {
 	*x = StartRevoke{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +983,7 @@ func (x *StartRevoke) String() string {
 func (*StartRevoke) ProtoMessage() {}
 
 func (x *StartRevoke) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[8]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +996,7 @@ func (x *StartRevoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRevoke.ProtoReflect.Descriptor instead.
 func (*StartRevoke) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{8}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartRevoke) GetIds() []int64 {
@@ -818,7 +1019,7 @@ type SetAlarm struct {
 
 func (x *SetAlarm) Reset() {
 	*x = SetAlarm{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1031,7 @@ func (x *SetAlarm) String() string {
 func (*SetAlarm) ProtoMessage() {}
 
 func (x *SetAlarm) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[9]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1044,7 @@ func (x *SetAlarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAlarm.ProtoReflect.Descriptor instead.
 func (*SetAlarm) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{9}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetAlarm) GetStoreId() uint64 {
@@ -879,7 +1080,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1092,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[10]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1105,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{10}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GrantLease) GetId() int64 {
@@ -931,7 +1132,7 @@ type DropLease struct {
 
 func (x *DropLease) Reset() {
 	*x = DropLease{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1144,7 @@ func (x *DropLease) String() string {
 func (*DropLease) ProtoMessage() {}
 
 func (x *DropLease) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[11]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1157,7 @@ func (x *DropLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropLease.ProtoReflect.Descriptor instead.
 func (*DropLease) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{11}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DropLease) GetIds() []int64 {
@@ -983,7 +1184,7 @@ type ExtendTSO struct {
 
 func (x *ExtendTSO) Reset() {
 	*x = ExtendTSO{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1196,7 @@ func (x *ExtendTSO) String() string {
 func (*ExtendTSO) ProtoMessage() {}
 
 func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[12]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1209,7 @@ func (x *ExtendTSO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendTSO.ProtoReflect.Descriptor instead.
 func (*ExtendTSO) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{12}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExtendTSO) GetLimit() int64 {
@@ -1037,7 +1238,7 @@ type RegisterStore struct {
 
 func (x *RegisterStore) Reset() {
 	*x = RegisterStore{}
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1250,7 @@ func (x *RegisterStore) String() string {
 func (*RegisterStore) ProtoMessage() {}
 
 func (x *RegisterStore) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[13]
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1263,7 @@ func (x *RegisterStore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterStore.ProtoReflect.Descriptor instead.
 func (*RegisterStore) Descriptor() ([]byte, []int) {
-	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{13}
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterStore) GetStoreId() uint64 {
@@ -1086,17 +1287,106 @@ func (x *RegisterStore) GetApiAddress() string {
 	return ""
 }
 
+// AllocateShardID takes the next data shard ID (the result's value).
+type AllocateShardID struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateShardID) Reset() {
+	*x = AllocateShardID{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateShardID) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateShardID) ProtoMessage() {}
+
+func (x *AllocateShardID) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateShardID.ProtoReflect.Descriptor instead.
+func (*AllocateShardID) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{16}
+}
+
+// UpdateShards installs descriptors a data shard applied (a split): each
+// replaces the one with its ID only if its generation is higher, or is
+// added if the ID is new, so a late or repeated update never rolls the map
+// back.
+type UpdateShards struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Shards        []*metapb.ShardDescriptor `protobuf:"bytes,1,rep,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateShards) Reset() {
+	*x = UpdateShards{}
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateShards) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateShards) ProtoMessage() {}
+
+func (x *UpdateShards) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateShards.ProtoReflect.Descriptor instead.
+func (*UpdateShards) Descriptor() ([]byte, []int) {
+	return file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateShards) GetShards() []*metapb.ShardDescriptor {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 var File_tessera_raftcmd_v1_raftcmd_proto protoreflect.FileDescriptor
 
 const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\n" +
-	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\x1a\x1atessera/meta/v1/meta.proto\"\x87\x03\n" +
+	" tessera/raftcmd/v1/raftcmd.proto\x12\x12tessera.raftcmd.v1\x1a\x1atessera/meta/v1/meta.proto\"\xda\x03\n" +
 	"\vDataCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x03txn\x18\x02 \x01(\fH\x00R\x03txn\x127\n" +
 	"\acompact\x18\x03 \x01(\v2\x1b.tessera.raftcmd.v1.CompactH\x00R\acompact\x12.\n" +
 	"\x04tick\x18\x04 \x01(\v2\x18.tessera.raftcmd.v1.TickH\x00R\x04tick\x12D\n" +
-	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLease\x12S\n" +
+	"\frevoke_lease\x18\x05 \x01(\v2\x1f.tessera.raftcmd.v1.RevokeLeaseH\x00R\vrevokeLease\x121\n" +
+	"\x05split\x18\a \x01(\v2\x19.tessera.raftcmd.v1.SplitH\x00R\x05split\x12\x1e\n" +
+	"\n" +
+	"generation\x18\b \x01(\x04R\n" +
+	"generation\x12S\n" +
 	"\flease_epochs\x18\x06 \x03(\v20.tessera.raftcmd.v1.DataCommand.LeaseEpochsEntryR\vleaseEpochs\x1a>\n" +
 	"\x10LeaseEpochsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x03R\x03key\x12\x14\n" +
@@ -1104,17 +1394,24 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x02op\"B\n" +
 	"\vRevokeLease\x12\x1b\n" +
 	"\tlease_ids\x18\x01 \x03(\x03R\bleaseIds\x12\x16\n" +
-	"\x06epochs\x18\x02 \x03(\x04R\x06epochs\"N\n" +
+	"\x06epochs\x18\x02 \x03(\x04R\x06epochs\"{\n" +
+	"\x05Split\x12\x1b\n" +
+	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12\x19\n" +
+	"\bchild_id\x18\x02 \x01(\x04R\achildId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\breplicas\x18\x04 \x03(\x04R\breplicas\"N\n" +
 	"\aCompact\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fcluster_checked\x18\x02 \x01(\bR\x0eclusterChecked\"\x06\n" +
-	"\x04Tick\"\xd3\x02\n" +
+	"\x04Tick\"\xe9\x02\n" +
 	"\n" +
 	"DataResult\x127\n" +
 	"\x04code\x18\x01 \x01(\x0e2#.tessera.raftcmd.v1.DataResult.CodeR\x04code\x12!\n" +
 	"\ftxn_response\x18\x02 \x01(\fR\vtxnResponse\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xb2\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xc8\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x17\n" +
 	"\x13CODE_STALE_REVISION\x10\x01\x12\x12\n" +
@@ -1123,7 +1420,8 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\x12CODE_KEY_NOT_FOUND\x10\x04\x12\x12\n" +
 	"\x0eCODE_TOO_LARGE\x10\x05\x12\x10\n" +
 	"\fCODE_INVALID\x10\x06\x12\x18\n" +
-	"\x14CODE_LEASE_NOT_FOUND\x10\a\"\xf5\x04\n" +
+	"\x14CODE_LEASE_NOT_FOUND\x10\a\x12\x14\n" +
+	"\x10CODE_WRONG_SHARD\x10\b\"\xe0\x06\n" +
 	"\vMetaCommand\x12>\n" +
 	"\n" +
 	"extend_tso\x18\x01 \x01(\v2\x1d.tessera.raftcmd.v1.ExtendTSOH\x00R\textendTso\x12J\n" +
@@ -1136,8 +1434,14 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\fstart_revoke\x18\x06 \x01(\v2\x1f.tessera.raftcmd.v1.StartRevokeH\x00R\vstartRevoke\x12S\n" +
 	"\x11checkpoint_leases\x18\a \x01(\v2$.tessera.raftcmd.v1.CheckpointLeasesH\x00R\x10checkpointLeases\x122\n" +
 	"\x04auth\x18\b \x01(\v2\x1c.tessera.meta.v1.AuthRequestH\x00R\x04auth\x12E\n" +
-	"\x10register_gateway\x18\t \x01(\v2\x18.tessera.meta.v1.GatewayH\x00R\x0fregisterGatewayB\x04\n" +
-	"\x02op\">\n" +
+	"\x10register_gateway\x18\t \x01(\v2\x18.tessera.meta.v1.GatewayH\x00R\x0fregisterGateway\x12Q\n" +
+	"\x11allocate_shard_id\x18\n" +
+	" \x01(\v2#.tessera.raftcmd.v1.AllocateShardIDH\x00R\x0fallocateShardId\x12G\n" +
+	"\rupdate_shards\x18\v \x01(\v2 .tessera.raftcmd.v1.UpdateShardsH\x00R\fupdateShards\x12M\n" +
+	"\x0fcompact_cluster\x18\f \x01(\v2\".tessera.raftcmd.v1.CompactClusterH\x00R\x0ecompactClusterB\x04\n" +
+	"\x02op\",\n" +
+	"\x0eCompactCluster\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\">\n" +
 	"\n" +
 	"AuthResult\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\x12\x14\n" +
@@ -1164,7 +1468,10 @@ const file_tessera_raftcmd_v1_raftcmd_proto_rawDesc = "" +
 	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
-	"apiAddressB/Z-github.com/tessera-kv/tessera/proto/raftcmdpbb\x06proto3"
+	"apiAddress\"\x11\n" +
+	"\x0fAllocateShardID\"H\n" +
+	"\fUpdateShards\x128\n" +
+	"\x06shards\x18\x01 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06shardsB/Z-github.com/tessera-kv/tessera/proto/raftcmdpbb\x06proto3"
 
 var (
 	file_tessera_raftcmd_v1_raftcmd_proto_rawDescOnce sync.Once
@@ -1179,47 +1486,57 @@ func file_tessera_raftcmd_v1_raftcmd_proto_rawDescGZIP() []byte {
 }
 
 var file_tessera_raftcmd_v1_raftcmd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_tessera_raftcmd_v1_raftcmd_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tessera_raftcmd_v1_raftcmd_proto_goTypes = []any{
-	(DataResult_Code)(0),       // 0: tessera.raftcmd.v1.DataResult.Code
-	(*DataCommand)(nil),        // 1: tessera.raftcmd.v1.DataCommand
-	(*RevokeLease)(nil),        // 2: tessera.raftcmd.v1.RevokeLease
-	(*Compact)(nil),            // 3: tessera.raftcmd.v1.Compact
-	(*Tick)(nil),               // 4: tessera.raftcmd.v1.Tick
-	(*DataResult)(nil),         // 5: tessera.raftcmd.v1.DataResult
-	(*MetaCommand)(nil),        // 6: tessera.raftcmd.v1.MetaCommand
-	(*AuthResult)(nil),         // 7: tessera.raftcmd.v1.AuthResult
-	(*CheckpointLeases)(nil),   // 8: tessera.raftcmd.v1.CheckpointLeases
-	(*StartRevoke)(nil),        // 9: tessera.raftcmd.v1.StartRevoke
-	(*SetAlarm)(nil),           // 10: tessera.raftcmd.v1.SetAlarm
-	(*GrantLease)(nil),         // 11: tessera.raftcmd.v1.GrantLease
-	(*DropLease)(nil),          // 12: tessera.raftcmd.v1.DropLease
-	(*ExtendTSO)(nil),          // 13: tessera.raftcmd.v1.ExtendTSO
-	(*RegisterStore)(nil),      // 14: tessera.raftcmd.v1.RegisterStore
-	nil,                        // 15: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
-	(*metapb.AuthRequest)(nil), // 16: tessera.meta.v1.AuthRequest
-	(*metapb.Gateway)(nil),     // 17: tessera.meta.v1.Gateway
+	(DataResult_Code)(0),           // 0: tessera.raftcmd.v1.DataResult.Code
+	(*DataCommand)(nil),            // 1: tessera.raftcmd.v1.DataCommand
+	(*RevokeLease)(nil),            // 2: tessera.raftcmd.v1.RevokeLease
+	(*Split)(nil),                  // 3: tessera.raftcmd.v1.Split
+	(*Compact)(nil),                // 4: tessera.raftcmd.v1.Compact
+	(*Tick)(nil),                   // 5: tessera.raftcmd.v1.Tick
+	(*DataResult)(nil),             // 6: tessera.raftcmd.v1.DataResult
+	(*MetaCommand)(nil),            // 7: tessera.raftcmd.v1.MetaCommand
+	(*CompactCluster)(nil),         // 8: tessera.raftcmd.v1.CompactCluster
+	(*AuthResult)(nil),             // 9: tessera.raftcmd.v1.AuthResult
+	(*CheckpointLeases)(nil),       // 10: tessera.raftcmd.v1.CheckpointLeases
+	(*StartRevoke)(nil),            // 11: tessera.raftcmd.v1.StartRevoke
+	(*SetAlarm)(nil),               // 12: tessera.raftcmd.v1.SetAlarm
+	(*GrantLease)(nil),             // 13: tessera.raftcmd.v1.GrantLease
+	(*DropLease)(nil),              // 14: tessera.raftcmd.v1.DropLease
+	(*ExtendTSO)(nil),              // 15: tessera.raftcmd.v1.ExtendTSO
+	(*RegisterStore)(nil),          // 16: tessera.raftcmd.v1.RegisterStore
+	(*AllocateShardID)(nil),        // 17: tessera.raftcmd.v1.AllocateShardID
+	(*UpdateShards)(nil),           // 18: tessera.raftcmd.v1.UpdateShards
+	nil,                            // 19: tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	(*metapb.AuthRequest)(nil),     // 20: tessera.meta.v1.AuthRequest
+	(*metapb.Gateway)(nil),         // 21: tessera.meta.v1.Gateway
+	(*metapb.ShardDescriptor)(nil), // 22: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_raftcmd_v1_raftcmd_proto_depIdxs = []int32{
-	3,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
-	4,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
+	4,  // 0: tessera.raftcmd.v1.DataCommand.compact:type_name -> tessera.raftcmd.v1.Compact
+	5,  // 1: tessera.raftcmd.v1.DataCommand.tick:type_name -> tessera.raftcmd.v1.Tick
 	2,  // 2: tessera.raftcmd.v1.DataCommand.revoke_lease:type_name -> tessera.raftcmd.v1.RevokeLease
-	15, // 3: tessera.raftcmd.v1.DataCommand.lease_epochs:type_name -> tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
-	0,  // 4: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
-	13, // 5: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
-	14, // 6: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
-	11, // 7: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
-	12, // 8: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
-	10, // 9: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
-	9,  // 10: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
-	8,  // 11: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
-	16, // 12: tessera.raftcmd.v1.MetaCommand.auth:type_name -> tessera.meta.v1.AuthRequest
-	17, // 13: tessera.raftcmd.v1.MetaCommand.register_gateway:type_name -> tessera.meta.v1.Gateway
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 3: tessera.raftcmd.v1.DataCommand.split:type_name -> tessera.raftcmd.v1.Split
+	19, // 4: tessera.raftcmd.v1.DataCommand.lease_epochs:type_name -> tessera.raftcmd.v1.DataCommand.LeaseEpochsEntry
+	0,  // 5: tessera.raftcmd.v1.DataResult.code:type_name -> tessera.raftcmd.v1.DataResult.Code
+	15, // 6: tessera.raftcmd.v1.MetaCommand.extend_tso:type_name -> tessera.raftcmd.v1.ExtendTSO
+	16, // 7: tessera.raftcmd.v1.MetaCommand.register_store:type_name -> tessera.raftcmd.v1.RegisterStore
+	13, // 8: tessera.raftcmd.v1.MetaCommand.grant_lease:type_name -> tessera.raftcmd.v1.GrantLease
+	14, // 9: tessera.raftcmd.v1.MetaCommand.drop_lease:type_name -> tessera.raftcmd.v1.DropLease
+	12, // 10: tessera.raftcmd.v1.MetaCommand.set_alarm:type_name -> tessera.raftcmd.v1.SetAlarm
+	11, // 11: tessera.raftcmd.v1.MetaCommand.start_revoke:type_name -> tessera.raftcmd.v1.StartRevoke
+	10, // 12: tessera.raftcmd.v1.MetaCommand.checkpoint_leases:type_name -> tessera.raftcmd.v1.CheckpointLeases
+	20, // 13: tessera.raftcmd.v1.MetaCommand.auth:type_name -> tessera.meta.v1.AuthRequest
+	21, // 14: tessera.raftcmd.v1.MetaCommand.register_gateway:type_name -> tessera.meta.v1.Gateway
+	17, // 15: tessera.raftcmd.v1.MetaCommand.allocate_shard_id:type_name -> tessera.raftcmd.v1.AllocateShardID
+	18, // 16: tessera.raftcmd.v1.MetaCommand.update_shards:type_name -> tessera.raftcmd.v1.UpdateShards
+	8,  // 17: tessera.raftcmd.v1.MetaCommand.compact_cluster:type_name -> tessera.raftcmd.v1.CompactCluster
+	22, // 18: tessera.raftcmd.v1.UpdateShards.shards:type_name -> tessera.meta.v1.ShardDescriptor
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tessera_raftcmd_v1_raftcmd_proto_init() }
@@ -1232,8 +1549,9 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*DataCommand_Compact)(nil),
 		(*DataCommand_Tick)(nil),
 		(*DataCommand_RevokeLease)(nil),
+		(*DataCommand_Split)(nil),
 	}
-	file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[5].OneofWrappers = []any{
+	file_tessera_raftcmd_v1_raftcmd_proto_msgTypes[6].OneofWrappers = []any{
 		(*MetaCommand_ExtendTso)(nil),
 		(*MetaCommand_RegisterStore)(nil),
 		(*MetaCommand_GrantLease)(nil),
@@ -1243,6 +1561,9 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 		(*MetaCommand_CheckpointLeases)(nil),
 		(*MetaCommand_Auth)(nil),
 		(*MetaCommand_RegisterGateway)(nil),
+		(*MetaCommand_AllocateShardId)(nil),
+		(*MetaCommand_UpdateShards)(nil),
+		(*MetaCommand_CompactCluster)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1250,7 +1571,7 @@ func file_tessera_raftcmd_v1_raftcmd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc), len(file_tessera_raftcmd_v1_raftcmd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

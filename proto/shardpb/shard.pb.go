@@ -846,7 +846,12 @@ type ChangesResponse struct {
 	CompactRevision int64 `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
 	// start_revision was below compact_revision: nothing was sent and the
 	// stream ends after this message.
-	Compacted     bool `protobuf:"varint,4,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	Compacted bool `protobuf:"varint,4,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	// Splits of this shard at revisions up to closed_revision (and above the
+	// previous message's; in the first message of a feed "from now", every
+	// split): from each split's revision on, the keys at and above its split
+	// key are the new shard's, whose own feed starts above that revision.
+	Splits        []*metapb.ShardDescriptor `protobuf:"bytes,5,rep,name=splits,proto3" json:"splits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +912,13 @@ func (x *ChangesResponse) GetCompacted() bool {
 		return x.Compacted
 	}
 	return false
+}
+
+func (x *ChangesResponse) GetSplits() []*metapb.ShardDescriptor {
+	if x != nil {
+		return x.Splits
+	}
+	return nil
 }
 
 type RevokeLeaseRequest struct {
@@ -973,8 +985,12 @@ func (x *RevokeLeaseRequest) GetEpochs() []uint64 {
 type RevokeLeaseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The revision of the deletion (0 when the shard had no key of the lease).
-	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	Deleted       int64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Deleted  int64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// The shards split from this one: their keys are not this shard's, and
+	// the revoke must reach them too (a shard map read before a split
+	// finished lacks them).
+	Splits        []*metapb.ShardDescriptor `protobuf:"bytes,3,rep,name=splits,proto3" json:"splits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1021,6 +1037,13 @@ func (x *RevokeLeaseResponse) GetDeleted() int64 {
 		return x.Deleted
 	}
 	return 0
+}
+
+func (x *RevokeLeaseResponse) GetSplits() []*metapb.ShardDescriptor {
+	if x != nil {
+		return x.Splits
+	}
+	return nil
 }
 
 type LeaseKeysRequest struct {
@@ -1448,6 +1471,103 @@ func (*BackupRequest) Descriptor() ([]byte, []int) {
 	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{23}
 }
 
+type ShardSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardSnapshotRequest) Reset() {
+	*x = ShardSnapshotRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardSnapshotRequest) ProtoMessage() {}
+
+func (x *ShardSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*ShardSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ShardSnapshotRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *ShardSnapshotRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// ShardSnapshotResponse is a piece of a shard's snapshot stream (pkg/mvcc).
+type ShardSnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardSnapshotResponse) Reset() {
+	*x = ShardSnapshotResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardSnapshotResponse) ProtoMessage() {}
+
+func (x *ShardSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*ShardSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ShardSnapshotResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // BackupResponse is a piece of a backup stream (see services/replica/backup.go
 // for the format).
 type BackupResponse struct {
@@ -1459,7 +1579,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1591,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[24]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1604,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{24}
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BackupResponse) GetData() []byte {
@@ -1503,14 +1623,18 @@ type CloseRequest struct {
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Confirm leadership with a ReadIndex first, so the state reported
 	// includes every write acknowledged before the call.
-	Linearizable  bool `protobuf:"varint,3,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	Linearizable bool `protobuf:"varint,3,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	// The descriptor generation the caller knows (0: unchecked): a shard
+	// that split since answers WrongShard, so a reader of every shard never
+	// misses one a split made.
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CloseRequest) Reset() {
 	*x = CloseRequest{}
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1646,7 @@ func (x *CloseRequest) String() string {
 func (*CloseRequest) ProtoMessage() {}
 
 func (x *CloseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[25]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1659,7 @@ func (x *CloseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRequest.ProtoReflect.Descriptor instead.
 func (*CloseRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{25}
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CloseRequest) GetShardId() uint64 {
@@ -1559,6 +1683,13 @@ func (x *CloseRequest) GetLinearizable() bool {
 	return false
 }
 
+func (x *CloseRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type CloseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The shard's etcd revision (its last write).
@@ -1578,7 +1709,7 @@ type CloseResponse struct {
 
 func (x *CloseResponse) Reset() {
 	*x = CloseResponse{}
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1721,7 @@ func (x *CloseResponse) String() string {
 func (*CloseResponse) ProtoMessage() {}
 
 func (x *CloseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[26]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1734,7 @@ func (x *CloseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseResponse.ProtoReflect.Descriptor instead.
 func (*CloseResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{26}
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CloseResponse) GetRevision() int64 {
@@ -1652,16 +1783,18 @@ func (x *CloseResponse) GetRevisionAt() int64 {
 // each after a ReadIndex when linearizable: one call where a read of a
 // cluster of many shards needs all their revisions.
 type StatesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ShardIds      []uint64               `protobuf:"varint,1,rep,packed,name=shard_ids,json=shardIds,proto3" json:"shard_ids,omitempty"`
-	Linearizable  bool                   `protobuf:"varint,2,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ShardIds     []uint64               `protobuf:"varint,1,rep,packed,name=shard_ids,json=shardIds,proto3" json:"shard_ids,omitempty"`
+	Linearizable bool                   `protobuf:"varint,2,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	// Parallel to shard_ids, as CloseRequest.generation (may be empty).
+	Generations   []uint64 `protobuf:"varint,3,rep,packed,name=generations,proto3" json:"generations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatesRequest) Reset() {
 	*x = StatesRequest{}
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1806,7 @@ func (x *StatesRequest) String() string {
 func (*StatesRequest) ProtoMessage() {}
 
 func (x *StatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[27]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1819,7 @@ func (x *StatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatesRequest.ProtoReflect.Descriptor instead.
 func (*StatesRequest) Descriptor() ([]byte, []int) {
-	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{27}
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatesRequest) GetShardIds() []uint64 {
@@ -1703,6 +1836,13 @@ func (x *StatesRequest) GetLinearizable() bool {
 	return false
 }
 
+func (x *StatesRequest) GetGenerations() []uint64 {
+	if x != nil {
+		return x.Generations
+	}
+	return nil
+}
+
 type StatesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// In the order asked.
@@ -1713,7 +1853,7 @@ type StatesResponse struct {
 
 func (x *StatesResponse) Reset() {
 	*x = StatesResponse{}
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1865,7 @@ func (x *StatesResponse) String() string {
 func (*StatesResponse) ProtoMessage() {}
 
 func (x *StatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tessera_shard_v1_shard_proto_msgTypes[28]
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,12 +1878,133 @@ func (x *StatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatesResponse.ProtoReflect.Descriptor instead.
 func (*StatesResponse) Descriptor() ([]byte, []int) {
-	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{28}
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatesResponse) GetStates() []*CloseResponse {
 	if x != nil {
 		return x.States
+	}
+	return nil
+}
+
+type SplitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	SplitKey      []byte                 `protobuf:"bytes,2,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	ChildId       uint64                 `protobuf:"varint,3,opt,name=child_id,json=childId,proto3" json:"child_id,omitempty"`
+	Generation    uint64                 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRequest) Reset() {
+	*x = SplitRequest{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRequest) ProtoMessage() {}
+
+func (x *SplitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
+func (*SplitRequest) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SplitRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *SplitRequest) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+func (x *SplitRequest) GetChildId() uint64 {
+	if x != nil {
+		return x.ChildId
+	}
+	return 0
+}
+
+func (x *SplitRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// SplitResponse describes both shards as the parent applied the split.
+type SplitResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Left          *metapb.ShardDescriptor `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *metapb.ShardDescriptor `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitResponse) Reset() {
+	*x = SplitResponse{}
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitResponse) ProtoMessage() {}
+
+func (x *SplitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tessera_shard_v1_shard_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
+func (*SplitResponse) Descriptor() ([]byte, []int) {
+	return file_tessera_shard_v1_shard_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SplitResponse) GetLeft() *metapb.ShardDescriptor {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitResponse) GetRight() *metapb.ShardDescriptor {
+	if x != nil {
+		return x.Right
 	}
 	return nil
 }
@@ -1816,19 +2077,21 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\fend_revision\x18\x05 \x01(\x03R\vendRevision\"<\n" +
 	"\x06Change\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
-	"\x06events\x18\x02 \x03(\fR\x06events\"\xb7\x01\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\xf1\x01\n" +
 	"\x0fChangesResponse\x122\n" +
 	"\achanges\x18\x01 \x03(\v2\x18.tessera.shard.v1.ChangeR\achanges\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
-	"\tcompacted\x18\x04 \x01(\bR\tcompacted\"d\n" +
+	"\tcompacted\x18\x04 \x01(\bR\tcompacted\x128\n" +
+	"\x06splits\x18\x05 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06splits\"d\n" +
 	"\x12RevokeLeaseRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
 	"\tlease_ids\x18\x02 \x03(\x03R\bleaseIds\x12\x16\n" +
-	"\x06epochs\x18\x03 \x03(\x04R\x06epochs\"K\n" +
+	"\x06epochs\x18\x03 \x03(\x04R\x06epochs\"\x85\x01\n" +
 	"\x13RevokeLeaseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x18\n" +
-	"\adeleted\x18\x02 \x01(\x03R\adeleted\"H\n" +
+	"\adeleted\x18\x02 \x01(\x03R\adeleted\x128\n" +
+	"\x06splits\x18\x03 \x03(\v2 .tessera.meta.v1.ShardDescriptorR\x06splits\"H\n" +
 	"\x10LeaseKeysRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x03R\aleaseId\"'\n" +
@@ -1851,13 +2114,21 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12&\n" +
 	"\x0ftarget_store_id\x18\x02 \x01(\x04R\rtargetStoreId\"\x18\n" +
 	"\x16TransferLeaderResponse\"\x0f\n" +
-	"\rBackupRequest\"$\n" +
+	"\rBackupRequest\"M\n" +
+	"\x14ShardSnapshotRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"+\n" +
+	"\x15ShardSnapshotResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"$\n" +
 	"\x0eBackupResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"i\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x89\x01\n" +
 	"\fCloseRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\"\n" +
-	"\flinearizable\x18\x03 \x01(\bR\flinearizable\"\xe5\x01\n" +
+	"\flinearizable\x18\x03 \x01(\bR\flinearizable\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\"\xe5\x01\n" +
 	"\rCloseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
@@ -1865,12 +2136,23 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12&\n" +
 	"\x0fleader_store_id\x18\x05 \x01(\x04R\rleaderStoreId\x12\x1f\n" +
 	"\vrevision_at\x18\x06 \x01(\x03R\n" +
-	"revisionAt\"P\n" +
+	"revisionAt\"r\n" +
 	"\rStatesRequest\x12\x1b\n" +
 	"\tshard_ids\x18\x01 \x03(\x04R\bshardIds\x12\"\n" +
-	"\flinearizable\x18\x02 \x01(\bR\flinearizable\"I\n" +
+	"\flinearizable\x18\x02 \x01(\bR\flinearizable\x12 \n" +
+	"\vgenerations\x18\x03 \x03(\x04R\vgenerations\"I\n" +
 	"\x0eStatesResponse\x127\n" +
-	"\x06states\x18\x01 \x03(\v2\x1f.tessera.shard.v1.CloseResponseR\x06states2\xa7\b\n" +
+	"\x06states\x18\x01 \x03(\v2\x1f.tessera.shard.v1.CloseResponseR\x06states\"\x81\x01\n" +
+	"\fSplitRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
+	"\tsplit_key\x18\x02 \x01(\fR\bsplitKey\x12\x19\n" +
+	"\bchild_id\x18\x03 \x01(\x04R\achildId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\"}\n" +
+	"\rSplitResponse\x124\n" +
+	"\x04left\x18\x01 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x04left\x126\n" +
+	"\x05right\x18\x02 \x01(\v2 .tessera.meta.v1.ShardDescriptorR\x05right2\xd5\t\n" +
 	"\x05Shard\x12H\n" +
 	"\x05Range\x12\x1e.tessera.shard.v1.RangeRequest\x1a\x1f.tessera.shard.v1.RangeResponse\x12H\n" +
 	"\x05Close\x12\x1e.tessera.shard.v1.CloseRequest\x1a\x1f.tessera.shard.v1.CloseResponse\x12K\n" +
@@ -1885,7 +2167,9 @@ const file_tessera_shard_v1_shard_proto_rawDesc = "" +
 	"\n" +
 	"Defragment\x12#.tessera.shard.v1.DefragmentRequest\x1a$.tessera.shard.v1.DefragmentResponse\x12c\n" +
 	"\x0eTransferLeader\x12'.tessera.shard.v1.TransferLeaderRequest\x1a(.tessera.shard.v1.TransferLeaderResponse\x12M\n" +
-	"\x06Backup\x12\x1f.tessera.shard.v1.BackupRequest\x1a .tessera.shard.v1.BackupResponse0\x01B-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
+	"\x06Backup\x12\x1f.tessera.shard.v1.BackupRequest\x1a .tessera.shard.v1.BackupResponse0\x01\x12b\n" +
+	"\rShardSnapshot\x12&.tessera.shard.v1.ShardSnapshotRequest\x1a'.tessera.shard.v1.ShardSnapshotResponse0\x01\x12H\n" +
+	"\x05Split\x12\x1e.tessera.shard.v1.SplitRequest\x1a\x1f.tessera.shard.v1.SplitResponseB-Z+github.com/tessera-kv/tessera/proto/shardpbb\x06proto3"
 
 var (
 	file_tessera_shard_v1_shard_proto_rawDescOnce sync.Once
@@ -1899,7 +2183,7 @@ func file_tessera_shard_v1_shard_proto_rawDescGZIP() []byte {
 	return file_tessera_shard_v1_shard_proto_rawDescData
 }
 
-var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_tessera_shard_v1_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*RangeRequest)(nil),           // 0: tessera.shard.v1.RangeRequest
 	(*RangeResponse)(nil),          // 1: tessera.shard.v1.RangeResponse
@@ -1925,50 +2209,62 @@ var file_tessera_shard_v1_shard_proto_goTypes = []any{
 	(*TransferLeaderRequest)(nil),  // 21: tessera.shard.v1.TransferLeaderRequest
 	(*TransferLeaderResponse)(nil), // 22: tessera.shard.v1.TransferLeaderResponse
 	(*BackupRequest)(nil),          // 23: tessera.shard.v1.BackupRequest
-	(*BackupResponse)(nil),         // 24: tessera.shard.v1.BackupResponse
-	(*CloseRequest)(nil),           // 25: tessera.shard.v1.CloseRequest
-	(*CloseResponse)(nil),          // 26: tessera.shard.v1.CloseResponse
-	(*StatesRequest)(nil),          // 27: tessera.shard.v1.StatesRequest
-	(*StatesResponse)(nil),         // 28: tessera.shard.v1.StatesResponse
-	nil,                            // 29: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	(*metapb.ShardDescriptor)(nil), // 30: tessera.meta.v1.ShardDescriptor
+	(*ShardSnapshotRequest)(nil),   // 24: tessera.shard.v1.ShardSnapshotRequest
+	(*ShardSnapshotResponse)(nil),  // 25: tessera.shard.v1.ShardSnapshotResponse
+	(*BackupResponse)(nil),         // 26: tessera.shard.v1.BackupResponse
+	(*CloseRequest)(nil),           // 27: tessera.shard.v1.CloseRequest
+	(*CloseResponse)(nil),          // 28: tessera.shard.v1.CloseResponse
+	(*StatesRequest)(nil),          // 29: tessera.shard.v1.StatesRequest
+	(*StatesResponse)(nil),         // 30: tessera.shard.v1.StatesResponse
+	(*SplitRequest)(nil),           // 31: tessera.shard.v1.SplitRequest
+	(*SplitResponse)(nil),          // 32: tessera.shard.v1.SplitResponse
+	nil,                            // 33: tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	(*metapb.ShardDescriptor)(nil), // 34: tessera.meta.v1.ShardDescriptor
 }
 var file_tessera_shard_v1_shard_proto_depIdxs = []int32{
-	29, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
-	30, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
+	33, // 0: tessera.shard.v1.TxnRequest.lease_epochs:type_name -> tessera.shard.v1.TxnRequest.LeaseEpochsEntry
+	34, // 1: tessera.shard.v1.WrongShard.descriptors:type_name -> tessera.meta.v1.ShardDescriptor
 	11, // 2: tessera.shard.v1.ChangesResponse.changes:type_name -> tessera.shard.v1.Change
-	26, // 3: tessera.shard.v1.StatesResponse.states:type_name -> tessera.shard.v1.CloseResponse
-	0,  // 4: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
-	25, // 5: tessera.shard.v1.Shard.Close:input_type -> tessera.shard.v1.CloseRequest
-	27, // 6: tessera.shard.v1.Shard.States:input_type -> tessera.shard.v1.StatesRequest
-	2,  // 7: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
-	4,  // 8: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
-	6,  // 9: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
-	10, // 10: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
-	13, // 11: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
-	15, // 12: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
-	17, // 13: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
-	19, // 14: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
-	21, // 15: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
-	23, // 16: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
-	1,  // 17: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
-	26, // 18: tessera.shard.v1.Shard.Close:output_type -> tessera.shard.v1.CloseResponse
-	28, // 19: tessera.shard.v1.Shard.States:output_type -> tessera.shard.v1.StatesResponse
-	3,  // 20: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
-	5,  // 21: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
-	7,  // 22: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
-	12, // 23: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
-	14, // 24: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
-	16, // 25: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
-	18, // 26: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
-	20, // 27: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
-	22, // 28: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
-	24, // 29: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
-	17, // [17:30] is the sub-list for method output_type
-	4,  // [4:17] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	34, // 3: tessera.shard.v1.ChangesResponse.splits:type_name -> tessera.meta.v1.ShardDescriptor
+	34, // 4: tessera.shard.v1.RevokeLeaseResponse.splits:type_name -> tessera.meta.v1.ShardDescriptor
+	28, // 5: tessera.shard.v1.StatesResponse.states:type_name -> tessera.shard.v1.CloseResponse
+	34, // 6: tessera.shard.v1.SplitResponse.left:type_name -> tessera.meta.v1.ShardDescriptor
+	34, // 7: tessera.shard.v1.SplitResponse.right:type_name -> tessera.meta.v1.ShardDescriptor
+	0,  // 8: tessera.shard.v1.Shard.Range:input_type -> tessera.shard.v1.RangeRequest
+	27, // 9: tessera.shard.v1.Shard.Close:input_type -> tessera.shard.v1.CloseRequest
+	29, // 10: tessera.shard.v1.Shard.States:input_type -> tessera.shard.v1.StatesRequest
+	2,  // 11: tessera.shard.v1.Shard.Txn:input_type -> tessera.shard.v1.TxnRequest
+	4,  // 12: tessera.shard.v1.Shard.Compact:input_type -> tessera.shard.v1.CompactRequest
+	6,  // 13: tessera.shard.v1.Shard.Status:input_type -> tessera.shard.v1.StatusRequest
+	10, // 14: tessera.shard.v1.Shard.Changes:input_type -> tessera.shard.v1.ChangesRequest
+	13, // 15: tessera.shard.v1.Shard.RevokeLease:input_type -> tessera.shard.v1.RevokeLeaseRequest
+	15, // 16: tessera.shard.v1.Shard.LeaseKeys:input_type -> tessera.shard.v1.LeaseKeysRequest
+	17, // 17: tessera.shard.v1.Shard.HashKV:input_type -> tessera.shard.v1.HashKVRequest
+	19, // 18: tessera.shard.v1.Shard.Defragment:input_type -> tessera.shard.v1.DefragmentRequest
+	21, // 19: tessera.shard.v1.Shard.TransferLeader:input_type -> tessera.shard.v1.TransferLeaderRequest
+	23, // 20: tessera.shard.v1.Shard.Backup:input_type -> tessera.shard.v1.BackupRequest
+	24, // 21: tessera.shard.v1.Shard.ShardSnapshot:input_type -> tessera.shard.v1.ShardSnapshotRequest
+	31, // 22: tessera.shard.v1.Shard.Split:input_type -> tessera.shard.v1.SplitRequest
+	1,  // 23: tessera.shard.v1.Shard.Range:output_type -> tessera.shard.v1.RangeResponse
+	28, // 24: tessera.shard.v1.Shard.Close:output_type -> tessera.shard.v1.CloseResponse
+	30, // 25: tessera.shard.v1.Shard.States:output_type -> tessera.shard.v1.StatesResponse
+	3,  // 26: tessera.shard.v1.Shard.Txn:output_type -> tessera.shard.v1.TxnResponse
+	5,  // 27: tessera.shard.v1.Shard.Compact:output_type -> tessera.shard.v1.CompactResponse
+	7,  // 28: tessera.shard.v1.Shard.Status:output_type -> tessera.shard.v1.StatusResponse
+	12, // 29: tessera.shard.v1.Shard.Changes:output_type -> tessera.shard.v1.ChangesResponse
+	14, // 30: tessera.shard.v1.Shard.RevokeLease:output_type -> tessera.shard.v1.RevokeLeaseResponse
+	16, // 31: tessera.shard.v1.Shard.LeaseKeys:output_type -> tessera.shard.v1.LeaseKeysResponse
+	18, // 32: tessera.shard.v1.Shard.HashKV:output_type -> tessera.shard.v1.HashKVResponse
+	20, // 33: tessera.shard.v1.Shard.Defragment:output_type -> tessera.shard.v1.DefragmentResponse
+	22, // 34: tessera.shard.v1.Shard.TransferLeader:output_type -> tessera.shard.v1.TransferLeaderResponse
+	26, // 35: tessera.shard.v1.Shard.Backup:output_type -> tessera.shard.v1.BackupResponse
+	25, // 36: tessera.shard.v1.Shard.ShardSnapshot:output_type -> tessera.shard.v1.ShardSnapshotResponse
+	32, // 37: tessera.shard.v1.Shard.Split:output_type -> tessera.shard.v1.SplitResponse
+	23, // [23:38] is the sub-list for method output_type
+	8,  // [8:23] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tessera_shard_v1_shard_proto_init() }
@@ -1982,7 +2278,7 @@ func file_tessera_shard_v1_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tessera_shard_v1_shard_proto_rawDesc), len(file_tessera_shard_v1_shard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,8 @@ const (
 	Shard_Defragment_FullMethodName     = "/tessera.shard.v1.Shard/Defragment"
 	Shard_TransferLeader_FullMethodName = "/tessera.shard.v1.Shard/TransferLeader"
 	Shard_Backup_FullMethodName         = "/tessera.shard.v1.Shard/Backup"
+	Shard_ShardSnapshot_FullMethodName  = "/tessera.shard.v1.Shard/ShardSnapshot"
+	Shard_Split_FullMethodName          = "/tessera.shard.v1.Shard/Split"
 )
 
 // ShardClient is the client API for Shard service.
@@ -69,6 +71,12 @@ type ShardClient interface {
 	// Backup streams a consistent copy of the meta state and every data shard
 	// held by this store (etcd's Snapshot; etcdctl snapshot save writes it).
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// ShardSnapshot streams this replica's copy of a data shard as of a
+	// revision, after closing it (leader only): a backup's part for a shard
+	// the store taking the backup does not hold.
+	ShardSnapshot(ctx context.Context, in *ShardSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ShardSnapshotResponse], error)
+	// Split proposes a split entry to the shard (leader only).
+	Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error)
 }
 
 type shardClient struct {
@@ -227,6 +235,35 @@ func (c *shardClient) Backup(ctx context.Context, in *BackupRequest, opts ...grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shard_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 
+func (c *shardClient) ShardSnapshot(ctx context.Context, in *ShardSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ShardSnapshotResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Shard_ServiceDesc.Streams[2], Shard_ShardSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ShardSnapshotRequest, ShardSnapshotResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_ShardSnapshotClient = grpc.ServerStreamingClient[ShardSnapshotResponse]
+
+func (c *shardClient) Split(ctx context.Context, in *SplitRequest, opts ...grpc.CallOption) (*SplitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitResponse)
+	err := c.cc.Invoke(ctx, Shard_Split_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShardServer is the server API for Shard service.
 // All implementations must embed UnimplementedShardServer
 // for forward compatibility.
@@ -260,6 +297,12 @@ type ShardServer interface {
 	// Backup streams a consistent copy of the meta state and every data shard
 	// held by this store (etcd's Snapshot; etcdctl snapshot save writes it).
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// ShardSnapshot streams this replica's copy of a data shard as of a
+	// revision, after closing it (leader only): a backup's part for a shard
+	// the store taking the backup does not hold.
+	ShardSnapshot(*ShardSnapshotRequest, grpc.ServerStreamingServer[ShardSnapshotResponse]) error
+	// Split proposes a split entry to the shard (leader only).
+	Split(context.Context, *SplitRequest) (*SplitResponse, error)
 	mustEmbedUnimplementedShardServer()
 }
 
@@ -308,6 +351,12 @@ func (UnimplementedShardServer) TransferLeader(context.Context, *TransferLeaderR
 }
 func (UnimplementedShardServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedShardServer) ShardSnapshot(*ShardSnapshotRequest, grpc.ServerStreamingServer[ShardSnapshotResponse]) error {
+	return status.Error(codes.Unimplemented, "method ShardSnapshot not implemented")
+}
+func (UnimplementedShardServer) Split(context.Context, *SplitRequest) (*SplitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Split not implemented")
 }
 func (UnimplementedShardServer) mustEmbedUnimplementedShardServer() {}
 func (UnimplementedShardServer) testEmbeddedByValue()               {}
@@ -550,6 +599,35 @@ func _Shard_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shard_BackupServer = grpc.ServerStreamingServer[BackupResponse]
 
+func _Shard_ShardSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ShardSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShardServer).ShardSnapshot(m, &grpc.GenericServerStream[ShardSnapshotRequest, ShardSnapshotResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shard_ShardSnapshotServer = grpc.ServerStreamingServer[ShardSnapshotResponse]
+
+func _Shard_Split_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardServer).Split(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shard_Split_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardServer).Split(ctx, req.(*SplitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shard_ServiceDesc is the grpc.ServiceDesc for Shard service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -601,6 +679,10 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "TransferLeader",
 			Handler:    _Shard_TransferLeader_Handler,
 		},
+		{
+			MethodName: "Split",
+			Handler:    _Shard_Split_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -611,6 +693,11 @@ var Shard_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Backup",
 			Handler:       _Shard_Backup_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ShardSnapshot",
+			Handler:       _Shard_ShardSnapshot_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -205,7 +205,7 @@ func Start(cfg Config) (*Gateway, error) {
 	g.members = members.New(metaMembers{g.router}, hdr.MemberID, cfg.Name, nil, cfg.Logger)
 	pb.RegisterMaintenanceServer(g.grpcSrv, etcdapi.NewMaintenance(g.router, g.members, hdr))
 	pb.RegisterClusterServer(g.grpcSrv, etcdapi.NewCluster(hdr, g.members))
-	g.admin = &adminServer{fan: fanout.New(g.router)}
+	g.admin = &adminServer{fan: fanout.New(g.router), router: g.router}
 	adminpb.RegisterAdminServer(g.grpcSrv, g.admin)
 	for _, a := range cfg.Watchers {
 		// Round robin over every address a name resolves to: one DNS name

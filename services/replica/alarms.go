@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -30,53 +31,42 @@ const DefaultFreeSpaceReserveBytes = 256 << 20
 // and refreshes its view of the alarms.
 const quotaCheckInterval = time.Second
 
-// watchQuota raises this store's NOSPACE alarm when the store outgrows its
+// checkQuota raises this store's NOSPACE alarm when the store outgrows its
 // quota or its filesystem has less free space than the reserve, and keeps
 // the replica's no-space flag (which refuses puts and lease grants, as
 // etcd's quota does) in step with the cluster's alarms. An alarm disarmed
 // while the store is still short of space is raised again.
-func (r *Replica) watchQuota() {
-	defer r.wg.Done()
-	t := time.NewTicker(quotaCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stopc:
-			return
-		case <-t.C:
-		case <-r.quotaPoke:
+func (r *Replica) checkQuota() {
+	alarms, err := r.alarms()
+	if err != nil {
+		return // no meta state yet
+	}
+	noSpace, mine := false, false
+	for _, a := range alarms {
+		if a.Type == int32(pb.AlarmType_NOSPACE) {
+			noSpace = true
+			mine = mine || a.StoreId == r.cfg.StoreID
 		}
-		alarms, err := r.alarms()
-		if err != nil {
-			continue // no meta state yet
+	}
+	r.noSpace.Store(noSpace)
+	if mine {
+		return
+	}
+	size := r.used.bytes(time.Now())
+	over, short := size > r.cfg.QuotaBytes, r.diskShort()
+	if over || short {
+		if over {
+			r.log.Warn("store is over its quota: raising NOSPACE", "size", size, "quota", r.cfg.QuotaBytes)
+		} else {
+			r.log.Warn("disk almost full: raising NOSPACE; free space, then run etcdctl alarm disarm",
+				"free", r.free.bytes(time.Now()), "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
 		}
-		noSpace, mine := false, false
-		for _, a := range alarms {
-			if a.Type == int32(pb.AlarmType_NOSPACE) {
-				noSpace = true
-				mine = mine || a.StoreId == r.cfg.StoreID
-			}
-		}
-		r.noSpace.Store(noSpace)
-		if mine {
-			continue
-		}
-		size := r.store.Size()
-		over, short := size > r.cfg.QuotaBytes, r.diskShort()
-		if over || short {
-			if over {
-				r.log.Warn("store is over its quota: raising NOSPACE", "size", size, "quota", r.cfg.QuotaBytes)
-			} else {
-				r.log.Warn("disk almost full: raising NOSPACE; free space, then run etcdctl alarm disarm",
-					"free", r.free.bytes(time.Now()), "reserve", r.cfg.FreeSpaceReserveBytes, "dir", r.cfg.DataDir)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
-			_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
-				StoreId: r.cfg.StoreID, Type: int32(pb.AlarmType_NOSPACE), Active: true}}})
-			cancel()
-			if err == nil {
-				r.noSpace.Store(true)
-			}
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ProposalTimeout)
+		_, err := r.proposeMeta(ctx, &raftcmdpb.MetaCommand{Op: &raftcmdpb.MetaCommand_SetAlarm{SetAlarm: &raftcmdpb.SetAlarm{
+			StoreId: r.cfg.StoreID, Type: int32(pb.AlarmType_NOSPACE), Active: true}}})
+		cancel()
+		if err == nil {
+			r.noSpace.Store(true)
 		}
 	}
 }
@@ -103,10 +93,13 @@ func (r *Replica) diskShort() bool {
 	return short
 }
 
-// freeSpace is the free disk space of a store as last measured; every
-// write asks, so it measures at most once per freeSpaceMaxAge.
-type freeSpace struct {
-	measure func() int64 // bytes free; negative when unknown
+// diskFigure is a disk figure of a store (its free space; its size) as
+// last measured: every write asks for the free space, and the quota check,
+// heartbeats, Status and metrics for the size, so each is measured at most
+// once per maxAge (freeSpaceMaxAge if zero).
+type diskFigure struct {
+	measure func() int64 // bytes; negative when unknown
+	maxAge  time.Duration
 
 	mu      sync.Mutex
 	free    int64
@@ -115,13 +108,13 @@ type freeSpace struct {
 
 const freeSpaceMaxAge = 100 * time.Millisecond
 
-// bytes returns the free space measured at most freeSpaceMaxAge before now.
+// bytes returns the figure measured at most maxAge before now.
 // Callers that come while a measurement runs wait for it: none may see a
 // figure that was never measured (a free space of 0 refuses every put).
-func (f *freeSpace) bytes(now time.Time) int64 {
+func (f *diskFigure) bytes(now time.Time) int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.checked.IsZero() || now.Sub(f.checked) > freeSpaceMaxAge {
+	if f.checked.IsZero() || now.Sub(f.checked) > cmp.Or(f.maxAge, freeSpaceMaxAge) {
 		f.free, f.checked = f.measure(), now
 	}
 	return f.free

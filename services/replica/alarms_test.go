@@ -12,7 +12,7 @@ import (
 // with "database space exceeded" on a disk with 79 GB free.
 func TestFreeSpaceNeverReportsUnmeasured(t *testing.T) {
 	const free = 80 << 30
-	f := &freeSpace{measure: func() int64 {
+	f := &diskFigure{measure: func() int64 {
 		time.Sleep(20 * time.Millisecond) // a slow statfs
 		return free
 	}}
@@ -36,7 +36,7 @@ func TestFreeSpaceNeverReportsUnmeasured(t *testing.T) {
 
 func TestFreeSpaceMeasuresAgainWhenOld(t *testing.T) {
 	n := 0
-	f := &freeSpace{measure: func() int64 { n++; return int64(n) }}
+	f := &diskFigure{measure: func() int64 { n++; return int64(n) }}
 	now := time.Now()
 	if f.bytes(now) != 1 || f.bytes(now.Add(freeSpaceMaxAge/2)) != 1 {
 		t.Fatal("measured again within the max age")

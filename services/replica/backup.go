@@ -21,6 +21,7 @@ import (
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/placement"
 )
 
 // A backup (what etcd's Snapshot streams and etcdctl snapshot save writes)
@@ -43,8 +44,9 @@ var backupMagic = []byte("TESSERA-BACKUP-1\n")
 // from (in place of the bootstrap state of a fresh cluster).
 const restoreFile = "restored-meta.pb"
 
-// Backup streams this store's backup: the meta state after a ReadIndex,
-// then every data shard it holds.
+// Backup streams the cluster's backup from this store: the meta state
+// after a ReadIndex, then every data shard, from this store's copy where
+// it holds one and from the shard's leader (ShardSnapshot) where not.
 func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_BackupServer) error {
 	ctx := stream.Context()
 	leave, err := s.r.maintenance.enter(ctx, s.r.cfg.StoreID, "Snapshot")
@@ -72,24 +74,27 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 		return toStatus(err)
 	}
 	meta := v.(*metapb.MetaState)
-	var shards []*metapb.ShardDescriptor
-	var snaps []*mvcc.Snapshot
+	// Local parts are cut up front (each holds a read view at the cut);
+	// remote ones are streamed in their turn.
+	shards := meta.ShardMap.Shards
+	snaps := make([]*mvcc.Snapshot, len(shards))
 	defer func() {
 		for _, sn := range snaps {
-			sn.Close()
+			if sn != nil {
+				sn.Close()
+			}
 		}
 	}()
-	for _, d := range meta.ShardMap.Shards {
+	for i, d := range shards {
 		ds, ok := s.r.dataShard(d.Id)
 		if !ok || ds.shard() == nil {
-			return status.Errorf(codes.FailedPrecondition, "tessera: store %d does not hold shard %d; back up from a store that holds every shard", s.r.cfg.StoreID, d.Id)
+			continue
 		}
 		sn, err := ds.shard().PrepareSnapshotAt(cut)
 		if err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: shard %d at revision %d: %v; try again", d.Id, cut, err)
 		}
-		shards = append(shards, d)
-		snaps = append(snaps, sn)
+		snaps[i] = sn
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&shardpb.BackupResponse{Data: b}) }}
 	bw := bufio.NewWriterSize(w, 1<<20)
@@ -103,7 +108,12 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 		if err := writeMessage(out, d); err != nil {
 			return err
 		}
-		if err := snaps[i].WriteTo(out, ctx.Done()); err != nil {
+		if snaps[i] == nil {
+			err = s.remoteSnapshot(ctx, d.Id, cut, out)
+		} else {
+			err = snaps[i].WriteTo(out, ctx.Done())
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -118,17 +128,21 @@ func (s *shardService) Backup(_ *shardpb.BackupRequest, stream shardpb.Shard_Bac
 
 // cutRevision picks the revision a backup cuts every shard at, the
 // cluster's current one (the highest shard revision after a ReadIndex on
-// each), and returns once this store has applied every shard up to it.
+// each), and returns once this store has applied every shard it holds up
+// to it (the others are closed at it by their leaders as they are read).
 func (s *shardService) cutRevision(ctx context.Context, shards []*metapb.ShardDescriptor) (int64, error) {
 	var cut int64
 	for _, d := range shards {
-		st, err := s.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: true})
+		st, err := s.closeAnywhere(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: true})
 		if err != nil {
 			return 0, err
 		}
 		cut = max(cut, st.Revision)
 	}
 	for _, d := range shards {
+		if !s.r.holdsOpen(d.Id) {
+			continue
+		}
 		for attempt := 0; ; attempt++ {
 			st, err := s.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: attempt > 0})
 			if err != nil {
@@ -335,11 +349,12 @@ func InspectBackupProgress(path string, progress func(read, total int64)) (Backu
 }
 
 // RestoreBackup creates the data dir of one store of a new cluster from a
-// backup: its Badger store holds every shard's data and history, and the
+// backup: its Badger store holds its shards' data and history, and the
 // meta state (oracle limit, leases) comes back on first start. Every store
-// of the new cluster is restored from the same file. progress, if set, is
+// of the new cluster is restored from the same file, and holds the shards
+// placement gives it for replication factor rf. progress, if set, is
 // called as the file is read.
-func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progress func(read, total int64)) (BackupInfo, error) {
+func RestoreBackup(path, dataDir string, storeID uint64, members []Member, rf int, progress func(read, total int64)) (BackupInfo, error) {
 	found := false
 	for _, m := range members {
 		found = found || m.ID == storeID
@@ -355,7 +370,15 @@ func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progr
 	if err != nil {
 		return checked, err
 	}
+	meta := restoredMeta(checked, members, rf)
+	mine := map[uint64]bool{}
+	for _, d := range meta.ShardMap.Shards {
+		mine[d.Id] = hasReplica(d, storeID)
+	}
 	if _, err := loadOrSaveCluster(dataDir, members); err != nil {
+		return BackupInfo{}, err
+	}
+	if _, err := loadOrSaveReplicationFactor(dataDir, rf, len(members), false); err != nil {
 		return BackupInfo{}, err
 	}
 	opts := mvcc.DefaultOptions()
@@ -364,6 +387,10 @@ func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progr
 		return BackupInfo{}, err
 	}
 	info, err := readBackup(path, progress, func(d *metapb.ShardDescriptor, r *bufio.Reader) error {
+		if !mine[d.Id] {
+			_, err := mvcc.InspectSnapshot(r) // another store's: read past it
+			return err
+		}
 		sh, err := store.OpenShard(d.Id, d.StartKey, d.EndKey)
 		if err != nil {
 			return err
@@ -377,7 +404,6 @@ func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progr
 	if err != nil {
 		return info, err
 	}
-	meta := restoredMeta(info, members)
 	b, err := proto.Marshal(meta)
 	if err != nil {
 		return info, err
@@ -386,18 +412,25 @@ func RestoreBackup(path, dataDir string, storeID uint64, members []Member, progr
 }
 
 // restoredMeta is the meta state a restored cluster starts from: the
-// backup's shards (replicated on every new store), leases and alarms, and
-// an oracle limit above every revision in the backup.
-func restoredMeta(info BackupInfo, members []Member) *metapb.MetaState {
+// backup's shards (placed on rf of the new stores), leases and alarms,
+// and an oracle limit above every revision in the backup.
+func restoredMeta(info BackupInfo, members []Member, rf int) *metapb.MetaState {
 	meta := proto.Clone(info.Meta).(*metapb.MetaState)
-	fresh := bootstrapState(members, nil)
+	fresh := bootstrapState(members, nil, rf)
 	meta.ShardMap.Stores = fresh.ShardMap.Stores
+	plan := placement.New(placementStores(fresh.ShardMap.Stores), rf)
+	// Each descriptor's generation is its shard's, from the snapshot (a
+	// shard refuses splits planned at another): no gateway of the new
+	// cluster holds an old descriptor to tell apart.
+	gens := map[uint64]uint64{}
+	for _, s := range info.Shards {
+		gens[s.ShardID] = max(s.State.Bounds.Generation, 1)
+	}
 	for _, d := range meta.ShardMap.Shards {
-		d.Replicas = nil
-		for _, m := range members {
-			d.Replicas = append(d.Replicas, m.ID)
+		d.Replicas = plan.Next()
+		if g, ok := gens[d.Id]; ok {
+			d.Generation = g
 		}
-		d.Generation++
 	}
 	for _, s := range info.Shards {
 		meta.TsoLimit = max(meta.TsoLimit, s.State.LastEntry+1)
@@ -408,10 +441,10 @@ func restoredMeta(info BackupInfo, members []Member) *metapb.MetaState {
 
 // startState is the meta state this store starts from: the restored one if
 // the data dir was made by RestoreBackup, else a fresh cluster's.
-func startState(dataDir string, members []Member, splitKeys []string) (*metapb.MetaState, error) {
+func startState(dataDir string, members []Member, splitKeys []string, rf int) (*metapb.MetaState, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, restoreFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return bootstrapState(members, splitKeys), nil
+		return bootstrapState(members, splitKeys, rf), nil
 	}
 	if err != nil {
 		return nil, err
@@ -421,4 +454,83 @@ func startState(dataDir string, members []Member, splitKeys []string) (*metapb.M
 		return nil, fmt.Errorf("replica: %s: %w", restoreFile, err)
 	}
 	return st, nil
+}
+
+// closeAnywhere is Close on this store's replica of the shard, or on the
+// shard's leader if this store holds none.
+func (s *shardService) closeAnywhere(ctx context.Context, req *shardpb.CloseRequest) (*shardpb.CloseResponse, error) {
+	if s.r.holdsOpen(req.ShardId) {
+		return s.Close(ctx, req)
+	}
+	var resp *shardpb.CloseResponse
+	err := s.r.callShardLeader(ctx, req.ShardId, func(ctx context.Context, c shardpb.ShardClient) (err error) {
+		resp, err = c.Close(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// remoteSnapshot copies a shard's snapshot stream at rev from its leader
+// into out. Once a byte is written the call is not retried (the copy
+// would follow a partial one): a broken stream fails the backup.
+func (s *shardService) remoteSnapshot(ctx context.Context, shardID uint64, rev int64, out io.Writer) error {
+	wrote := false
+	return s.r.callShardLeader(ctx, shardID, func(ctx context.Context, c shardpb.ShardClient) error {
+		st, err := c.ShardSnapshot(ctx, &shardpb.ShardSnapshotRequest{ShardId: shardID, Revision: rev})
+		if err != nil {
+			return err
+		}
+		for {
+			chunk, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				if wrote {
+					return status.Errorf(codes.Aborted, "tessera: shard %d's part of the backup broke off: %v; try again", shardID, status.Convert(err).Message())
+				}
+				return err
+			}
+			wrote = true
+			if _, err := out.Write(chunk.Data); err != nil {
+				return status.Error(codes.Aborted, err.Error())
+			}
+		}
+	})
+}
+
+// ShardSnapshot streams this leader's copy of a shard at a revision, once
+// the shard has closed it (the part of a backup taken on another store).
+func (s *shardService) ShardSnapshot(req *shardpb.ShardSnapshotRequest, stream shardpb.Shard_ShardSnapshotServer) error {
+	ctx := stream.Context()
+	if _, err := s.r.requireLeader(req.ShardId); err != nil {
+		return err
+	}
+	if req.Revision <= 0 {
+		return status.Error(codes.InvalidArgument, "tessera: a shard snapshot needs a revision")
+	}
+	if err := s.closeRevision(ctx, req.ShardId, req.Revision); err != nil {
+		return err
+	}
+	sh, err := s.openShard(req.ShardId)
+	if err != nil {
+		return err
+	}
+	sn, err := sh.PrepareSnapshotAt(req.Revision)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "tessera: shard %d at revision %d: %v; try again", req.ShardId, req.Revision, err)
+	}
+	defer sn.Close()
+	bw := bufio.NewWriterSize(&chunkWriter{send: func(b []byte) error { return stream.Send(&shardpb.ShardSnapshotResponse{Data: b}) }}, 1<<20)
+	if err := sn.WriteTo(bw, ctx.Done()); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// holdsOpen reports whether this store holds the shard with its state
+// machine open (a backup's part can be cut from it here).
+func (r *Replica) holdsOpen(id uint64) bool {
+	ds, ok := r.dataShard(id)
+	return ok && ds.shard() != nil
 }

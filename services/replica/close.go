@@ -167,6 +167,9 @@ func (s *shardService) Close(ctx context.Context, req *shardpb.CloseRequest) (*s
 	if err != nil {
 		return nil, err
 	}
+	if err := sh.CheckGeneration(req.Generation); err != nil {
+		return nil, s.r.wrongShard(req.ShardId, err.Error())
+	}
 	st := sh.State()
 	_, term, _, _ := s.r.nh.GetLeaderID(req.ShardId)
 	resp := &shardpb.CloseResponse{Revision: st.Revision, ClosedRevision: st.LastEntry, CompactRevision: st.CompactRevision,
@@ -189,7 +192,11 @@ func (s *shardService) States(ctx context.Context, req *shardpb.StatesRequest) (
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i], errs[i] = s.Close(ctx, &shardpb.CloseRequest{ShardId: id, Linearizable: req.Linearizable})
+			cr := &shardpb.CloseRequest{ShardId: id, Linearizable: req.Linearizable}
+			if i < len(req.Generations) {
+				cr.Generation = req.Generations[i]
+			}
+			out[i], errs[i] = s.Close(ctx, cr)
 		}()
 	}
 	wg.Wait()

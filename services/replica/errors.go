@@ -28,7 +28,7 @@ func toStatus(err error) error {
 		return rpctypes.ErrGRPCFutureRev
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		return rpctypes.ErrGRPCKeyNotFound
-	case errors.Is(err, sequencer.ErrTimeout), errors.Is(err, dragonboat.ErrTimeout),
+	case errors.Is(err, sequencer.ErrTimeout), errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, dragonboat.ErrTimeoutTooSmall),
 		errors.Is(err, sequencer.ErrIndeterminate), errors.Is(err, dragonboat.ErrAborted):
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, dragonboat.ErrPayloadTooBig):
@@ -37,6 +37,8 @@ func toStatus(err error) error {
 		return rpctypes.ErrGRPCRequestTooManyRequests
 	case errors.Is(err, mvcc.ErrStateGone):
 		return status.Error(codes.Unavailable, "tessera: this replica no longer has the shard's state at that revision (it installed a snapshot since); ask another")
+	case errors.Is(err, dragonboat.ErrShardNotFound):
+		return status.Error(codes.Unavailable, "tessera: the shard's replica is not started on this store yet; ask another")
 	case errors.Is(err, mvcc.ErrRestoring):
 		return status.Error(codes.Unavailable, "tessera: replica is installing a snapshot of the shard; ask another")
 	case errors.Is(err, sequencer.ErrUnavailable), errors.Is(err, dragonboat.ErrShardNotReady),
@@ -89,6 +91,11 @@ func (r *Replica) notLeader(shardID, leader uint64) error {
 // requireLeader returns the shard's Raft term if this store leads it.
 func (r *Replica) requireLeader(shardID uint64) (uint64, error) {
 	id, term, valid, err := r.nh.GetLeaderID(shardID)
+	if errors.Is(err, dragonboat.ErrShardNotFound) {
+		// Not started here yet (the child of a split just applied):
+		// nothing was proposed, so the gateway tries again.
+		return 0, r.notLeader(shardID, 0)
+	}
 	if err != nil {
 		return 0, toStatus(err)
 	}
@@ -106,15 +113,4 @@ func electionBackoff(c Config) time.Duration { return electionTimeout(c) / 2 }
 // electionTimeout is the Raft election timeout of every shard.
 func electionTimeout(c Config) time.Duration {
 	return time.Duration(c.RTTMillisecond*c.ElectionRTT) * time.Millisecond
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -24,6 +24,8 @@ func TestToStatusOverloadAndUncertainty(t *testing.T) {
 		{sequencer.ErrIndeterminate, rpctypes.ErrGRPCTimeout},
 		{dragonboat.ErrAborted, rpctypes.ErrGRPCTimeout},
 		{sequencer.ErrTimeout, rpctypes.ErrGRPCTimeout},
+		// A read or proposal whose caller left it less than a Raft tick.
+		{dragonboat.ErrTimeoutTooSmall, rpctypes.ErrGRPCTimeout},
 		{dragonboat.ErrPayloadTooBig, rpctypes.ErrGRPCRequestTooLarge},
 		{fmt.Errorf("%w: no leader", sequencer.ErrUnavailable), rpctypes.ErrGRPCNoLeader},
 		{sequencer.ErrStopped, rpctypes.ErrGRPCNoLeader},

@@ -3,6 +3,8 @@ package replica
 import (
 	"context"
 	"time"
+
+	"github.com/tessera-kv/tessera/pkg/retry"
 )
 
 // HandOff moves the leadership of every shard this store leads to another
@@ -45,7 +47,7 @@ func (r *Replica) HandOff(ctx context.Context) {
 			}
 			pending[id] = attempt + 1
 		}
-		sleepCtx(ctx, 20*time.Millisecond)
+		retry.Sleep(ctx, 20*time.Millisecond)
 	}
 	if len(pending) > 0 {
 		r.log.Warn("some shards still led here at shutdown; they elect a new leader", "shards", len(pending))

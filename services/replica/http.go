@@ -85,8 +85,9 @@ func (r *Replica) registerMetrics() error {
 	store := attribute.Int64("store", int64(r.cfg.StoreID))
 	var err error
 	r.metricsReg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		o.ObserveInt64(size, r.store.Size(), metric.WithAttributes(store))
-		o.ObserveInt64(dbSize, r.store.Size(), metric.WithAttributes(store))
+		used := r.used.bytes(time.Now())
+		o.ObserveInt64(size, used, metric.WithAttributes(store))
+		o.ObserveInt64(dbSize, used, metric.WithAttributes(store))
 		o.ObserveInt64(quota, r.cfg.QuotaBytes, metric.WithAttributes(store))
 		all := int64(1)
 		for _, id := range r.hostedShards() {

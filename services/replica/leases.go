@@ -10,10 +10,12 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/retry"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
@@ -84,7 +86,15 @@ func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64, epochs []uint64
 		return 0, err
 	}
 	var rev int64
-	for _, d := range st.ShardMap.Shards {
+	queue := append([]*metapb.ShardDescriptor(nil), st.ShardMap.Shards...)
+	seen := map[uint64]bool{}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		if seen[d.Id] {
+			continue
+		}
+		seen[d.Id] = true
 		var resp *shardpb.RevokeLeaseResponse
 		err := s.r.callShardLeader(ctx, d.Id, func(ctx context.Context, c shardpb.ShardClient) (err error) {
 			resp, err = c.RevokeLease(ctx, &shardpb.RevokeLeaseRequest{ShardId: d.Id, LeaseIds: ids, Epochs: epochs})
@@ -94,6 +104,7 @@ func (s leaseStore) DeleteKeys(ctx context.Context, ids []int64, epochs []uint64
 			return 0, fmt.Errorf("replica: revoke %d lease(s) on shard %d: %w", len(ids), d.Id, err)
 		}
 		rev = max(rev, resp.Revision)
+		queue = append(queue, resp.Splits...)
 	}
 	return rev, nil
 }
@@ -116,31 +127,56 @@ func (r *Replica) proposeMeta(ctx context.Context, cmd *raftcmdpb.MetaCommand) (
 		if !errors.Is(err, dragonboat.ErrShardNotReady) && !errors.Is(err, dragonboat.ErrSystemBusy) {
 			return sm.Result{}, err
 		}
-		if serr := sleepCtx(ctx, electionBackoff(r.cfg)/4); serr != nil {
+		if serr := retry.Sleep(ctx, electionBackoff(r.cfg)/4); serr != nil {
 			return sm.Result{}, err
 		}
 	}
 }
 
-// callShardLeader calls fn on the store leading shardID, following
-// NotLeader answers for a few rounds.
+// callShardLeader calls fn on the store leading shardID (see callLeader).
 func (r *Replica) callShardLeader(ctx context.Context, shardID uint64, fn func(context.Context, shardpb.ShardClient) error) error {
+	return r.callLeader(ctx, shardID, func(ctx context.Context, c grpc.ClientConnInterface) error { return fn(ctx, shardpb.NewShardClient(c)) })
+}
+
+// callMetaLeader calls fn on the meta shard's leader.
+func (r *Replica) callMetaLeader(ctx context.Context, fn func(context.Context, metapb.MetaClient) error) error {
+	return r.callLeader(ctx, MetaShardID, func(ctx context.Context, c grpc.ClientConnInterface) error { return fn(ctx, metapb.NewMetaClient(c)) })
+}
+
+// callLeader calls fn on the store leading shardID: the one leaderHint
+// names, else each store holding the shard in turn, following NotLeader
+// answers, for a few rounds.
+func (r *Replica) callLeader(ctx context.Context, shardID uint64, fn func(context.Context, grpc.ClientConnInterface) error) error {
 	var lastErr error
+	target := r.leaderHint(shardID)
 	for attempt := 0; attempt < 10; attempt++ {
-		leader := r.LeaderOf(shardID)
-		addr := r.storeAddress(leader)
-		if leader == 0 || addr == "" {
+		if target == 0 {
+			if rs := r.replicasOf(shardID); len(rs) > 0 {
+				target = rs[attempt%len(rs)]
+			}
+		}
+		addr := r.storeAddress(target)
+		if target == 0 || addr == "" {
 			lastErr = rpctypes.ErrGRPCNoLeader
 		} else if conn, err := r.revs.conn(addr); err != nil {
 			lastErr = err
-		} else if lastErr = fn(ctx, shardpb.NewShardClient(conn)); lastErr == nil {
+		} else if lastErr = fn(ctx, conn); lastErr == nil {
 			return nil
-		} else if status.Code(lastErr) != codes.Unavailable {
+		} else if c := status.Code(lastErr); c != codes.Unavailable && !(c == codes.DeadlineExceeded && ctx.Err() == nil) {
 			return lastErr
 		}
-		if err := sleepCtx(ctx, electionBackoff(r.cfg)); err != nil {
-			return err
+		next := followNotLeader(lastErr)
+		if next == 0 || next == target {
+			// No better idea, or the named leader is not serving yet:
+			// give an election a moment.
+			if err := retry.Sleep(ctx, electionBackoff(r.cfg)); err != nil {
+				return err
+			}
+			if next == 0 {
+				next = r.leaderHint(shardID)
+			}
 		}
+		target = next
 	}
 	return lastErr
 }
@@ -165,6 +201,9 @@ func (s *shardService) RevokeLease(ctx context.Context, req *shardpb.RevokeLease
 	var tr pb.TxnResponse
 	if err := proto.Unmarshal(res.TxnResponse, &tr); err == nil && len(tr.Responses) == 1 {
 		out.Deleted = tr.Responses[0].GetResponseDeleteRange().GetDeleted()
+	}
+	if descs := s.r.descriptorsOf(req.ShardId); len(descs) > 1 {
+		out.Splits = descs[1:]
 	}
 	return out, nil
 }

@@ -5,17 +5,20 @@
 package replica
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,9 +36,9 @@ import (
 	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
-	"github.com/tessera-kv/tessera/services/replica/internal/datasm"
 	"github.com/tessera-kv/tessera/services/replica/internal/lessor"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
+	"github.com/tessera-kv/tessera/services/replica/internal/placement"
 	"github.com/tessera-kv/tessera/services/replica/internal/sequencer"
 	"github.com/tessera-kv/tessera/services/replica/internal/tso"
 )
@@ -52,6 +55,9 @@ type Member struct {
 	ID          uint64 `json:"id"`
 	RaftAddress string `json:"raft_address"`
 	APIAddress  string `json:"api_address"`
+	// Labels say where the store runs (zone=a): placement spreads a
+	// shard's replicas over their values.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Config configures a replica process.
@@ -75,6 +81,14 @@ type Config struct {
 	// is created (every store must be given the same); recorded in DataDir
 	// on first start like Cluster.
 	InitialSplitKeys []string
+	// ReplicationFactor is how many stores hold each data shard (the
+	// meta shard is on every store of the initial cluster); fixed when the
+	// cluster is created, recorded in DataDir like Cluster. Zero: 3.
+	ReplicationFactor int
+	// BalanceInterval is how often the store looks for a leadership to
+	// move to a store leading fewer shards (0: 5 s); leaderships younger
+	// than three intervals stay.
+	BalanceInterval time.Duration
 	// RTTMillisecond is the Raft tick; elections take ElectionRTT ticks.
 	RTTMillisecond uint64
 	ElectionRTT    uint64
@@ -163,13 +177,24 @@ type Replica struct {
 	mu     sync.RWMutex
 	shards map[uint64]*dataShard // guarded by mu
 
+	// storeTable: the stores' heartbeats, while this store leads the
+	// meta shard.
+	storeTable storeTable
+	// sizes: the last estimate of the led shards' sizes (heartbeat).
+	sizes struct {
+		mu    sync.Mutex
+		bytes map[uint64]int64
+	}
+
 	snapshotsRestored atomic.Uint64
 	// noSpace: a NOSPACE alarm is raised somewhere in the cluster.
 	noSpace   atomic.Bool
-	free      freeSpace
-	quotaPoke chan struct{} // cap 1: wakes watchQuota early
+	free      diskFigure
+	used      diskFigure    // the store's size (its data dir walked)
+	quotaPoke chan struct{} // cap 1: wakes checkQuota early
 	stopc     chan struct{}
 	wg        sync.WaitGroup
+	children  sync.WaitGroup // starts of split children (splitApplied)
 }
 
 // SnapshotsRestored counts data-shard snapshots this store installed since
@@ -224,7 +249,12 @@ func Start(cfg Config) (*Replica, error) {
 		cfg.Logger.Warn("--initial-split-keys applies when a store is created; this store keeps its own", "keys", keys)
 	}
 	cfg.InitialSplitKeys = keys
-	did, err := loadOrSaveDeploymentID(cfg.DataDir, members, keys, statErr == nil)
+	rf, err := loadOrSaveReplicationFactor(cfg.DataDir, cmp.Or(cfg.ReplicationFactor, DefaultReplicationFactor), len(members), statErr == nil)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ReplicationFactor = rf
+	did, err := loadOrSaveDeploymentID(cfg.DataDir, members, keys, rf, statErr == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +275,7 @@ func (r *Replica) start() error {
 		return err
 	}
 	r.free.measure = r.store.FreeBytes
+	r.used.measure, r.used.maxAge = r.store.Size, 500*time.Millisecond
 	logdb := config.GetTinyMemLogDBConfig()
 	nhc := config.NodeHostConfig{
 		NodeHostDir:    filepath.Join(r.cfg.DataDir, "raft"),
@@ -272,7 +303,7 @@ func (r *Replica) start() error {
 	minTTL := int64(math.Ceil((election * 3 / 2).Seconds()))
 	r.lessor = lessor.New(lessor.Config{MinTTL: minTTL, Logger: r.log}, leaseStore{r: r, metaLog: &metaLog{r: r}})
 
-	boot, err := startState(r.cfg.DataDir, r.cfg.Cluster, r.cfg.InitialSplitKeys)
+	boot, err := startState(r.cfg.DataDir, r.cfg.Cluster, r.cfg.InitialSplitKeys, r.cfg.ReplicationFactor)
 	if err != nil {
 		return err
 	}
@@ -287,22 +318,12 @@ func (r *Replica) start() error {
 		if !hasReplica(d, r.cfg.StoreID) {
 			continue
 		}
-		ds := &dataShard{id: d.Id}
-		hooks := datasm.Hooks{
-			Opened: func(sh *mvcc.Shard) {
-				ds.mu.Lock()
-				ds.mvcc = sh
-				ds.mu.Unlock()
-			},
-			Restored: func() { r.snapshotsRestored.Add(1) },
+		if err := r.startShard(d.Id, d.StartKey, d.EndKey, d.Replicas); err != nil {
+			return err
 		}
-		if err := r.nh.StartOnDiskReplica(initial, false, datasm.Factory(r.store, d.StartKey, d.EndKey, hooks), r.shardConfig(d.Id, 10000)); err != nil {
-			return fmt.Errorf("replica: start shard %d: %w", d.Id, err)
-		}
-		ds.seq = sequencer.New(r.nh, d.Id, r.revs, r.cfg.ProposalTimeout, r.log)
-		r.mu.Lock()
-		r.shards[d.Id] = ds
-		r.mu.Unlock()
+	}
+	if err := r.startStoredChildren(); err != nil {
+		return err
 	}
 
 	r.lis, err = net.Listen("tcp", r.cfg.APIAddress)
@@ -320,8 +341,12 @@ func (r *Replica) start() error {
 	if err := r.serveHTTP(); err != nil {
 		return err
 	}
-	r.wg.Add(1)
-	go r.watchQuota()
+	r.every(quotaCheckInterval, r.quotaPoke, r.checkQuota)
+	r.every(reconcileInterval, nil, r.reconcileOnce)
+	r.every(heartbeatInterval, nil, r.heartbeat)
+	r.every(sizeInterval, nil, r.estimateSizes)
+	balance, led := cmp.Or(r.cfg.BalanceInterval, defaultBalanceInterval), map[uint64]time.Time{}
+	r.every(balance, nil, func() { r.balanceStep(balance, led) })
 	r.log.Info("replica started", "raft", r.cfg.RaftAddress, "api", r.lis.Addr().String())
 	return nil
 }
@@ -378,6 +403,7 @@ func (r *Replica) Close() {
 	if r.nh != nil {
 		r.nh.Close()
 	}
+	r.children.Wait()
 	if r.store != nil {
 		if err := r.store.Close(); err != nil {
 			r.log.Error("close store", "err", err)
@@ -430,19 +456,28 @@ func hasReplica(d *metapb.ShardDescriptor, store uint64) bool {
 	return false
 }
 
+// DefaultReplicationFactor is etcd's usual cluster size.
+const DefaultReplicationFactor = 3
+
 // bootstrapState is the meta state every replica starts from: a data shard
 // for each range between split keys (one over the whole keyspace without
-// any), IDs from FirstDataShardID in key order, each replicated on every
-// store of the initial cluster.
-func bootstrapState(members []Member, splitKeys []string) *metapb.MetaState {
+// any), IDs from FirstDataShardID in key order, each on rf stores of the
+// initial cluster chosen by placement (the preferred leader first); rf 0
+// (a cluster created before placement) is every store in member order.
+func bootstrapState(members []Member, splitKeys []string, rf int) *metapb.MetaState {
 	sm := &metapb.ShardMap{MetaShardId: MetaShardID}
 	for _, m := range members {
-		sm.Stores = append(sm.Stores, &metapb.Store{Id: m.ID, RaftAddress: m.RaftAddress, ApiAddress: m.APIAddress})
+		sm.Stores = append(sm.Stores, &metapb.Store{Id: m.ID, RaftAddress: m.RaftAddress, ApiAddress: m.APIAddress, Labels: m.Labels})
 	}
+	plan := placement.New(placementStores(sm.Stores), rf)
 	for i, r := range splitRanges(splitKeys) {
 		d := &metapb.ShardDescriptor{Id: FirstDataShardID + uint64(i), StartKey: r[0], EndKey: r[1], Generation: 1}
-		for _, m := range members {
-			d.Replicas = append(d.Replicas, m.ID)
+		if rf > 0 {
+			d.Replicas = plan.Next()
+		} else {
+			for _, m := range members {
+				d.Replicas = append(d.Replicas, m.ID)
+			}
 		}
 		sm.Shards = append(sm.Shards, d)
 	}
@@ -473,18 +508,14 @@ func loadOrSaveCluster(dir string, members []Member) ([]Member, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return nil, err
-	}
-	return members, os.Rename(tmp, path)
+	return members, writeFileAtomic(path, b)
 }
 
 // loadOrSaveDeploymentID pins dragonboat's deployment ID in the data dir:
 // on a new store, a hash of the initial cluster and split keys (the same on every member,
 // so stores of two clusters never exchange Raft messages); 0 for a store
 // created before the ID was set (dragonboat keeps its data under the ID).
-func loadOrSaveDeploymentID(dir string, members []Member, splitKeys []string, existed bool) (uint64, error) {
+func loadOrSaveDeploymentID(dir string, members []Member, splitKeys []string, rf int, existed bool) (uint64, error) {
 	path := filepath.Join(dir, "deployment-id")
 	b, err := os.ReadFile(path)
 	if err == nil {
@@ -509,15 +540,41 @@ func loadOrSaveDeploymentID(dir string, members []Member, splitKeys []string, ex
 	for _, k := range splitKeys {
 		fmt.Fprintf(h, "split=%q;", k)
 	}
-	id := h.Sum64() | 1
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(id, 10)+"\n"), 0o644); err != nil {
-		return 0, err
+	// So do stores given different replication factors or labels (the
+	// hash of a cluster created before either existed is unchanged).
+	if rf > 0 && rf != len(members) {
+		fmt.Fprintf(h, "rf=%d;", rf)
 	}
-	return id, os.Rename(tmp, path)
+	for _, m := range members {
+		for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
+			fmt.Fprintf(h, "label=%d:%q=%q;", m.ID, k, m.Labels[k])
+		}
+	}
+	id := h.Sum64() | 1
+	return id, writeFileAtomic(path, []byte(strconv.FormatUint(id, 10)+"\n"))
 }
 
 // withTimeout bounds a Raft operation by the proposal timeout.
 func (r *Replica) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.ProposalTimeout)
+}
+
+// every runs fn each interval (and when wake fires, if not nil) until the
+// replica closes.
+func (r *Replica) every(interval time.Duration, wake <-chan struct{}, fn func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stopc:
+				return
+			case <-t.C:
+			case <-wake:
+			}
+			fn()
+		}
+	}()
 }

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/retry"
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/raftcmdpb"
 	"github.com/tessera-kv/tessera/services/replica/internal/metasm"
@@ -72,14 +73,14 @@ func (m *metaLog) SaveLimit(ctx context.Context, prev, limit int64) error {
 // revisionRouter takes revisions from the local oracle when this store leads
 // the meta shard, and from the leader's Meta API otherwise.
 type revisionRouter struct {
-	r  *Replica
-	mu sync.Mutex
-	// conns caches one client connection per store address.
-	conns map[string]*grpc.ClientConn
+	r *Replica
+	// pool: this store's connections to the others (every call of the
+	// replica to another store goes through it).
+	pool *rpcconn.Pool
 }
 
 func newRevisionRouter(r *Replica) *revisionRouter {
-	return &revisionRouter{r: r, conns: map[string]*grpc.ClientConn{}}
+	return &revisionRouter{r: r, pool: rpcconn.NewPool(r.cfg.Peer)}
 }
 
 func (rr *revisionRouter) Allocate(ctx context.Context, n int64) (int64, error) {
@@ -104,7 +105,7 @@ func (rr *revisionRouter) Allocate(ctx context.Context, n int64) (int64, error) 
 			}
 			lastErr = err
 		}
-		if err := sleepCtx(ctx, electionBackoff(rr.r.cfg)); err != nil {
+		if err := retry.Sleep(ctx, electionBackoff(rr.r.cfg)); err != nil {
 			return 0, err
 		}
 	}
@@ -135,25 +136,6 @@ func (rr *revisionRouter) remote(ctx context.Context, leader uint64, n int64) (i
 	return resp.First, nil
 }
 
-func (rr *revisionRouter) conn(addr string) (*grpc.ClientConn, error) {
-	rr.mu.Lock()
-	defer rr.mu.Unlock()
-	if c, ok := rr.conns[addr]; ok {
-		return c, nil
-	}
-	c, err := rr.r.cfg.Peer.Dial(addr)
-	if err != nil {
-		return nil, err
-	}
-	rr.conns[addr] = c
-	return c, nil
-}
+func (rr *revisionRouter) conn(addr string) (*grpc.ClientConn, error) { return rr.pool.Conn(addr) }
 
-func (rr *revisionRouter) close() {
-	rr.mu.Lock()
-	defer rr.mu.Unlock()
-	for _, c := range rr.conns {
-		c.Close()
-	}
-	rr.conns = map[string]*grpc.ClientConn{}
-}
+func (rr *revisionRouter) close() { rr.pool.Close() }

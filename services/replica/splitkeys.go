@@ -79,11 +79,7 @@ func loadOrSaveSplitKeys(dir string, keys []string, existed bool) (saved []strin
 	if b, err = json.MarshalIndent(keys, "", "  "); err != nil {
 		return nil, false, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return nil, false, err
-	}
-	return keys, false, os.Rename(tmp, path)
+	return keys, false, writeFileAtomic(path, b)
 }
 
 // splitRanges cuts the keyspace at keys (sorted): [ "", k1 ), [k1, k2), ...,

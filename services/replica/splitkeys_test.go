@@ -27,7 +27,7 @@ func TestParseSplitKeys(t *testing.T) {
 }
 
 func TestBootstrapShardsCoverTheKeyspace(t *testing.T) {
-	st := bootstrapState([]Member{{ID: 1}, {ID: 2}}, []string{"/b/", "/c/"})
+	st := bootstrapState([]Member{{ID: 1}, {ID: 2}}, []string{"/b/", "/c/"}, 3)
 	shards := st.ShardMap.Shards
 	if len(shards) != 3 {
 		t.Fatalf("%d shards, want 3", len(shards))

@@ -163,18 +163,76 @@ func (w *Watcher) follow(ctx context.Context) {
 func (w *Watcher) followShards(ctx context.Context, shards []*metapb.ShardDescriptor) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	first := len(w.followed) == 0
 	for _, d := range shards {
 		if w.followed[d.Id] {
 			continue
 		}
-		w.followed[d.Id] = true
-		w.cache.AddShard(d.Id)
-		w.wg.Add(1)
-		go func(id uint64) {
-			defer w.wg.Done()
-			feed.Follow(ctx, w.smap, id, w.cache, w.log.With("shard", id))
-		}(d.Id)
+		if !first && d.SplitRevision > 0 {
+			// Made by a split after this watcher started: from its split
+			// on (its parent's feed had its events until then).
+			w.followChildLocked(ctx, d)
+			continue
+		}
+		w.followNowLocked(ctx, d)
 	}
+}
+
+// followNowLocked follows a shard's feed from now.
+func (w *Watcher) followNowLocked(ctx context.Context, d *metapb.ShardDescriptor) {
+	w.followed[d.Id] = true
+	w.cache.AddShard(d.Id)
+	w.wg.Add(1)
+	go func(id uint64) {
+		defer w.wg.Done()
+		feed.Follow(ctx, w.smap, id, w.sink(ctx), w.log.With("shard", id))
+	}(d.Id)
+}
+
+func (w *Watcher) followChildLocked(ctx context.Context, d *metapb.ShardDescriptor) {
+	if w.followed[d.Id] {
+		return
+	}
+	w.smap.Install([]*metapb.ShardDescriptor{d})
+	w.followed[d.Id] = true
+	closed := d.SplitRevision
+	if !w.cache.AddShardAt(d.Id, closed) {
+		closed = -1 // found too late: from now, with every watch cancelled
+	}
+	w.log.Info("following a shard made by a split", "shard", d.Id, "parent", d.ParentId, "from", d.SplitRevision+1)
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		feed.FollowFrom(ctx, w.smap, d.Id, closed, w.sink(ctx), w.log.With("shard", d.Id))
+	}()
+}
+
+// sink is the watch cache, which also learns of splits from the feeds.
+func (w *Watcher) sink(ctx context.Context) feed.Sink {
+	return splitSink{Cache: w.cache, w: w, ctx: ctx}
+}
+
+type splitSink struct {
+	*watchcache.Cache
+	w   *Watcher
+	ctx context.Context
+}
+
+func (s splitSink) Split(_ uint64, child *metapb.ShardDescriptor, fromNow bool) {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if s.w.followed[child.Id] {
+		return
+	}
+	if fromNow {
+		// Its parent's feed starts from now: so does the child's (the
+		// parent reports every split it made when it subscribes, even
+		// old ones, whose history from the split on may be long gone).
+		s.w.smap.Install([]*metapb.ShardDescriptor{child})
+		s.w.followNowLocked(s.ctx, child)
+		return
+	}
+	s.w.followChildLocked(s.ctx, child)
 }
 
 // Stats reports the watcher's load: streams, watches, history, and the

@@ -264,5 +264,8 @@ func TestContainerCluster(t *testing.T) {
 	for _, p := range phases {
 		t.Logf("%s: %s, %d client-visible errors, longest time without a completed operation %s", p.name,
 			p.to.Sub(p.from).Round(100*time.Millisecond), run.Failures(p.from, p.to), run.LongestStall(p.from, p.to).Round(10*time.Millisecond))
+		if kinds := run.FailureKinds(p.from, p.to); kinds != "" {
+			t.Logf("    errors: %s", kinds)
+		}
 	}
 }

@@ -17,19 +17,29 @@ import (
 // dir and starts a new tessera dev on it: keys, history, leases and the
 // revision are back, and new writes get higher revisions.
 func TestSnapshotSaveRestore(t *testing.T) {
-	t.Run("one shard", func(t *testing.T) { snapshotSaveRestore(t) })
+	t.Run("one shard", func(t *testing.T) { snapshotSaveRestore(t, nil) })
 	// Three shards cut through the keys: the backup is one cut of all of
 	// them at one revision, and the restore brings back the same shards.
-	t.Run("three shards", func(t *testing.T) { snapshotSaveRestore(t, "--initial-split-keys", "/snap/05,/snap/1") })
+	t.Run("three shards", func(t *testing.T) { snapshotSaveRestore(t, nil, "--initial-split-keys", "/snap/05,/snap/1") })
+	// The same three shards, made by splits of a running cluster.
+	t.Run("three shards split online", func(t *testing.T) { snapshotSaveRestore(t, []string{"/snap/1", "/snap/05"}) })
 }
 
-func snapshotSaveRestore(t *testing.T, devArgs ...string) {
+func snapshotSaveRestore(t *testing.T, splits []string, devArgs ...string) {
 	d := newDevNode(t)
 	d.extraArgs = devArgs
 	d.start(t)
 	cli := newClient(t, d.endpoint())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	if _, err := cli.Put(ctx, "/snap/000", "before the splits"); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range splits {
+		if out := tessera(t, "shard", "split", "--endpoints", d.endpoint(), key); !strings.Contains(out, "split shard") {
+			t.Fatalf("tessera shard split %s: %s", key, out)
+		}
+	}
 	var last int64
 	for i := 0; i < 200; i++ {
 		r, err := cli.Put(ctx, fmt.Sprintf("/snap/%03d", i), fmt.Sprintf("v%d", i))
@@ -97,14 +107,21 @@ func snapshotSaveRestore(t *testing.T, devArgs ...string) {
 	if err != nil || next.Header.Revision <= lr.Header.Revision {
 		t.Fatalf("write after restore: %v (%v), want a revision above %d", next, err, lr.Header.Revision)
 	}
-	if len(devArgs) > 0 {
+	if len(devArgs) > 0 || len(splits) > 0 {
 		if !strings.Contains(status, "shards:     3") {
 			t.Fatalf("snapshot status of a 3-shard backup:\n%s", status)
 		}
 		// The restored cluster has the same three shards: a delete
 		// across them is refused.
-		if _, err := cli2.Delete(ctx, "/snap/", clientv3.WithPrefix()); err == nil || !strings.Contains(err.Error(), "shards 2, 3, 4") {
+		if _, err := cli2.Delete(ctx, "/snap/", clientv3.WithPrefix()); err == nil || !strings.Contains(err.Error(), "shards 2, ") {
 			t.Fatalf("delete across the restored shards: %v", err)
+		}
+		// The restored shards split again, and keep their keys.
+		if out := tessera(t, "shard", "split", "--endpoints", n.endpoint(), "/snap/07"); !strings.Contains(out, "split shard") {
+			t.Fatalf("split after restore: %s", out)
+		}
+		if g, err := cli2.Get(ctx, "/snap/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || g.Count != 202 {
+			t.Fatalf("after a split of the restored cluster: %v (%v), want 202 keys", g, err)
 		}
 	}
 

@@ -37,21 +37,31 @@ func TestDifferential(t *testing.T) {
 	if testing.Short() {
 		steps = 200
 	}
-	for _, split := range []bool{false, true} {
+	for _, mode := range []string{"", "split/", "split-online/"} {
 		for _, seed := range seeds {
-			name := fmt.Sprintf("seed=%d", seed)
+			name := mode + fmt.Sprintf("seed=%d", seed)
 			var opts testcluster.Options
-			if split {
+			if mode == "split/" {
 				// Four data shards cut through the keys the sequences
 				// use, so ranges, counts, limits, sorts, historical
 				// reads and compactions cross shards.
-				name, opts.SplitKeys = "split/"+name, diffSplitKeys
+				opts.SplitKeys = diffSplitKeys
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Logf("seed %d (rerun with -etcdcompat.seed=%d)", seed, seed)
 				c := testcluster.New(t, 1, opts)
 				p := newPair(t, startEtcd(t), c.Client(t))
-				p.split = split
+				p.split = mode != ""
+				if mode == "split-online/" {
+					// The same four shards, made by splits of the
+					// running cluster in the course of the sequence:
+					// history from before each split is read after it.
+					p.splitAt = map[int]string{}
+					for i, key := range diffSplitKeys {
+						p.splitAt[steps*(i+1)/(len(diffSplitKeys)+1)] = key
+					}
+					p.cluster = c
+				}
 				p.run(rand.New(rand.NewSource(seed)), steps)
 			})
 		}
@@ -84,6 +94,9 @@ type pair struct {
 	// refused (FailedPrecondition) and changes nothing there, so it is
 	// not sent to etcd.
 	split bool
+	// splitAt: at these steps, split Tessera's shard holding the key.
+	splitAt map[int]string
+	cluster *testcluster.Cluster
 }
 
 func newPair(t *testing.T, etcd, tess *clientv3.Client) *pair {
@@ -107,6 +120,11 @@ type opMaker func(rev func(int64) int64) clientv3.Op
 
 func (p *pair) run(rng *rand.Rand, steps int) {
 	for p.step = 0; p.step < steps; p.step++ {
+		if key, ok := p.splitAt[p.step]; ok {
+			if _, err := p.cluster.SplitShard(ctx(p.t), key); err != nil {
+				p.t.Fatalf("step %d: split at %s: %v", p.step, key, err)
+			}
+		}
 		if rng.Intn(40) == 0 {
 			p.compact(rng)
 			continue

@@ -2,7 +2,9 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,8 +19,15 @@ type Recorder struct {
 	mu    struct {
 		sync.Mutex
 		ops   []porcupine.Operation
-		fails []int64 // when each failed operation returned
+		fails []failure
 	}
+}
+
+// failure is an operation that returned an error: when, and what.
+type failure struct {
+	at  int64
+	op  OpKind
+	err string
 }
 
 // NewRecorder starts a history.
@@ -38,7 +47,7 @@ func (r *Recorder) Do(ctx context.Context, client int, cli *clientv3.Client, in 
 	ret := r.now()
 	if err != nil {
 		r.mu.Lock()
-		r.mu.fails = append(r.mu.fails, ret)
+		r.mu.fails = append(r.mu.fails, failure{at: ret, op: in.Kind, err: err.Error()})
 		r.mu.Unlock()
 		if in.Kind == Get || in.Kind == Range {
 			return out, err
@@ -57,12 +66,35 @@ func (r *Recorder) Failures(from, to time.Time) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
-	for _, at := range r.mu.fails {
-		if t := r.start.Add(time.Duration(at)); !t.Before(from) && t.Before(to) {
+	for _, f := range r.mu.fails {
+		if t := r.start.Add(time.Duration(f.at)); !t.Before(from) && t.Before(to) {
 			n++
 		}
 	}
 	return n
+}
+
+// FailureKinds describes the errors between from and to: each distinct
+// operation and message once, with how many times it came.
+func (r *Recorder) FailureKinds(from, to time.Time) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	count := map[string]int{}
+	var order []string
+	for _, f := range r.mu.fails {
+		if t := r.start.Add(time.Duration(f.at)); !t.Before(from) && t.Before(to) {
+			k := f.op.String() + ": " + f.err
+			if count[k] == 0 {
+				order = append(order, k)
+			}
+			count[k]++
+		}
+	}
+	parts := make([]string, len(order))
+	for i, k := range order {
+		parts[i] = fmt.Sprintf("%d× %s", count[k], k)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Operations returns the history so far.

@@ -13,6 +13,13 @@ type Event struct {
 	Value   string
 }
 
+func (e Event) describe() string {
+	if e.Deleted {
+		return "delete"
+	}
+	return fmt.Sprintf("value %q", e.Value)
+}
+
 // Write is an acknowledged write: at Rev, Key was set to Value (or deleted).
 type Write struct {
 	Rev     int64
@@ -77,7 +84,7 @@ func CheckWatch(w WatchLog, acked, maybe []Write) []error {
 			continue
 		}
 		if !ok {
-			errs = append(errs, fmt.Errorf("event %d (%s@%d) matches no write", i, e.Key, e.Rev))
+			errs = append(errs, fmt.Errorf("event %d (%s@%d, %s) matches no write", i, e.Key, e.Rev, e.describe()))
 		} else if a.Deleted != e.Deleted || (!e.Deleted && a.Value != e.Value) {
 			errs = append(errs, fmt.Errorf("event %d (%s@%d): deleted=%v value %q, the write was deleted=%v value %q", i, e.Key, e.Rev, e.Deleted, e.Value, a.Deleted, a.Value))
 		}

@@ -180,6 +180,30 @@ func dump(ops []porcupine.Operation, model *porcupine.NondeterministicModel) str
 	return fmt.Sprintf("; see %s and %s", html, text)
 }
 
+// writesLike lists, for a watch problem naming an event, every write of
+// the event's key with its value (or every delete of it): which operation
+// the event came from, and what its client was told.
+func (r *Run) writesLike(problem error, ops []porcupine.Operation, m *porcupine.NondeterministicModel) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	n := 0
+	for _, e := range r.wlog.Events {
+		if !strings.Contains(problem.Error(), fmt.Sprintf("(%s@%d,", e.Key, e.Rev)) {
+			continue
+		}
+		for _, op := range ops {
+			in := op.Input.(Input)
+			if in.Key == e.Key && (e.Deleted && in.Kind == Delete || !e.Deleted && in.Value == e.Value && in.Kind != Get) && n < 12 {
+				n++
+				fmt.Fprintf(&b, "; client %d wrote it: %s", op.ClientId, m.DescribeOperation(op.Input, op.Output))
+			}
+		}
+		break
+	}
+	return b.String()
+}
+
 // Latency returns, sorted, the time from each acknowledged write's
 // acknowledgement to its event's arrival at the watch (0 if the event came
 // first); call it after Check.
@@ -230,6 +254,9 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 
 // Failures counts the client operations that failed between from and to.
 func (r *Run) Failures(from, to time.Time) int { return r.rec.Failures(from, to) }
+
+// FailureKinds says which operations failed between from and to, and how.
+func (r *Run) FailureKinds(from, to time.Time) string { return r.rec.FailureKinds(from, to) }
 
 // LongestStall is the longest time between from and to in which no client
 // operation completed successfully: how long the cluster took to recover
@@ -342,7 +369,8 @@ func (r *Run) Check(t testing.TB, final *clientv3.Client) string {
 	r.cancel()
 	<-r.wdone
 	if errs := CheckWatch(r.wlog, acked, maybe); len(errs) > 0 {
-		t.Fatalf("watch: %d problems, first %v", len(errs), errs[0])
+		m := ModelFrom(r.wlog.From - 1)
+		t.Fatalf("watch: %d problems, first %v%s%s", len(errs), errs[0], r.writesLike(errs[0], ops, &m), dump(ops, &m))
 	}
 	return fmt.Sprintf("%d operations from %d clients linearizable; %d acknowledged writes (%d of unknown outcome) and %d watch events checked",
 		len(ops), len(r.w.Clients), len(acked), unknown, len(r.wlog.Events))

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"math/rand"
 	"strings"
@@ -61,6 +62,43 @@ func TestNemesis(t *testing.T) {
 			// Held for twice the election timeout (500 ms here) at least.
 			return cutLeader(c, replica.FirstDataShardID, stop, max(period(stop), 2*time.Second), "data")
 		}},
+		{"split-while-faulty", func(c *testcluster.Cluster, rng *rand.Rand, stop time.Time) string {
+			// One data shard cut in three: the first split while a
+			// random store is isolated (it applies the split once
+			// healed), the second while one is stopped (it replays the
+			// split from its log when it starts again).
+			var did []string
+			p := time.Until(stop) / 3
+			for n, key := range []string{"/nem/k1", "/nem/k2"} {
+				time.Sleep(p / 4)
+				i := rng.Intn(c.Size())
+				what := "isolated"
+				if n == 0 {
+					c.Isolate(i, testcluster.All)
+				} else {
+					what = "stopped"
+					c.StopReplica(i)
+				}
+				// Past the load's end if need be: an attempt that went to
+				// the cut-off store waits out its own timeout first.
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, err := c.SplitShard(ctx, key)
+				cancel()
+				time.Sleep(p / 4)
+				if n == 0 {
+					c.Net().Heal()
+				} else {
+					c.StartReplica(i)
+				}
+				if err != nil {
+					did = append(did, fmt.Sprintf("split at %s failed (%s %s): %v", key, c.StoreName(i), what, err))
+					continue
+				}
+				did = append(did, fmt.Sprintf("split at %s with %s %s", key, c.StoreName(i), what))
+				time.Sleep(p / 2)
+			}
+			return strings.Join(did, "; ")
+		}},
 		{"rolling-restart", func(c *testcluster.Cluster, _ *rand.Rand, stop time.Time) string {
 			p := time.Until(stop) / time.Duration(c.Size()+1)
 			for i := 0; i < c.Size(); i++ {
@@ -75,20 +113,32 @@ func TestNemesis(t *testing.T) {
 		}},
 	}
 	// Two again with the workload's three keys in three shards, so its
-	// prefix ranges and its watch cross them.
+	// prefix ranges and its watch cross them; and the partitions once more
+	// on five stores, each shard on three of them (placement), so that
+	// stores call leaders of shards they do not hold and the balancer
+	// moves leaderships while the faults go on.
 	for _, tc := range cases[:] {
-		if tc.name == "restart-random-store" || tc.name == "partition-random-store" {
-			tc.name = "sharded-" + tc.name
+		name := tc.name
+		if name == "restart-random-store" || name == "partition-random-store" {
+			tc.name = "sharded-" + name
+			cases = append(cases, tc)
+		}
+		if name == "partition-random-store" {
+			tc.name = "placed-" + name
 			cases = append(cases, tc)
 		}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var opts testcluster.Options
-			if strings.HasPrefix(tc.name, "sharded-") {
+			stores := 3
+			if strings.HasPrefix(tc.name, "sharded-") || strings.HasPrefix(tc.name, "placed-") {
 				opts.SplitKeys = []string{"/nem/k1", "/nem/k2"}
 			}
-			c := testcluster.New(t, 3, opts)
+			if strings.HasPrefix(tc.name, "placed-") {
+				stores, opts.ReplicationFactor, opts.BalanceInterval = 5, 3, 300*time.Millisecond
+			}
+			c := testcluster.New(t, stores, opts)
 			var clients []*clientv3.Client
 			for range 5 {
 				clients = append(clients, c.Client(t))

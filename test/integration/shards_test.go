@@ -9,10 +9,13 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tessera-kv/tessera/proto/adminpb"
+	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/test/testcluster"
 )
 
@@ -293,5 +296,85 @@ func TestListShards(t *testing.T) {
 	}
 	if resp.Shards[2].Revision != w.Header.Revision || resp.Revision != w.Header.Revision {
 		t.Fatalf("/c/'s shard at %d, cluster at %d; want the write's %d", resp.Shards[2].Revision, resp.Revision, w.Header.Revision)
+	}
+}
+
+// TestHashKVAcrossShards hashes every shard at one revision of the
+// cluster: at a revision above some shards' own last write, and at the
+// current one, where two gateways agree.
+func TestHashKVAcrossShards(t *testing.T) {
+	c, cli := splitCluster(t)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, "/a/x", "1"); err != nil {
+		t.Fatal(err)
+	}
+	last, err := cli.Put(ctx, "/c/x", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := c.Endpoints()[0]
+	h, err := cli.HashKV(ctx, ep, last.Header.Revision)
+	if err != nil {
+		t.Fatalf("HashKV at the last write's revision (above three shards' own): %v", err)
+	}
+	if h.HashRevision != last.Header.Revision {
+		t.Fatalf("hash revision %d, want %d", h.HashRevision, last.Header.Revision)
+	}
+	other := c.ClientAs(t, "", "", c.StartGateway()...)
+	h0, err := other.HashKV(ctx, other.Endpoints()[0], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h0.Hash != h.Hash || h0.HashRevision != last.Header.Revision {
+		t.Fatalf("HashKV now on another gateway: %d at %d, want %d at %d", h0.Hash, h0.HashRevision, h.Hash, last.Header.Revision)
+	}
+	if _, err := cli.HashKV(ctx, ep, last.Header.Revision+100); err == nil || !strings.Contains(err.Error(), "future revision") {
+		t.Fatalf("HashKV above the cluster's revision: %v", err)
+	}
+}
+
+// TestCompactionIsOneMetaEntry: a compaction recorded in the meta shard
+// and then never sent to the shards (its gateway died in between) is
+// applied by every shard's leader by itself; compacting at or below it
+// again is etcd's ErrCompacted.
+func TestCompactionIsOneMetaEntry(t *testing.T) {
+	c, cli := splitCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first := mustPut(t, cli, "/a/k", "1")
+	mustPut(t, cli, "/c/k", "1")
+	last := mustPut(t, cli, "/c/k", "2")
+	conn, err := grpc.NewClient(c.Replica(0).APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := metapb.NewMetaClient(conn).Compact(ctx, &metapb.CompactRequest{Revision: last.Header.Revision}); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminpb.NewAdminClient(cli.ActiveConnection())
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		resp, err := admin.ListShards(ctx, &adminpb.ListShardsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		behind := 0
+		for _, s := range resp.Shards {
+			if s.CompactRevision != last.Header.Revision {
+				behind++
+			}
+		}
+		if behind == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d shards not compacted at %d: %v", behind, len(resp.Shards), last.Header.Revision, resp.Shards)
+		}
+	}
+	if _, err := cli.Get(ctx, "/a/k", clientv3.WithRev(first.Header.Revision)); err == nil || err.Error() != rpctypes.ErrCompacted.Error() {
+		t.Fatalf("read below the compaction: %v", err)
+	}
+	if _, err := cli.Compact(ctx, last.Header.Revision); err == nil || err.Error() != rpctypes.ErrCompacted.Error() {
+		t.Fatalf("compact again at the same revision: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package kubeapiserver
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -191,7 +192,7 @@ func TestManifests(t *testing.T) {
 		}
 	}
 	overlays := map[string][]*unstructured.Unstructured{tlsDir: withTLS}
-	for _, o := range []string{"overlays/dev", "overlays/ha", restore} {
+	for _, o := range []string{"overlays/dev", "overlays/ha", "overlays/sharded", restore} {
 		overlays[o] = render(t, o)
 		if len(overlays[o]) == 0 {
 			t.Fatalf("%s renders nothing", o)
@@ -249,6 +250,8 @@ func TestManifests(t *testing.T) {
 		}
 	}
 
+	checkSharded(t, overlays["overlays/sharded"])
+
 	// A server-side dry run of every object on a real kube-apiserver.
 	dataDir := t.TempDir()
 	client, raft, api, watcher := freePort(t), freePort(t), freePort(t), freePort(t)
@@ -298,5 +301,68 @@ func TestManifests(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("server-side dry run of %d dev, %d ha, %d ha+restore and %d ha+tls objects", len(overlays["overlays/dev"]), len(ha), len(overlays[restore]), len(withTLS))
+	t.Logf("server-side dry run of %d dev, %d ha, %d sharded, %d ha+restore and %d ha+tls objects", len(overlays["overlays/dev"]), len(ha), len(overlays["overlays/sharded"]), len(overlays[restore]), len(withTLS))
+}
+
+// checkSharded: six stores in three per-zone StatefulSets whose pod
+// indexes do not overlap, pinned to their zones, every store listed in
+// INITIAL_CLUSTER with the zone its set is pinned to, pre-split for
+// Kubernetes with replication factor 3, and one disruption budget over all
+// six.
+func checkSharded(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	var cluster string
+	zoneOf := map[int]string{} // store ID → its set's zone
+	podOf := map[int]string{}  // store ID → its pod's name
+	sets, budgets := 0, 0
+	for _, u := range objs {
+		switch u.GetKind() {
+		case "ConfigMap":
+			if strings.HasPrefix(u.GetName(), "tessera-cluster") {
+				cluster, _, _ = unstructured.NestedString(u.Object, "data", "INITIAL_CLUSTER")
+			}
+		case "PodDisruptionBudget":
+			if u.GetName() == "tessera-replica" {
+				budgets++
+			}
+		case "StatefulSet":
+			var s appsv1.StatefulSet
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &s); err != nil {
+				t.Fatal(err)
+			}
+			sets++
+			args := strings.Join(s.Spec.Template.Spec.Containers[0].Args, " ")
+			zone := s.Spec.Template.Spec.NodeSelector["topology.kubernetes.io/zone"]
+			if s.Spec.Ordinals == nil || s.Spec.Replicas == nil || zone == "" ||
+				!strings.Contains(args, "--initial-split-keys=kubernetes") || !strings.Contains(args, "--replication-factor=3") {
+				t.Errorf("sharded: StatefulSet %s: ordinals %v, zone %q, args %s", s.Name, s.Spec.Ordinals, zone, args)
+				continue
+			}
+			for i := range int(*s.Spec.Replicas) {
+				id := int(s.Spec.Ordinals.Start) + i + 1
+				if _, dup := zoneOf[id]; dup {
+					t.Errorf("sharded: store ID %d in two StatefulSets", id)
+				}
+				zoneOf[id] = zone
+				podOf[id] = fmt.Sprintf("%s-%d", s.Name, id-1)
+			}
+		}
+	}
+	if sets != 3 || len(zoneOf) != 6 || budgets != 1 {
+		t.Fatalf("sharded: %d StatefulSets, %d stores, %d replica budgets; want 3, 6, 1", sets, len(zoneOf), budgets)
+	}
+	entries := strings.Split(cluster, ",")
+	if len(entries) != 6 {
+		t.Fatalf("sharded: INITIAL_CLUSTER has %d stores, want 6: %s", len(entries), cluster)
+	}
+	for _, e := range entries {
+		var id int
+		var zone string
+		if i := strings.Index(e, "@zone="); i > 0 {
+			zone = e[i+len("@zone="):]
+		}
+		if _, err := fmt.Sscanf(e, "%d=", &id); err != nil || zone == "" || zoneOf[id] != zone || !strings.HasPrefix(e, fmt.Sprintf("%d=%s.", id, podOf[id])) {
+			t.Errorf("sharded: INITIAL_CLUSTER entry %q: store %d is pod %s, in zone %q", e, id, podOf[id], zoneOf[id])
+		}
+	}
 }

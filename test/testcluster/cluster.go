@@ -7,6 +7,7 @@
 package testcluster
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -20,8 +21,11 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tessera-kv/tessera/pkg/rpcconn"
+	"github.com/tessera-kv/tessera/proto/adminpb"
 	"github.com/tessera-kv/tessera/services/gateway"
 	"github.com/tessera-kv/tessera/services/replica"
 	"github.com/tessera-kv/tessera/services/watcher"
@@ -40,6 +44,8 @@ type Cluster struct {
 	wcfg      watcher.Config
 	quota     int64
 	splitKeys []string
+	rf        int
+	balance   time.Duration
 	log       *slog.Logger
 	net       *Net
 }
@@ -57,6 +63,17 @@ type Options struct {
 	Auth gateway.AuthConfig
 	// SplitKeys cut the keyspace into data shards at bootstrap.
 	SplitKeys []string
+	// ReplicationFactor: stores per data shard (the replica's default, 3,
+	// if zero).
+	ReplicationFactor int
+	// Zones label store i zone=Zones[i%len(Zones)] (none if empty).
+	Zones []string
+	// BalanceInterval passes through to the stores (their default if
+	// zero).
+	BalanceInterval time.Duration
+	// RestoreFrom, a backup file, is restored into every store before it
+	// first starts (as tessera snapshot restore does).
+	RestoreFrom string
 }
 
 var handedOut struct {
@@ -97,14 +114,25 @@ func New(t testing.TB, n int, opts ...Options) *Cluster {
 		o = opts[0]
 	}
 	c := &Cluster{t: t, dir: t.TempDir(), replicas: make([]*replica.Replica, n), quota: o.QuotaBytes,
-		splitKeys: o.SplitKeys, log: logger(), net: NewNet()}
+		splitKeys: o.SplitKeys, rf: o.ReplicationFactor, balance: o.BalanceInterval, log: logger(), net: NewNet()}
 	for i := 0; i < n; i++ {
 		m := replica.Member{ID: uint64(i + 1), RaftAddress: FreePort(t), APIAddress: FreePort(t)}
+		if len(o.Zones) > 0 {
+			m.Labels = map[string]string{"zone": o.Zones[i%len(o.Zones)]}
+		}
 		c.members = append(c.members, m)
 		c.net.Register(m.RaftAddress, c.StoreName(i))
 		c.net.Register(m.APIAddress, c.StoreName(i))
 	}
 	t.Cleanup(c.Close)
+	for i, m := range c.members {
+		if o.RestoreFrom == "" {
+			break
+		}
+		if _, err := replica.RestoreBackup(o.RestoreFrom, c.storeDir(m), m.ID, c.members, cmp.Or(c.rf, replica.DefaultReplicationFactor), nil); err != nil {
+			t.Fatalf("restore store %d: %v", i+1, err)
+		}
+	}
 	for i := range c.members {
 		c.StartReplica(i)
 	}
@@ -219,8 +247,8 @@ func (c *Cluster) StartReplica(i int) {
 	cfg := replica.DefaultConfig()
 	m := c.members[i]
 	cfg.StoreID, cfg.RaftAddress, cfg.APIAddress, cfg.Cluster = m.ID, m.RaftAddress, m.APIAddress, c.members
-	cfg.InitialSplitKeys = c.splitKeys
-	cfg.DataDir = filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
+	cfg.InitialSplitKeys, cfg.ReplicationFactor, cfg.BalanceInterval = c.splitKeys, c.rf, c.balance
+	cfg.DataDir = c.storeDir(m)
 	cfg.RTTMillisecond, cfg.ElectionRTT = 50, 10
 	if c.quota > 0 {
 		cfg.QuotaBytes = c.quota
@@ -232,6 +260,10 @@ func (c *Cluster) StartReplica(i int) {
 		c.t.Fatalf("start store %d: %v", m.ID, err)
 	}
 	c.replicas[i] = r
+}
+
+func (c *Cluster) storeDir(m replica.Member) string {
+	return filepath.Join(c.dir, fmt.Sprintf("store%d", m.ID))
 }
 
 // StartWatcher (re)starts the watcher on its address.
@@ -347,4 +379,42 @@ func (c *Cluster) Close() {
 	for i := range c.replicas {
 		c.StopReplica(i)
 	}
+}
+
+// SplitShard splits the shard holding key at it through the gateway's
+// Admin API, trying again (a store may be cut off) until ctx ends.
+func (c *Cluster) SplitShard(ctx context.Context, key string) (*adminpb.SplitShardResponse, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	admin := adminpb.NewAdminClient(cli.ActiveConnection())
+	for retried := false; ; retried = true {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := admin.SplitShard(actx, &adminpb.SplitShardRequest{SplitKey: []byte(key)})
+		cancel()
+		if retried && status.Code(err) == codes.AlreadyExists {
+			// An attempt that timed out had split it.
+			return c.shardAt(ctx, cli, key)
+		}
+		if err == nil || ctx.Err() != nil {
+			return resp, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// shardAt describes the shard starting at key as a split response would.
+func (c *Cluster) shardAt(ctx context.Context, cli *clientv3.Client, key string) (*adminpb.SplitShardResponse, error) {
+	list, err := adminpb.NewAdminClient(cli.ActiveConnection()).ListShards(ctx, &adminpb.ListShardsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range list.Shards {
+		if string(s.Shard.StartKey) == key && i > 0 {
+			return &adminpb.SplitShardResponse{Left: list.Shards[i-1].Shard, Right: s.Shard}, nil
+		}
+	}
+	return nil, fmt.Errorf("testcluster: no shard starts at %q", key)
 }

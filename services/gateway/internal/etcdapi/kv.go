@@ -6,6 +6,7 @@ package etcdapi
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -94,10 +95,18 @@ func crossShard(shards []*metapb.ShardDescriptor) error {
 }
 
 // Range reads one shard, or several at one revision (fanout).
-func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (resp *pb.RangeResponse, err error) {
 	if err := reqcheck.Range(r); err != nil {
 		return nil, err
 	}
+	err = s.router.Rerouting(ctx, func() (err error) {
+		resp, err = s.rangeRouted(ctx, r)
+		return err
+	})
+	return resp, err
+}
+
+func (s *KV) rangeRouted(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	shards, err := s.shardsOf(ctx, r.Key, r.RangeEnd)
 	if err != nil {
 		return nil, err
@@ -222,10 +231,15 @@ func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error)
 		// A txn with no keys at all still answers with a header.
 		first = []byte{0}
 	}
-	if reqcheck.ReadOnly(r) {
-		return s.readTxn(ctx, r, first, firstEnd)
+	if !reqcheck.ReadOnly(r) {
+		return s.write(ctx, r, first, firstEnd)
 	}
-	return s.write(ctx, r, first, firstEnd)
+	var resp *pb.TxnResponse
+	err := s.router.Rerouting(ctx, func() (err error) {
+		resp, err = s.readTxn(ctx, r, first, firstEnd)
+		return err
+	})
+	return resp, err
 }
 
 // shardOfTxn resolves the one shard holding every key range of the txn.
@@ -275,14 +289,22 @@ func (s *KV) readTxn(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*p
 		}
 	}
 	if !s.severalShards(ctx) {
-		return s.callTxn(ctx, shard, r, txnCall{readOnly: true, serializable: serializable})
+		out, err := s.callTxn(ctx, shard, r, txnCall{readOnly: true, serializable: serializable})
+		if err != nil {
+			return nil, err
+		}
+		return s.txnAnswer(ctx, out)
 	}
 	// As a Range: at the cluster's revision, which the header carries.
 	current, err := s.fan.ClusterRevision(ctx, !serializable)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.callTxn(ctx, shard, r, txnCall{readOnly: true, readAt: current})
+	out, err := s.callTxn(ctx, shard, r, txnCall{readOnly: true, readAt: current})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.txnAnswer(ctx, out)
 	if err != nil {
 		return nil, err
 	}
@@ -297,8 +319,29 @@ type txnCall struct {
 	epochs                 map[int64]uint64
 }
 
-// write sends a txn with writes to its shard's leader.
+// write sends a txn with writes to its shard's leader, routing again
+// while the shard answers WrongShard (which changed nothing). Only the
+// routing and the shard's call are retried: once the shard applied the
+// txn, nothing after it (the headers' cluster revision) may send it again.
 func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.TxnResponse, error) {
+	var out *shardpb.TxnResponse
+	err := s.router.Rerouting(ctx, func() (err error) {
+		out, err = s.writeCall(ctx, r, key, end)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.txnAnswer(ctx, out)
+	if router.IsWrongShard(err) {
+		// The txn applied; a split while its header was computed must not
+		// read as "changed nothing, route again" to anyone above.
+		err = status.Error(codes.Unavailable, status.Convert(err).Message())
+	}
+	return resp, err
+}
+
+func (s *KV) writeCall(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*shardpb.TxnResponse, error) {
 	// A key may only be attached to a live lease. The shard checks again
 	// as it applies the txn, against the epoch seen here: a revoke that
 	// lands between this check and the txn wins (no key outlives a lease).
@@ -320,7 +363,8 @@ func (s *KV) write(ctx context.Context, r *pb.TxnRequest, key, end []byte) (*pb.
 	return s.callTxn(ctx, shard, r, txnCall{epochs: epochs})
 }
 
-func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, call txnCall) (*pb.TxnResponse, error) {
+// callTxn sends a txn to its shard; txnAnswer makes the client's answer.
+func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.TxnRequest, call txnCall) (*shardpb.TxnResponse, error) {
 	b, err := proto.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -332,9 +376,12 @@ func (s *KV) callTxn(ctx context.Context, shard *metapb.ShardDescriptor, r *pb.T
 			LeaseEpochs: call.epochs, ReadAt: call.readAt})
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
+	return out, err
+}
+
+// txnAnswer decodes a shard's txn answer and gives its headers the
+// cluster's revision.
+func (s *KV) txnAnswer(ctx context.Context, out *shardpb.TxnResponse) (*pb.TxnResponse, error) {
 	resp := &pb.TxnResponse{}
 	if err := proto.Unmarshal(out.Response, resp); err != nil {
 		return nil, status.Errorf(codes.Internal, "tessera: bad txn response: %v", err)
@@ -421,27 +468,41 @@ func hasPartHeaders(resp *pb.TxnResponse) bool {
 // revision is lower compacts there too, as its keys at that revision are
 // its current ones. With one data shard this is etcd's compaction exactly.
 func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	cluster, err := s.fan.ClusterRevision(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	if r.Revision > cluster {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	// One meta entry records the compaction for every shard (refused at
+	// or below the last one, as etcd refuses it); the shards then apply
+	// it, here or, for any not reached, through their leaders' reconciler.
+	// (At 0 or below there is nothing to record: each shard answers as
+	// etcd does, accepting 0 only where never compacted.)
+	if r.Revision > 0 {
+		if err := s.router.CallMeta(ctx, true, func(ctx context.Context, c metapb.MetaClient) error {
+			_, err := c.Compact(ctx, &metapb.CompactRequest{Revision: r.Revision})
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+	// Every shard known after the entry: one split since is compacted too.
 	shards, err := s.router.All(ctx)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
-	}
-	several := len(shards) > 1
-	if several {
-		cluster, err := s.fan.ClusterRevision(ctx, true)
-		if err != nil {
-			return nil, err
-		}
-		if r.Revision > cluster {
-			return nil, rpctypes.ErrGRPCFutureRev
-		}
 	}
 	resp := &pb.CompactionResponse{}
 	for _, shard := range shards {
 		var out *shardpb.CompactResponse
 		err := s.router.Call(ctx, shard, true, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision, ClusterChecked: several})
+			out, err = c.Compact(ctx, &shardpb.CompactRequest{ShardId: shard.Id, Revision: r.Revision, ClusterChecked: true})
 			return err
 		})
+		if r.Revision > 0 && errors.Is(err, rpctypes.ErrGRPCCompacted) {
+			continue // its leader's reconciler got there first
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -450,7 +511,7 @@ func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Compacti
 		}
 	}
 	if resp.Header == nil {
-		return nil, status.Error(codes.Unavailable, "tessera: no data shard to compact")
+		resp.Header = s.hdr.fill(&pb.ResponseHeader{Revision: cluster}, 0)
 	}
 	return resp, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
+	"github.com/tessera-kv/tessera/services/gateway/internal/fanout"
 	"github.com/tessera-kv/tessera/services/gateway/internal/router"
 )
 
@@ -31,13 +33,14 @@ const Version = "3.7.0"
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	router  *router.Router
+	fan     *fanout.Reader
 	members Members
 	hdr     Header
 }
 
 // NewMaintenance returns the Maintenance service.
 func NewMaintenance(r *router.Router, m Members, h Header) *Maintenance {
-	return &Maintenance{router: r, members: m, hdr: h}
+	return &Maintenance{router: r, fan: fanout.New(r), members: m, hdr: h}
 }
 
 func (m *Maintenance) shards(ctx context.Context) ([]*metapb.ShardDescriptor, error) {
@@ -83,6 +86,13 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		StorageVersion:   "3.6.0",
 	}
 	resp.DbSizeQuota = first.Quota
+	// etcd's size is its member's backend, which the quota applies to; a
+	// store here holds only its own shards, so the size is the largest
+	// store's, as the meta leader last heard (the first shard's store's
+	// if it cannot say). tessera store list has every store's.
+	if size := m.largestStore(ctx); size > 0 {
+		resp.DbSize, resp.DbSizeInUse = size, size
+	}
 	alarms, err := m.Alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
 	if err != nil {
 		return nil, err
@@ -165,12 +175,33 @@ func (m *Maintenance) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.Hash
 	if err != nil {
 		return nil, err
 	}
+	rev := r.Revision
+	if len(shards) > 1 {
+		// Every shard hashed at one revision of the cluster, closed on
+		// each first, so replicas and gateways asked alike agree.
+		cluster, err := m.fan.ClusterRevision(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case rev == 0:
+			rev = cluster
+		case rev > cluster:
+			return nil, rpctypes.ErrGRPCFutureRev
+		}
+		if _, err := m.fan.RevisionAt(ctx, rev); err != nil {
+			return nil, err
+		}
+		if shards, err = m.shards(ctx); err != nil {
+			return nil, err
+		}
+	}
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	resp := &pb.HashKVResponse{}
 	for _, d := range shards {
 		var out *shardpb.HashKVResponse
 		err := m.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			out, err = c.HashKV(ctx, &shardpb.HashKVRequest{ShardId: d.Id, Revision: r.Revision})
+			out, err = c.HashKV(ctx, &shardpb.HashKVRequest{ShardId: d.Id, Revision: rev})
 			return err
 		})
 		if err != nil {
@@ -306,4 +337,18 @@ func (c *Cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.Me
 
 func (c *Cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	return nil, errMembership
+}
+
+// largestStore is the largest size a live store reported (0: unknown).
+func (m *Maintenance) largestStore(ctx context.Context) int64 {
+	ctx, cancel := context.WithTimeout(ctx, time.Second) // not worth a slow Status
+	defer cancel()
+	stores, _ := m.router.Stores(ctx) // none: the caller's fallback
+	var size int64
+	for _, st := range stores {
+		if st.State == metapb.StoreStatus_STATE_UP {
+			size = max(size, st.UsedBytes)
+		}
+	}
+	return size
 }

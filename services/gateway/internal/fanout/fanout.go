@@ -51,12 +51,13 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 	if len(shards) > 1 {
 		if addr := f.holderOfAll(shards); addr != "" {
 			ids := make([]uint64, len(shards))
+			gens := make([]uint64, len(shards))
 			for i, d := range shards {
-				ids[i] = d.Id
+				ids[i], gens[i] = d.Id, d.Generation
 			}
 			var resp *shardpb.StatesResponse
 			err := f.router.CallStore(ctx, addr, func(ctx context.Context, c grpc.ClientConnInterface) (err error) {
-				resp, err = shardpb.NewShardClient(c).States(ctx, &shardpb.StatesRequest{ShardIds: ids, Linearizable: linearizable})
+				resp, err = shardpb.NewShardClient(c).States(ctx, &shardpb.StatesRequest{ShardIds: ids, Linearizable: linearizable, Generations: gens})
 				return err
 			})
 			if err == nil && len(resp.States) == len(shards) {
@@ -72,7 +73,7 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 	out := make([]state, len(shards))
 	err := each(ctx, shards, func(ctx context.Context, i int, d *metapb.ShardDescriptor) error {
 		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) (err error) {
-			out[i].resp, err = c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: linearizable})
+			out[i].resp, err = c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Linearizable: linearizable, Generation: d.Generation})
 			return err
 		})
 	})
@@ -83,11 +84,19 @@ func (f *Reader) states(ctx context.Context, shards []*metapb.ShardDescriptor, l
 // linearizable) and returns them with the shards' descriptors, in key
 // order.
 func (f *Reader) States(ctx context.Context, linearizable bool) ([]*metapb.ShardDescriptor, []*shardpb.CloseResponse, error) {
-	shards, err := f.router.All(ctx)
-	if err != nil {
-		return nil, nil, status.Error(codes.Unavailable, err.Error())
-	}
-	sts, err := f.states(ctx, shards, linearizable)
+	var (
+		shards []*metapb.ShardDescriptor
+		sts    []state
+	)
+	// A shard that split since the map was read answers WrongShard: with
+	// the descriptors learned, every shard is asked again.
+	err := f.router.Rerouting(ctx, func() (err error) {
+		if shards, err = f.router.All(ctx); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		sts, err = f.states(ctx, shards, linearizable)
+		return err
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,7 +111,15 @@ func (f *Reader) States(ctx context.Context, linearizable bool) ([]*metapb.Shard
 // oracle served: the highest shard revision at or below it, once every
 // shard has closed it. A write that changed nothing at entry revision rev
 // reports it, as etcd reports its current revision.
-func (f *Reader) RevisionAt(ctx context.Context, rev int64) (int64, error) {
+func (f *Reader) RevisionAt(ctx context.Context, rev int64) (at int64, err error) {
+	err = f.router.Rerouting(ctx, func() (err error) {
+		at, err = f.revisionAt(ctx, rev)
+		return err
+	})
+	return at, err
+}
+
+func (f *Reader) revisionAt(ctx context.Context, rev int64) (int64, error) {
 	shards, err := f.router.All(ctx)
 	if err != nil {
 		return 0, status.Error(codes.Unavailable, err.Error())
@@ -111,7 +128,7 @@ func (f *Reader) RevisionAt(ctx context.Context, rev int64) (int64, error) {
 	var at int64
 	err = each(ctx, shards, func(ctx context.Context, _ int, d *metapb.ShardDescriptor) error {
 		return f.router.Call(ctx, d, false, func(ctx context.Context, c shardpb.ShardClient) error {
-			resp, err := c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Revision: rev})
+			resp, err := c.Close(ctx, &shardpb.CloseRequest{ShardId: d.Id, Revision: rev, Generation: d.Generation})
 			if err == nil {
 				mu.Lock()
 				at = max(at, resp.RevisionAt)

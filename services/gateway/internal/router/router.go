@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/retry"
 	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
@@ -27,12 +29,18 @@ import (
 type Router struct {
 	m   *shardmap.Cache
 	log *slog.Logger
+
+	// skip is, per shard, how many replicas to pass over before the first
+	// one tried when no leader is known: bumped by a call that hung on a
+	// replica (a blackholed link), so the next call starts elsewhere.
+	skipMu sync.Mutex
+	skip   map[uint64]int
 }
 
 // New returns a router that bootstraps from the given replica API addresses
 // and reaches replicas through peer.
 func New(seeds []string, peer rpcconn.Peer, log *slog.Logger) *Router {
-	return &Router{m: shardmap.New(seeds, peer), log: log}
+	return &Router{m: shardmap.New(seeds, peer), log: log, skip: map[uint64]int{}}
 }
 
 // Close closes every connection.
@@ -62,6 +70,10 @@ func (a anyReplica) Invoke(ctx context.Context, method string, args, reply any, 
 func (a anyReplica) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
 	return nil, status.Error(codes.Unimplemented, "router: streams to any replica are not supported")
 }
+
+// Install merges descriptors learned from a shard into the cached map
+// (generation-checked: an older one never replaces a newer).
+func (r *Router) Install(ds ...*metapb.ShardDescriptor) { r.m.Install(ds) }
 
 // Refresh fetches the shard map; a map fetched after since is reused.
 func (r *Router) Refresh(ctx context.Context, since time.Time) error { return r.m.Refresh(ctx, since) }
@@ -150,17 +162,21 @@ func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mu
 			if err := r.Refresh(ctx, time.Now().Add(-100*time.Millisecond)); err != nil {
 				lastErr = err
 			}
-			sleep(ctx, backoff(attempt))
+			retry.Sleep(ctx, callBackoff.Delay(attempt))
 			continue
 		}
 		c, err := r.m.Conn(addr)
 		if err != nil {
 			return err
 		}
-		if mutating && !connected(ctx, c) {
+		// Only over a connection that is up: a write must not be left
+		// in a send buffer, and a read must not wait out the dial to a
+		// store that went away (a restarting pod's address answers
+		// nothing) when another replica can answer.
+		if !connected(ctx, c, mutating) {
 			r.m.SetLeader(shard.Id, 0)
 			lastErr = rpctypes.ErrGRPCNoLeader
-			sleep(ctx, backoff(attempt))
+			retry.Sleep(ctx, callBackoff.Delay(attempt))
 			continue
 		}
 		err = fn(ctx, c)
@@ -172,18 +188,28 @@ func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mu
 		if nl, ok := detail[*shardpb.NotLeader](st); ok {
 			r.m.SetLeader(shard.Id, nl.LeaderStoreId)
 			if nl.LeaderStoreId == 0 || nl.LeaderStoreId == store {
-				sleep(ctx, backoff(attempt))
+				retry.Sleep(ctx, callBackoff.Delay(attempt))
 			}
 			continue
 		}
-		if _, ok := detail[*shardpb.WrongShard](st); ok {
-			return err // the caller re-resolves the keys; descriptors changed
+		if ws, ok := detail[*shardpb.WrongShard](st); ok {
+			// The shard split since the caller routed: learn the new
+			// descriptors (or, if they are no news, the meta shard's
+			// map) and let the caller route again (Rerouting).
+			if !r.m.Install(ws.Descriptors) {
+				_ = r.m.Refresh(ctx, time.Now())
+			}
+			return err
 		}
 		if ctx.Err() != nil {
 			// The caller gave up waiting on this store (a blackholed link
 			// holds a connection open): the next call finds the leader
-			// again instead of waiting on it too.
+			// again instead of waiting on it too, starting at another
+			// replica.
 			r.m.SetLeader(shard.Id, 0)
+			r.skipMu.Lock()
+			r.skip[shard.Id]++
+			r.skipMu.Unlock()
 			return err
 		}
 		if st.Code() == codes.Unavailable && !isEtcdError(st) {
@@ -191,7 +217,7 @@ func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mu
 			if mutating {
 				return rpctypes.ErrGRPCTimeoutDueToConnectionLost
 			}
-			sleep(ctx, backoff(attempt))
+			retry.Sleep(ctx, callBackoff.Delay(attempt))
 			continue
 		}
 		return err
@@ -202,11 +228,48 @@ func (r *Router) CallConn(ctx context.Context, shard *metapb.ShardDescriptor, mu
 	return lastErr
 }
 
-// connected waits (briefly) for the connection to be usable, so a write is
-// only sent over a connection that is up.
-func connected(ctx context.Context, c *grpc.ClientConn) bool {
+// Rerouting runs fn, which resolves shards through the router and calls
+// them, again while it fails with WrongShard: the shard that answered so
+// changed nothing, and the router has learned the new descriptors.
+func (r *Router) Rerouting(ctx context.Context, fn func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if !IsWrongShard(err) {
+			return err
+		}
+		if attempt == 8 {
+			return status.Errorf(codes.Unavailable, "tessera: the shards of the request kept changing: %v", status.Convert(err).Message())
+		}
+		r.log.Debug("request rerouted after a split", "attempt", attempt, "err", err)
+		retry.Sleep(ctx, callBackoff.Delay(attempt))
+		if ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// IsWrongShard reports whether a shard refused a call routed by a stale
+// descriptor.
+func IsWrongShard(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	_, ok = detail[*shardpb.WrongShard](st)
+	return ok
+}
+
+// connected waits for the connection to be usable, so a call is only sent
+// over a connection that is up: up to a second for a write (which must go
+// to the leader), a quarter of that for a read (another replica can take
+// it, and the client's deadline runs meanwhile).
+func connected(ctx context.Context, c *grpc.ClientConn, mutating bool) bool {
 	c.Connect()
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	wait := time.Second
+	if !mutating {
+		wait /= 4
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	for {
 		switch s := c.GetState(); s {
@@ -251,20 +314,23 @@ func (r *Router) target(shard *metapb.ShardDescriptor, attempt int) (string, uin
 	if len(shard.Replicas) == 0 {
 		return "", 0
 	}
+	r.skipMu.Lock()
+	attempt += r.skip[shard.Id]
+	r.skipMu.Unlock()
 	id := shard.Replicas[attempt%len(shard.Replicas)]
 	return r.m.StoreAddr(id), id
 }
 
-func backoff(attempt int) time.Duration {
-	d := 25 * time.Millisecond << min(attempt, 4)
-	return d
-}
+// callBackoff spaces attempts at a shard while its leader or map settles.
+var callBackoff = retry.Backoff{Base: 25 * time.Millisecond, Max: 400 * time.Millisecond}
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+// Stores is the meta leader's view of every store (liveness, shards held
+// and led, sizes), for the callers that report on the stores.
+func (r *Router) Stores(ctx context.Context) ([]*metapb.StoreStatus, error) {
+	var resp *metapb.ListStoresResponse
+	err := r.CallMeta(ctx, false, func(ctx context.Context, c metapb.MetaClient) (err error) {
+		resp, err = c.ListStores(ctx, &metapb.ListStoresRequest{})
+		return err
+	})
+	return resp.GetStores(), err
 }

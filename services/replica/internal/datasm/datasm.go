@@ -27,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -38,17 +39,20 @@ import (
 
 // RangeQuery asks Lookup for an etcd Range.
 // Closed reads at the request's revision up to the closed revision
-// (mvcc.Shard.RangeClosed).
+// (mvcc.Shard.RangeClosed). Generation is the descriptor generation the
+// request was routed by (0: unchecked).
 type RangeQuery struct {
-	Request *pb.RangeRequest
-	Closed  bool
+	Request    *pb.RangeRequest
+	Closed     bool
+	Generation uint64
 }
 
 // TxnQuery asks Lookup to evaluate a read-only txn, at revision At (a
 // closed one) if not 0.
 type TxnQuery struct {
-	Request *pb.TxnRequest
-	At      int64
+	Request    *pb.TxnRequest
+	At         int64
+	Generation uint64
 }
 
 // StateQuery asks Lookup for the shard state (mvcc.State).
@@ -65,6 +69,9 @@ type StateMachine struct {
 	shard      *mvcc.Shard
 	hooks      Hooks
 	log        *slog.Logger
+	// splitting is held by a split's apply against reads (shared): a read
+	// checks its generation and reads under one bounds.
+	splitting sync.RWMutex
 }
 
 // Hooks let the replica observe the state machine.
@@ -73,6 +80,9 @@ type Hooks struct {
 	Opened func(*mvcc.Shard)
 	// Restored is called after the shard was replaced by a snapshot.
 	Restored func()
+	// Split is called after a split entry applied (and again on replay):
+	// the child's state record is in the store, so its replica can start.
+	Split func(left, right mvcc.Bounds, childID uint64, replicas []uint64)
 	// Logger receives storage failures; nil is slog.Default().
 	Logger *slog.Logger
 }
@@ -146,7 +156,24 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		if uerr := proto.Unmarshal(op.Txn, &req); uerr != nil {
 			return s.invalid(e.Index, uerr.Error())
 		}
+		if gerr := s.shard.CheckGeneration(cmd.Generation); gerr != nil {
+			// Routed before a split: its keys may be another shard's now.
+			// The gateway retries it there; nothing changed here.
+			if err := s.shard.RecordRejected(e.Index); err != nil {
+				return nil, err
+			}
+			return &raftcmdpb.DataResult{Code: raftcmdpb.DataResult_CODE_WRONG_SHARD, Message: gerr.Error(), Revision: s.shard.State().Revision}, nil
+		}
 		resp, err = s.shard.ApplyTxnLeases(e.Index, cmd.Revision, &req, cmd.LeaseEpochs)
+	case *raftcmdpb.DataCommand_Split:
+		sp := op.Split
+		s.splitting.Lock()
+		var left, right mvcc.Bounds
+		left, right, err = s.shard.Split(e.Index, cmd.Revision, sp.GetSplitKey(), sp.GetChildId(), sp.GetGeneration())
+		s.splitting.Unlock()
+		if err == nil && s.hooks.Split != nil {
+			s.hooks.Split(left, right, sp.GetChildId(), sp.GetReplicas())
+		}
 	case *raftcmdpb.DataCommand_Compact:
 		if op.Compact.GetClusterChecked() {
 			err = s.shard.CompactCluster(e.Index, cmd.Revision, op.Compact.GetRevision())
@@ -185,6 +212,8 @@ func (s *StateMachine) apply(e sm.Entry) (*raftcmdpb.DataResult, error) {
 		res.Code = raftcmdpb.DataResult_CODE_KEY_NOT_FOUND
 	case errors.Is(err, mvcc.ErrLeaseNotFound):
 		res.Code = raftcmdpb.DataResult_CODE_LEASE_NOT_FOUND
+	case errors.Is(err, mvcc.ErrWrongShard):
+		res.Code, res.Message = raftcmdpb.DataResult_CODE_WRONG_SHARD, err.Error()
 	case errors.Is(err, mvcc.ErrKeyTooLarge):
 		res.Code, res.Message = raftcmdpb.DataResult_CODE_TOO_LARGE, err.Error()
 	case errors.Is(err, mvcc.ErrInvalidEntry):
@@ -207,13 +236,21 @@ func (s *StateMachine) invalid(index uint64, msg string) (*raftcmdpb.DataResult,
 
 // Lookup serves reads: RangeQuery or StateQuery.
 func (s *StateMachine) Lookup(q any) (any, error) {
+	s.splitting.RLock()
+	defer s.splitting.RUnlock()
 	switch q := q.(type) {
 	case RangeQuery:
+		if err := s.shard.CheckGeneration(q.Generation); err != nil {
+			return nil, err
+		}
 		if q.Closed {
 			return s.shard.RangeClosed(q.Request)
 		}
 		return s.shard.Range(q.Request)
 	case TxnQuery:
+		if err := s.shard.CheckGeneration(q.Generation); err != nil {
+			return nil, err
+		}
 		if q.At > 0 {
 			return s.shard.ReadTxnAt(q.Request, q.At)
 		}

@@ -2,6 +2,7 @@ package datasm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -42,6 +43,55 @@ func txnCmd(rev int64, req *pb.TxnRequest) []byte {
 
 func putReq(key []byte, val string) *pb.TxnRequest {
 	return &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: key, Value: []byte(val)}}}}}
+}
+
+func txnBytes(req *pb.TxnRequest) []byte {
+	b, _ := proto.Marshal(req)
+	return b
+}
+
+// TestSplitRefusesStaleGeneration splits the shard: a write and a read
+// routed by the generation from before are refused with WrongShard, the
+// same ones routed by the new one go through, and the hook sees the child.
+func TestSplitRefusesStaleGeneration(t *testing.T) {
+	s := testStore(t, t.TempDir())
+	var child uint64
+	m := Factory(s, nil, nil, Hooks{Split: func(_, _ mvcc.Bounds, id uint64, _ []uint64) { child = id }})(2, 1).(*StateMachine)
+	if _, err := m.Open(nil); err != nil {
+		t.Fatal(err)
+	}
+	apply := func(index uint64, c *raftcmdpb.DataCommand) raftcmdpb.DataResult_Code {
+		out, err := m.Update([]sm.Entry{{Index: index, Cmd: cmd(c)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res raftcmdpb.DataResult
+		if err := proto.Unmarshal(out[0].Result.Data, &res); err != nil {
+			t.Fatal(err)
+		}
+		return res.Code
+	}
+	put := func(rev int64, gen uint64) *raftcmdpb.DataCommand {
+		return &raftcmdpb.DataCommand{Revision: rev, Generation: gen, Op: &raftcmdpb.DataCommand_Txn{Txn: txnBytes(putReq([]byte("a"), "1"))}}
+	}
+	if c := apply(1, put(2, 1)); c != raftcmdpb.DataResult_CODE_OK {
+		t.Fatalf("put at generation 1: %s", c)
+	}
+	if c := apply(2, &raftcmdpb.DataCommand{Revision: 3, Op: &raftcmdpb.DataCommand_Split{Split: &raftcmdpb.Split{SplitKey: []byte("m"), ChildId: 7, Generation: 1}}}); c != raftcmdpb.DataResult_CODE_OK || child != 7 {
+		t.Fatalf("split: %s, hook saw child %d", c, child)
+	}
+	if c := apply(3, put(4, 1)); c != raftcmdpb.DataResult_CODE_WRONG_SHARD {
+		t.Fatalf("put routed by generation 1 after the split: %s, want WRONG_SHARD", c)
+	}
+	if c := apply(4, put(5, 2)); c != raftcmdpb.DataResult_CODE_OK {
+		t.Fatalf("put at generation 2: %s", c)
+	}
+	if _, err := m.Lookup(RangeQuery{Request: &pb.RangeRequest{Key: []byte("a")}, Generation: 1}); !errors.Is(err, mvcc.ErrWrongShard) {
+		t.Fatalf("read routed by generation 1: %v, want ErrWrongShard", err)
+	}
+	if _, err := m.Lookup(RangeQuery{Request: &pb.RangeRequest{Key: []byte("a")}, Generation: 2}); err != nil {
+		t.Fatalf("read at generation 2: %v", err)
+	}
 }
 
 func cmd(c *raftcmdpb.DataCommand) []byte {

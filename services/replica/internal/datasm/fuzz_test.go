@@ -16,6 +16,8 @@ func FuzzUpdate(f *testing.F) {
 	f.Add(txnCmd(5, putReq([]byte("a"), "1")))
 	f.Add(cmd(&raftcmdpb.DataCommand{Revision: 9, Op: &raftcmdpb.DataCommand_Compact{Compact: &raftcmdpb.Compact{Revision: 3}}}))
 	f.Add(cmd(&raftcmdpb.DataCommand{Revision: 9, Op: &raftcmdpb.DataCommand_RevokeLease{RevokeLease: &raftcmdpb.RevokeLease{LeaseIds: []int64{1, 2}}}}))
+	f.Add(cmd(&raftcmdpb.DataCommand{Revision: 11, Op: &raftcmdpb.DataCommand_Split{Split: &raftcmdpb.Split{SplitKey: []byte("m"), ChildId: 7, Generation: 1, Replicas: []uint64{1}}}}))
+	f.Add(cmd(&raftcmdpb.DataCommand{Revision: 12, Generation: 1, Op: &raftcmdpb.DataCommand_Txn{Txn: txnBytes(putReq([]byte("z"), "2"))}}))
 	f.Add([]byte{0x12, 0x03, 0x0a, 0x01, 0xff})
 	s := testStore(f, f.TempDir())
 	f.Cleanup(func() { s.Close() })

@@ -5,11 +5,13 @@
 package metasm
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -109,6 +111,17 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	case *raftcmdpb.MetaCommand_RegisterGateway:
 		s.registerGatewayLocked(op.RegisterGateway, e.Index)
 		return sm.Result{Value: 1}, nil
+	case *raftcmdpb.MetaCommand_AllocateShardId:
+		return sm.Result{Value: s.allocateShardIDLocked()}, nil
+	case *raftcmdpb.MetaCommand_CompactCluster:
+		// Value 1 if this entry raised the revision, 0 if at or below.
+		if rev := op.CompactCluster.GetRevision(); rev > s.state.CompactRevision {
+			s.state.CompactRevision = rev
+			return sm.Result{Value: 1}, nil
+		}
+		return sm.Result{}, nil
+	case *raftcmdpb.MetaCommand_UpdateShards:
+		return sm.Result{Value: uint64(s.updateShardsLocked(op.UpdateShards.GetShards()))}, nil
 	case *raftcmdpb.MetaCommand_Auth:
 		// Data is an AuthResult: etcd's response, or the error that left
 		// the store unchanged.
@@ -125,6 +138,49 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 		return sm.Result{Value: 1, Data: b}, nil
 	}
 	return sm.Result{}, nil
+}
+
+// allocateShardIDLocked takes the next data shard ID: above every ID the
+// map holds and every ID taken before (a split that never finished).
+func (s *StateMachine) allocateShardIDLocked() uint64 {
+	id := max(s.state.NextShardId, s.state.ShardMap.MetaShardId+1)
+	for _, d := range s.state.ShardMap.Shards {
+		id = max(id, d.Id+1)
+	}
+	s.state.NextShardId = id + 1
+	return id
+}
+
+// updateShardsLocked installs descriptors a data shard applied, each only
+// over an older generation of itself (or as a new shard), and keeps the
+// map in key order; it returns how many it installed.
+func (s *StateMachine) updateShardsLocked(ds []*metapb.ShardDescriptor) int {
+	n := 0
+	for _, d := range ds {
+		if d == nil || d.Id == 0 || d.Id == s.state.ShardMap.MetaShardId || d.Generation == 0 {
+			continue
+		}
+		found := false
+		for i, old := range s.state.ShardMap.Shards {
+			if old.Id != d.Id {
+				continue
+			}
+			found = true
+			if d.Generation > old.Generation {
+				s.state.ShardMap.Shards[i] = proto.Clone(d).(*metapb.ShardDescriptor)
+				n++
+			}
+		}
+		if !found {
+			s.state.ShardMap.Shards = append(s.state.ShardMap.Shards, proto.Clone(d).(*metapb.ShardDescriptor))
+			s.state.NextShardId = max(s.state.NextShardId, d.Id+1)
+			n++
+		}
+	}
+	sort.Slice(s.state.ShardMap.Shards, func(i, j int) bool {
+		return bytes.Compare(s.state.ShardMap.Shards[i].StartKey, s.state.ShardMap.Shards[j].StartKey) < 0
+	})
+	return n
 }
 
 // gatewayRetention is how long past its expiry a registration stays in

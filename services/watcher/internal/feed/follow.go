@@ -14,7 +14,9 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/retry"
 	"github.com/tessera-kv/tessera/pkg/shardmap"
+	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
 	"github.com/tessera-kv/tessera/services/watcher/internal/watchcache"
 )
@@ -25,6 +27,12 @@ type Sink interface {
 	Subscribed(shardID uint64, closed int64)
 	// Apply: the next revisions, then the closed and compaction revisions.
 	Apply(shardID uint64, revs []watchcache.Revision, closed, compacted int64)
+	// Split: the shard split; the child's keys come from the child's feed
+	// from above its split revision on. Called before the message that
+	// reported it is applied, so nothing past the split is released
+	// without the child. fromNow: reported by a feed that starts "from
+	// now", which the child's feed is to do too.
+	Split(parentID uint64, child *metapb.ShardDescriptor, fromNow bool)
 }
 
 var errCompacted = errors.New("feed: resume point compacted")
@@ -43,7 +51,12 @@ var errIdle = errors.New("feed: no message from the replica for " + idleTimeout.
 // the resume point was compacted away meanwhile, it starts afresh (the
 // sink learns of the gap through Subscribed).
 func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, log *slog.Logger) {
-	closed := int64(-1)
+	FollowFrom(ctx, m, shardID, -1, sink, log)
+}
+
+// FollowFrom is Follow for a feed known up to closed (-1: from now): a
+// shard made by a split is followed from its split revision.
+func FollowFrom(ctx context.Context, m *shardmap.Cache, shardID uint64, closed int64, sink Sink, log *slog.Logger) {
 	var failed string // the replica whose feed broke last
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		addrs := m.Replicas(shardID)
@@ -51,7 +64,7 @@ func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, l
 			if err := m.Refresh(ctx, time.Now()); err != nil {
 				log.Warn("no replicas known for shard", "shard", shardID, "err", err)
 			}
-			sleep(ctx, backoff(attempt))
+			retry.Sleep(ctx, feedBackoff.Delay(attempt))
 			continue
 		}
 		addr := next(addrs, failed)
@@ -71,7 +84,7 @@ func Follow(ctx context.Context, m *shardmap.Cache, shardID uint64, sink Sink, l
 		if attempt%len(addrs) == len(addrs)-1 {
 			m.Refresh(ctx, time.Now()) // every replica failed once: the map may be stale
 		}
-		sleep(ctx, backoff(attempt))
+		retry.Sleep(ctx, feedBackoff.Delay(attempt))
 	}
 }
 
@@ -106,6 +119,11 @@ func recvLoop(stream shardpb.Shard_ChangesClient, shardID uint64, closed *int64,
 		alive()
 		if resp.Compacted {
 			return fmt.Errorf("%w (shard %d compacted at %d)", errCompacted, shardID, resp.CompactRevision)
+		}
+		// Splits first: the cache must wait for a new shard before this
+		// message lets it release past the split.
+		for _, child := range resp.Splits {
+			sink.Split(shardID, child, fresh)
 		}
 		if fresh {
 			sink.Subscribed(shardID, resp.ClosedRevision)
@@ -149,15 +167,5 @@ func next(addrs []string, failed string) string {
 	return addrs[0]
 }
 
-func backoff(attempt int) time.Duration {
-	return min(50*time.Millisecond<<min(attempt, 5), time.Second)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}
+// feedBackoff spaces attempts to open a shard's feed.
+var feedBackoff = retry.Backoff{Base: 50 * time.Millisecond, Max: time.Second}

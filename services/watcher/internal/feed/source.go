@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 	"github.com/tessera-kv/tessera/pkg/shardmap"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
@@ -159,6 +160,7 @@ func (s Source) History(ctx context.Context, key, end []byte, from, to int64, fn
 }
 
 func (s Source) open(ctx context.Context, d *metapb.ShardDescriptor, key, end []byte, from, to int64) (*cursor, error) {
+	key, end = clip(d, key, end)
 	req := &shardpb.ChangesRequest{ShardId: d.Id, StartRevision: from, EndRevision: to, Key: key, RangeEnd: rangeEndWire(end)}
 	var lastErr error = errors.New("no replicas")
 	for _, addr := range s.M.Replicas(d.Id) {
@@ -175,6 +177,20 @@ func (s Source) open(ctx context.Context, d *metapb.ShardDescriptor, key, end []
 		return &cursor{stream: st}, nil
 	}
 	return nil, fmt.Errorf("feed: history of shard %d: %w", d.Id, lastErr)
+}
+
+// clip narrows [key, end) (the cache's encoding: nil end is the single
+// key, empty is the end of the keyspace) to the shard's range: a shard
+// serves history only for keys it owns.
+func clip(d *metapb.ShardDescriptor, key, end []byte) ([]byte, []byte) {
+	if end == nil {
+		return key, nil
+	}
+	s, _ := keyspan.Span{Key: key, End: end}.Clip(d.StartKey, d.EndKey)
+	if len(s.Key) == 0 {
+		s.Key = []byte{0} // an empty key asks for every key
+	}
+	return s.Key, s.End
 }
 
 // rangeEndWire turns the cache's range end back into etcd's encoding.

@@ -215,6 +215,28 @@ func (c *Cache) AddShard(id uint64) {
 	}
 }
 
+// AddShardAt makes released wait for a shard whose feed is known up to
+// closed: a shard made by a split, whose events up to its split revision
+// came from its parent's feed. It reports false if the cache released past
+// closed already (the child's events in between would come too late): every
+// watch is then cancelled, as for a feed that restarted with a gap.
+func (c *Cache) AddShardAt(id uint64, closed int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.mu.shards[id]; ok {
+		return true
+	}
+	c.mu.shards[id] = &shardFeed{closed: closed}
+	if closed >= c.mu.released {
+		return true
+	}
+	c.log.Warn("a shard made by a split was found after its split revision was released; cancelling watches", "shard", id, "split", closed, "released", c.mu.released)
+	c.cancelAllLocked("tessera: the watcher found a new shard late; re-watch from the last revision received")
+	c.mu.hist, c.mu.histBytes = nil, 0
+	c.mu.covered = c.mu.released + 1
+	return false
+}
+
 // Released is the revision up to which every shard's events are known.
 func (c *Cache) Released() int64 {
 	c.mu.Lock()
