@@ -350,6 +350,18 @@ func (w *writer) check(req *pb.TxnRequest, path []bool) error {
 	return err
 }
 
+// readLimit is the highest revision a range of the txn may read at. The
+// only data shard is etcd's store: its own revision. One of several reads
+// any revision below the entry's: every one of those is assigned, and none
+// can still apply here, so its keys there are its keys now (the cluster's
+// revision, which a client may ask for, is above this shard's own).
+func (w *writer) readLimit() int64 {
+	if len(w.prev.Bounds.Start) == 0 && len(w.prev.Bounds.End) == 0 {
+		return w.prev.Revision
+	}
+	return w.rev - 1
+}
+
 func (w *writer) checkOps(req *pb.TxnRequest, path []bool) (int, error) {
 	ops := req.Success
 	if !path[0] {
@@ -360,7 +372,7 @@ func (w *writer) checkOps(req *pb.TxnRequest, path []bool) (int, error) {
 		switch {
 		case op.GetRequestRange() != nil:
 			r := op.GetRequestRange().Revision
-			if r > w.prev.Revision {
+			if r > w.readLimit() {
 				return 0, ErrFutureRev
 			}
 			if r > 0 && r < w.prev.CompactRevision {

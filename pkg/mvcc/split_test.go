@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // TestSplitHalves cuts a shard in two: each half reads its own keys at
@@ -137,3 +138,32 @@ func TestSplitSnapshot(t *testing.T) {
 	}
 }
 
+// TestTxnReadLimit: a txn's range at a revision is future at or above the
+// entry's revision on one of several shards (the cluster's revision a
+// client saw may be above the shard's own), and above the shard's own
+// revision on the only shard, as in etcd.
+func TestTxnReadLimit(t *testing.T) {
+	_, sh, _ := newShard(t)
+	mustPut(t, sh, 2, "/a", "1")
+	mustPut(t, sh, 3, "/z", "2")
+	at := func(rev, entry int64) error {
+		_, err := sh.ApplyTxn(nextIndex(sh), entry, &pb.TxnRequest{Success: []*pb.RequestOp{
+			opRange(&pb.RangeRequest{Key: []byte("/a"), Revision: rev}), opPut("/b", "x")}})
+		return err
+	}
+	if err := at(4, 10); !errors.Is(err, ErrFutureRev) {
+		t.Fatalf("the only shard, above its revision: %v, want ErrFutureRev", err)
+	}
+	if _, _, err := sh.Split(nextIndex(sh), 11, []byte("/m"), 9, 1); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := sh.ApplyTxn(nextIndex(sh), 20, &pb.TxnRequest{Success: []*pb.RequestOp{
+		opRange(&pb.RangeRequest{Key: []byte("/a"), Revision: 19}), opPut("/b", "x")}})
+	if err != nil {
+		t.Fatalf("one of several shards, below the entry: %v", err)
+	}
+	assertKVs(t, "/a at 19", resp.Responses[0].GetResponseRange().Kvs, []*mvccpb.KeyValue{kv("/a", "1", 2, 2, 1, 0)})
+	if err := at(21, 21); !errors.Is(err, ErrFutureRev) {
+		t.Fatalf("one of several shards, at the entry: %v, want ErrFutureRev", err)
+	}
+}
