@@ -17,6 +17,13 @@ import (
 )
 
 func main() {
+	if spec := os.Getenv(serveEtcdEnv); spec != "" {
+		if err := serveEtcd(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: etcd:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -36,7 +43,7 @@ func run() error {
 	flag.IntVar(&p.watchRate, "watch-rate", 20, "puts per second of the writer in the watch workloads")
 	flag.IntVar(&p.leases, "leases", 5000, "leases the put-64-leases workload grants")
 	flag.IntVar(&p.deleteKeys, "delete-keys", 1000000, "keys the delete-1m workload writes, then deletes with one request")
-	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k, wlDeleteMany)
+	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k, wlDeleteMany, wlFill)
 	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(known, ","))
 	flag.StringVar(&targets, "targets", strings.Join(allTargets[:3], ","), "comma list of targets: "+strings.Join(allTargets, ","))
 	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof)")
@@ -152,14 +159,13 @@ func printTable(w io.Writer, results []*result, wls, tgs []string) {
 	}
 	row("workload", "target", "ops/s", "p50", "p99", "vs etcd", "cores", "errors", "note")
 	for _, wl := range wls {
-		etcd := byKey[[2]string{wl, targetEtcd}]
 		for _, tn := range tgs {
 			r := byKey[[2]string{wl, tn}]
 			if r == nil {
 				continue
 			}
 			ratio := "-"
-			if tn != targetEtcd && etcd != nil && etcd.opsPerSec() > 0 {
+			if etcd := byKey[[2]string{wl, baselineOf(tn)}]; tn != baselineOf(tn) && etcd != nil && etcd.opsPerSec() > 0 {
 				ratio = fmt.Sprintf("%.2fx", r.opsPerSec()/etcd.opsPerSec())
 			}
 			row(wl, tn, fmt.Sprintf("%.0f", r.opsPerSec()), fmtDur(r.pct(0.50)), fmtDur(r.pct(0.99)),

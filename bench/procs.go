@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -24,12 +25,82 @@ const procShards = 12
 // clockTicks is Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times.
 const clockTicks = 100
 
-func startProcs(dir string, n int) (*running, error) {
+// buildTessera builds the tessera binary into dir.
+func buildTessera(dir string) (string, error) {
 	bin := filepath.Join(dir, "tessera")
 	build := exec.Command("go", "build", "-o", bin, "github.com/tessera-kv/tessera/cmd/tessera")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("build tessera: %w", err)
+		return "", fmt.Errorf("build tessera: %w", err)
+	}
+	return bin, nil
+}
+
+// procSet is a target's server processes, each logging to DIR/NAME.log.
+type procSet struct {
+	dir   string
+	procs map[string]*exec.Cmd
+}
+
+func (ps *procSet) start(name, bin string, args ...string) error {
+	if ps.procs == nil {
+		ps.procs = map[string]*exec.Cmd{}
+	}
+	c := exec.Command(bin, args...)
+	f, err := os.Create(filepath.Join(ps.dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	c.Stdout, c.Stderr = f, f
+	if err := c.Start(); err != nil {
+		f.Close()
+		return err
+	}
+	ps.procs[name] = c
+	return nil
+}
+
+// stop asks every process to stop (SIGTERM) and kills what has not
+// stopped 15 s later.
+func (ps *procSet) stop() {
+	for _, c := range ps.procs {
+		c.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range ps.procs {
+		done := make(chan struct{})
+		go func() { c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// running describes the set as a target.
+func (ps *procSet) running(endpoint string) *running {
+	return &running{endpoints: []string{endpoint}, stop: ps.stop,
+		procCPU: func() map[string]time.Duration {
+			out := map[string]time.Duration{}
+			for name, c := range ps.procs {
+				out[name] = pidCPU(c.Process.Pid)
+			}
+			return out
+		},
+		procMem: func() (rss, anon int64) {
+			for _, c := range ps.procs {
+				r, a := pidMem(c.Process.Pid)
+				rss, anon = rss+r, anon+a
+			}
+			return rss, anon
+		}}
+}
+
+func startProcs(dir string, n int) (*running, error) {
+	bin, err := buildTessera(dir)
+	if err != nil {
+		return nil, err
 	}
 	ports, err := freePorts(2*n + 2)
 	if err != nil {
@@ -41,63 +112,86 @@ func startProcs(dir string, n int) (*running, error) {
 		apis = append(apis, ports[2*i+1])
 	}
 	watcherAddr, client := ports[2*n], ports[2*n+1]
-	procs := map[string]*exec.Cmd{}
-	stop := func() {
-		for _, c := range procs {
-			c.Process.Signal(syscall.SIGTERM)
-		}
-		for _, c := range procs {
-			done := make(chan struct{})
-			go func() { c.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				c.Process.Kill()
-				<-done
-			}
-		}
-	}
-	start := func(name string, args ...string) error {
-		c := exec.Command(bin, args...)
-		f, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return err
-		}
-		c.Stdout, c.Stderr = f, f
-		if err := c.Start(); err != nil {
-			return err
-		}
-		procs[name] = c
-		return nil
-	}
+	ps := &procSet{dir: dir}
 	split := strings.Join(splitKeys(procShards), ",")
 	for i := 0; i < n; i++ {
-		if err := start(fmt.Sprintf("store%d", i+1), "replica", "--id", strconv.Itoa(i+1), "--data-dir", filepath.Join(dir, fmt.Sprintf("r%d", i+1)),
+		if err := ps.start(fmt.Sprintf("store%d", i+1), bin, "replica", "--id", strconv.Itoa(i+1), "--data-dir", filepath.Join(dir, fmt.Sprintf("r%d", i+1)),
 			"--raft-address", ports[2*i], "--api-address", ports[2*i+1], "--initial-cluster", strings.Join(cluster, ","),
 			"--initial-split-keys", split, "--replication-factor", "3"); err != nil {
-			stop()
+			ps.stop()
 			return nil, err
 		}
 	}
-	if err := start("watcher", "watcher", "--replicas", strings.Join(apis, ","), "--api-address", watcherAddr); err != nil {
-		stop()
+	if err := ps.start("watcher", bin, "watcher", "--replicas", strings.Join(apis, ","), "--api-address", watcherAddr); err != nil {
+		ps.stop()
 		return nil, err
 	}
-	if err := start("gateway", "gateway", "--listen-client-urls", "http://"+client, "--replicas", strings.Join(apis, ","),
+	if err := ps.start("gateway", bin, "gateway", "--listen-client-urls", "http://"+client, "--replicas", strings.Join(apis, ","),
 		"--watchers", watcherAddr, "--name", "bench"); err != nil {
-		stop()
+		ps.stop()
 		return nil, err
 	}
-	return &running{endpoints: []string{"http://" + client}, stop: stop, procCPU: func() map[string]time.Duration {
-		out := map[string]time.Duration{}
-		for name, c := range procs {
-			out[name] = pidCPU(c.Process.Pid)
-		}
-		return out
-	}}, nil
+	return ps.running("http://" + client), nil
 }
 
-// readProcs reads a procs-N target's processes' CPU (nil for others).
+// startDevProc runs `tessera dev` as its own process (target dev-proc),
+// with its defaults, so its CPU and memory are its own.
+func startDevProc(dir string) (*running, error) {
+	bin, err := buildTessera(dir)
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	ps := &procSet{dir: dir}
+	if err := ps.start("server", bin, "dev", "--data-dir", filepath.Join(dir, "data"), "--listen-client-urls", "http://"+ports[0],
+		"--raft-address", ports[1], "--api-address", ports[2], "--watcher-address", ports[3]); err != nil {
+		return nil, err
+	}
+	return ps.running("http://" + ports[0]), nil
+}
+
+// startEtcdProc runs etcd as its own process (target etcd-proc): this
+// benchmark binary again, serving an embedded etcd (serveEtcdEnv).
+func startEtcdProc(dir string) (*running, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	ps := &procSet{dir: dir}
+	if err := ps.start("server", "env", serveEtcdEnv+"="+strings.Join([]string{dir, ports[0], ports[1]}, ","), self); err != nil {
+		return nil, err
+	}
+	return ps.running("http://" + ports[0]), nil
+}
+
+// serveEtcdEnv, set to DIR,CLIENT,PEER, makes this binary serve an etcd
+// until SIGTERM instead of benchmarking.
+const serveEtcdEnv = "BENCH_SERVE_ETCD"
+
+func serveEtcd(spec string) error {
+	f := strings.Split(spec, ",")
+	if len(f) != 3 {
+		return fmt.Errorf("%s=%q: want DIR,CLIENT,PEER", serveEtcdEnv, spec)
+	}
+	r, err := startEtcdAt(f[0], f[1], f[2])
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	<-sig
+	r.stop()
+	return nil
+}
+
+// readProcs reads a process target's processes' CPU (nil for others).
 func readProcs(t *running) map[string]time.Duration {
 	if t.procCPU == nil {
 		return nil
@@ -124,7 +218,8 @@ func pidCPU(pid int) time.Duration {
 }
 
 // describeProcs says what each process spent per op between two readings:
-// the stores' mean and highest, the gateway's and the watcher's.
+// the stores' mean and highest, the gateway's and the watcher's (or the
+// one server's).
 func describeProcs(before, after map[string]time.Duration, ops int) string {
 	if ops == 0 {
 		return ""
@@ -136,6 +231,9 @@ func describeProcs(before, after map[string]time.Duration, ops int) string {
 			stores = append(stores, per(name))
 		}
 	}
+	if len(stores) == 0 {
+		return fmt.Sprintf("CPU µs/op %.0f", per("server"))
+	}
 	sort.Float64s(stores)
 	var sum float64
 	for _, s := range stores {
@@ -143,4 +241,68 @@ func describeProcs(before, after map[string]time.Duration, ops int) string {
 	}
 	return fmt.Sprintf("CPU µs/op: store mean %.0f, max %.0f, all %d stores %.0f; gateway %.0f; watcher %.0f",
 		sum/float64(len(stores)), stores[len(stores)-1], len(stores), sum, per("gateway"), per("watcher"))
+}
+
+// pidMem is a process's resident memory and the anonymous part of it
+// (heap, stacks), in bytes; the rest is file pages mapped in (Badger's
+// tables, bbolt's file), which the kernel can reclaim.
+func pidMem(pid int) (rss, anon int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "RssAnon:":
+			anon = kb << 10
+		}
+	}
+	return rss, anon
+}
+
+// memSampler records a target's highest resident memory while it runs.
+type memSampler struct {
+	stop           chan struct{}
+	done           chan struct{}
+	peak, peakAnon int64
+}
+
+func sampleMem(t *running) *memSampler {
+	if t.procMem == nil {
+		return nil
+	}
+	m := &memSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			rss, anon := t.procMem()
+			m.peak, m.peakAnon = max(m.peak, rss), max(m.peakAnon, anon)
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return m
+}
+
+// end stops sampling and says the peak and the memory now.
+func (m *memSampler) end(t *running) string {
+	if m == nil {
+		return ""
+	}
+	close(m.stop)
+	<-m.done
+	rss, anon := t.procMem()
+	return fmt.Sprintf("RSS peak %d MiB (anon %d), end %d MiB (anon %d)", m.peak>>20, m.peakAnon>>20, rss>>20, anon>>20)
 }

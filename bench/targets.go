@@ -35,7 +35,22 @@ const (
 // put workloads' keys cut evenly among them.
 var shardTargets = map[string]int{"tessera-dev-2s": 2, "tessera-dev-4s": 4, "tessera-dev-8s": 8}
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6"}
+// Targets of one server process each, so that CPU and memory are the
+// server's alone: etcd (this binary, serving embedded etcd) and tessera dev.
+const (
+	targetEtcdProc = "etcd-proc"
+	targetDevProc  = "dev-proc"
+)
+
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc}
+
+// baselineOf is the etcd target a target's row is compared with.
+func baselineOf(target string) string {
+	if target == targetDevProc || target == targetEtcdProc {
+		return targetEtcdProc
+	}
+	return targetEtcd
+}
 
 // splitKeys cuts the put workloads' key space into n shards.
 func splitKeys(n int) []string {
@@ -54,8 +69,11 @@ type running struct {
 	stop func()
 	// watchLoad describes each watcher's load (Tessera targets only).
 	watchLoad func() string
-	// procCPU reads each server process's CPU so far (procs-N only).
+	// procCPU reads each server process's CPU so far, and procMem their
+	// resident memory (total, anonymous) now: targets of separate
+	// processes only.
 	procCPU func() map[string]time.Duration
+	procMem func() (rss, anon int64)
 }
 
 // startTarget starts the named target with its data under a fresh temp dir.
@@ -74,6 +92,10 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 		r, err = startTessera(dir, 3, 1, nil, log)
 	case targetTesseraDev2W:
 		r, err = startTessera(dir, 1, 2, nil, log)
+	case targetEtcdProc:
+		r, err = startEtcdProc(dir)
+	case targetDevProc:
+		r, err = startDevProc(dir)
 	default:
 		if n, ok := shardTargets[name]; ok {
 			r, err = startTessera(dir, 1, 1, splitKeys(n), log)
@@ -135,8 +157,13 @@ func startEtcd(dir string) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	cu, _ := url.Parse("http://" + ports[0])
-	pu, _ := url.Parse("http://" + ports[1])
+	return startEtcdAt(dir, ports[0], ports[1])
+}
+
+// startEtcdAt starts etcd serving clients at client and peers at peer.
+func startEtcdAt(dir, client, peer string) (*running, error) {
+	cu, _ := url.Parse("http://" + client)
+	pu, _ := url.Parse("http://" + peer)
 	cfg := embed.NewConfig()
 	cfg.Name = "bench"
 	cfg.Dir = filepath.Join(dir, "etcd")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -27,6 +28,10 @@ const (
 	wlTxnCAS   = "txn-cas-64"
 	// put-64 while thousands of short leases (one key each) expire.
 	wlPutLeases = "put-64-leases"
+	// Every put a new key with a value of random bytes (which no store can
+	// compress): the data grows; with -ops and -value-size, a load of a
+	// chosen size (e.g. 250 000 x 4 KiB).
+	wlFill = "fill-64"
 )
 
 var allWorkloads = []string{wlPut1, wlPut64, wlRangeLin, wlRangeSer, wlTxnCAS}
@@ -37,6 +42,7 @@ const (
 	opTimeout    = 10 * time.Second
 	rangePrefix  = "bench/range/"
 	putPrefix    = "bench/put/"
+	fillPrefix   = "bench/fill/"
 	casKeyPrefix = "bench/cas/"
 )
 
@@ -143,6 +149,18 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			return func(ctx context.Context, cli *clientv3.Client) error {
 				_, err := cli.Put(ctx, fmt.Sprintf("%s%08d", putPrefix, rng.IntN(putKeySpace)), val)
+				return err
+			}, nil
+		}
+	case wlFill:
+		random := make([]byte, 1<<20+p.valueSize)
+		crand.Read(random)
+		var next atomic.Int64
+		factory = func(_ context.Context, w int, _ *clientv3.Client) (opFunc, error) {
+			return func(ctx context.Context, cli *clientv3.Client) error {
+				i := next.Add(1)
+				off := int(i*7919) % (1 << 20)
+				_, err := cli.Put(ctx, fmt.Sprintf("%s%010d", fillPrefix, i), string(random[off:off+p.valueSize]))
 				return err
 			}, nil
 		}
@@ -315,6 +333,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 		runtime.SetBlockProfileRate(p.blockRate)
 	}
 	procs0, procs1 := readProcs(t), map[string]time.Duration(nil)
+	mem := sampleMem(t)
 	start, cpu0 := time.Now(), processCPU()
 	phase.Store(1)
 	end := time.Time{} // zero: keep every op (fixed op count)
@@ -366,6 +385,7 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	if procs0 != nil {
 		res.note = joinNotes(res.note, describeProcs(procs0, procs1, res.ops))
 	}
+	res.note = joinNotes(res.note, mem.end(t))
 	return res, nil
 }
 
