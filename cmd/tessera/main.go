@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/services/gateway"
@@ -115,6 +117,76 @@ func drain(g *gateway.Gateway) {
 	g.Shutdown(ctx)
 }
 
+// serverFlags are the flags every server command has.
+type serverFlags struct {
+	memoryLimit *int64
+}
+
+// parseFlags parses a server's flags, with the ones every server has.
+func parseFlags(fs *flag.FlagSet, args []string) serverFlags {
+	prof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles at /debug/pprof/ where /metrics is served (etcd's flag)")
+	sf := serverFlags{memoryLimit: fs.Int64("memory-limit", -1, "soft limit of the process's memory in bytes, near which the Go runtime collects garbage harder (as GOMEMLIMIT, which wins if set); -1: the budget of this process's other flags (memtables, caches, watch history), 0: none")}
+	fs.Parse(args)
+	if *prof {
+		telemetry.EnableProfiling()
+	}
+	return sf
+}
+
+// limitMemory sets the process's soft memory limit: the flag's, or the
+// budget derived from the other flags. Without one, Go lets the heap grow
+// to twice what is live before collecting, and keeps what it freed for a
+// while: under a burst of writes that is gigabytes.
+func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		n := debug.SetMemoryLimit(-1)
+		telemetry.SetMemoryLimit(n)
+		log.Info("memory limit from GOMEMLIMIT", "bytes", n)
+		return
+	}
+	n := *sf.memoryLimit
+	if n < 0 {
+		n = budget
+	}
+	if n == 0 {
+		return
+	}
+	debug.SetMemoryLimit(n)
+	telemetry.SetMemoryLimit(n)
+	log.Info("memory limit", "bytes", n, "MiB", n>>20)
+}
+
+// storeFlags size a store's Badger DB (dev and replica).
+type storeFlags struct{ memtable, blockCache, indexCache *int64 }
+
+func registerStore(fs *flag.FlagSet) storeFlags {
+	d := mvcc.DefaultOptions()
+	return storeFlags{
+		memtable:   fs.Int64("store-memtable-bytes", d.MemTableSize, "size of one of the store's memtables; table builds hold about twelve of them at the peak of a write burst"),
+		blockCache: fs.Int64("store-block-cache-bytes", d.BlockCacheSize, "the store's cache of table blocks"),
+		indexCache: fs.Int64("store-index-cache-bytes", d.IndexCacheSize, "the store's cache of table indexes and Bloom filters (0: every index held in memory, which grows with the data)"),
+	}
+}
+
+func (f storeFlags) apply(o *mvcc.Options) {
+	o.MemTableSize, o.BlockCacheSize, o.IndexCacheSize = *f.memtable, *f.blockCache, *f.indexCache
+}
+
+// historyFlags bound the watcher's in-memory history (dev and watcher).
+type historyFlags struct{ revs, bytes *int }
+
+func registerHistory(fs *flag.FlagSet) historyFlags {
+	d := watcher.DefaultCacheConfig()
+	return historyFlags{
+		revs:  fs.Int("history-revisions", d.HistoryRevisions, "revisions of events kept in memory for watches that start in the past or fall behind"),
+		bytes: fs.Int("history-bytes", d.HistoryBytes, "memory the kept events may take; older watches read from the replicas"),
+	}
+}
+
+func (h historyFlags) apply(cc *watcher.CacheConfig) {
+	cc.HistoryRevisions, cc.HistoryBytes = *h.revs, *h.bytes
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -136,14 +208,16 @@ func runDev(args []string, log *slog.Logger) error {
 	lim := gateway.DefaultLimits()
 	lim.RegisterFlags(fs)
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
+	history := registerHistory(fs)
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
 	authCfg := registerAuth(fs)
+	store := registerStore(fs)
 	splitKeys := fs.String("initial-split-keys", "", splitKeysHelp)
 	useTLS := fs.Bool("tls", false, "serve the client URLs over https with client certificates, made in DATA_DIR/certs on the first run, and use mutual TLS between the tiers")
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
-	fs.Parse(args)
+	sf := parseFlags(fs, args)
 	if err := lim.Validate(); err != nil {
 		return err
 	}
@@ -180,14 +254,18 @@ func runDev(args []string, log *slog.Logger) error {
 	cfg.RTTMillisecond, cfg.ElectionRTT = 10, 10
 	cfg.Logger = log.With("tier", "replica")
 	cfg.Peer, cfg.RaftTLS = peer, raftTLS
+	store.apply(&cfg.Store)
+	cc := watcher.DefaultCacheConfig()
+	cc.ProgressInterval, cc.MaxResponseBytes = *progress, lim.MaxRequestBytes // etcd fragments at its max request size
+	cc.MaxWatchesPerStream = *maxWatches
+	history.apply(&cc)
+	// One process runs every tier: one limit, the sum of their budgets.
+	sf.limitMemory(cfg.MemoryBudget()+watcher.MemoryBudget(cc)+gateway.MemoryBudget, log)
 	r, err := replica.Start(cfg)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	cc := watcher.DefaultCacheConfig()
-	cc.ProgressInterval, cc.MaxResponseBytes = *progress, lim.MaxRequestBytes // etcd fragments at its max request size
-	cc.MaxWatchesPerStream = *maxWatches
 	w, err := watcher.Start(watcher.Config{Replicas: []string{r.APIAddr()}, APIAddress: *watcherAddr, Cache: cc, Peer: peer, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err
@@ -256,8 +334,9 @@ func runReplica(args []string, log *slog.Logger) error {
 	rtt := fs.Uint64("rtt-ms", 50, "Raft tick in milliseconds")
 	quota := fs.Int64("quota-backend-bytes", replica.DefaultQuotaBytes, "store size past which NOSPACE is raised and puts are refused")
 	reserve := fs.Int64("free-space-reserve-bytes", replica.DefaultFreeSpaceReserveBytes, "free disk space below which NOSPACE is raised and puts are refused (0: off)")
+	store := registerStore(fs)
 	peerFlags := registerPeerTLS(fs)
-	fs.Parse(args)
+	sf := parseFlags(fs, args)
 	if *ordinal >= 0 {
 		if *id != 0 {
 			return errors.New("give --id or --ordinal, not both")
@@ -280,8 +359,10 @@ func runReplica(args []string, log *slog.Logger) error {
 	}
 	cfg.RTTMillisecond, cfg.QuotaBytes, cfg.HTTPAddress = *rtt, *quota, *httpAddr
 	cfg.FreeSpaceReserveBytes = *reserve
+	store.apply(&cfg.Store)
 	cfg.Peer, cfg.RaftTLS = peer, raftTLS
 	cfg.Logger = log.With("tier", "replica")
+	sf.limitMemory(cfg.MemoryBudget(), log)
 	r, err := replica.Start(cfg)
 	if err != nil {
 		return err
@@ -314,7 +395,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	authCfg := registerAuth(fs)
 	tlsFlags := registerClientTLS(fs)
 	peerFlags := registerPeerTLS(fs)
-	fs.Parse(args)
+	sf := parseFlags(fs, args)
 	if err := lim.Validate(); err != nil {
 		return err
 	}
@@ -326,6 +407,7 @@ func runGateway(args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	sf.limitMemory(gateway.MemoryBudget, log)
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: splitList(*clientURLs), AdvertiseClientURLs: splitList(*advertise),
 		Replicas: splitList(*replicas), Watchers: splitList(*watchers),
 		ClusterName: *clusterName, Name: *name, Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, HTTPAddress: *httpAddr, Logger: log.With("tier", "gateway")})
@@ -342,20 +424,21 @@ func runWatcher(args []string, log *slog.Logger) error {
 	replicas := fs.String("replicas", "", "comma-separated internal API addresses of replicas")
 	api := fs.String("api-address", "127.0.0.1:2382", "address of the Watch API that gateways call")
 	listen := fs.String("listen-address", "127.0.0.1:2390", "address for /livez and /readyz")
-	historyRevs := fs.Int("history-revisions", 100000, "revisions kept in memory for watches that resume")
-	historyBytes := fs.Int("history-bytes", 256<<20, "bytes of events kept in memory for watches that resume")
+	history := registerHistory(fs)
 	progress := fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications for watches that ask for them")
 	maxReq := fs.Int("max-request-bytes", 1536*1024, "size at which responses of watches that ask for fragments are cut (etcd's max request bytes)")
 	maxWatches := fs.Int("max-watches-per-stream", watcher.DefaultCacheConfig().MaxWatchesPerStream, "most watches one watch stream may hold")
 	peerFlags := registerPeerTLS(fs)
-	fs.Parse(args)
+	sf := parseFlags(fs, args)
 	peer, _, err := peerFlags.peer()
 	if err != nil {
 		return err
 	}
 	cc := watcher.DefaultCacheConfig()
-	cc.HistoryRevisions, cc.HistoryBytes, cc.ProgressInterval, cc.MaxResponseBytes = *historyRevs, *historyBytes, *progress, *maxReq
+	history.apply(&cc)
+	cc.ProgressInterval, cc.MaxResponseBytes = *progress, *maxReq
 	cc.MaxWatchesPerStream = *maxWatches
+	sf.limitMemory(watcher.MemoryBudget(cc), log)
 	w, err := watcher.Start(watcher.Config{Replicas: splitList(*replicas), APIAddress: *api, HTTPAddress: *listen, Cache: cc, Peer: peer, Logger: log.With("tier", "watcher")})
 	if err != nil {
 		return err

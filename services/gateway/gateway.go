@@ -337,6 +337,7 @@ func (g *Gateway) httpHandler(ctx context.Context) (http.Handler, error) {
 // /metrics.
 func (g *Gateway) probes(mux *http.ServeMux) {
 	mux.Handle("/metrics", g.metricsHandler)
+	telemetry.Profiles(mux)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := g.router.All(r.Context()); err != nil {

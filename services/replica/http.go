@@ -42,6 +42,7 @@ func (r *Replica) serveHTTP() error {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("/metrics", metricsHandler)
+	telemetry.Profiles(mux)
 	r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go r.httpSrv.Serve(l)
 	return nil

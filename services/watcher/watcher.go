@@ -118,6 +118,7 @@ func Start(cfg Config) (*Watcher, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/livez", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
 		mux.Handle("/metrics", metricsHandler)
+		telemetry.Profiles(mux)
 		mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 			if len(w.smap.Shards()) == 0 {
 				http.Error(rw, "no shard map yet", http.StatusServiceUnavailable)

@@ -68,7 +68,7 @@ type Config struct {
 
 // DefaultConfig returns the default bounds.
 func DefaultConfig() Config {
-	return Config{HistoryRevisions: 100000, HistoryBytes: 256 << 20, QueueLimit: 1024,
+	return Config{HistoryRevisions: 100000, HistoryBytes: 64 << 20, QueueLimit: 1024,
 		SyncInterval: 100 * time.Millisecond, ProgressInterval: 10 * time.Minute, CloseInterval: 50 * time.Millisecond,
 		MaxWatchesPerStream: 100000, MaxResponseBytes: 1536 * 1024, CreatePatience: 10 * time.Second}
 }
@@ -310,10 +310,16 @@ func (c *Cache) Apply(shardID uint64, revs []Revision, closed, compacted int64) 
 	c.releaseLocked()
 }
 
+// eventOverhead is what one event takes in memory beyond its encoded
+// size: the Event and KeyValue structs (two with a previous value) and
+// their slice headers. Counting it keeps HistoryBytes a bound on memory
+// when values are small.
+const eventOverhead = 256
+
 func eventsSize(evs []*mvccpb.Event) int {
 	n := 0
 	for _, ev := range evs {
-		n += proto.Size(ev)
+		n += proto.Size(ev) + eventOverhead
 	}
 	return n
 }
