@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -146,11 +148,46 @@ func startDevProc(dir string) (*running, error) {
 		return nil, err
 	}
 	ps := &procSet{dir: dir}
-	if err := ps.start("server", bin, "dev", "--data-dir", filepath.Join(dir, "data"), "--listen-client-urls", "http://"+ports[0],
-		"--raft-address", ports[1], "--api-address", ports[2], "--watcher-address", ports[3]); err != nil {
+	args := []string{"dev", "--data-dir", filepath.Join(dir, "data"), "--listen-client-urls", "http://" + ports[0],
+		"--raft-address", ports[1], "--api-address", ports[2], "--watcher-address", ports[3]}
+	if serverProfiles {
+		args = append(args, "--enable-pprof")
+	}
+	if err := ps.start("server", bin, args...); err != nil {
 		return nil, err
 	}
-	return ps.running("http://" + ports[0]), nil
+	r := ps.running("http://" + ports[0])
+	if serverProfiles {
+		r.profileURL = "http://" + ports[0] + "/debug/pprof/profile"
+	}
+	return r, nil
+}
+
+// serverProfiles: -cpuprofile-dir was given, so dev-proc serves its
+// profiles and each workload saves the server's CPU profile as well.
+var serverProfiles bool
+
+// serverProfile saves the CPU profile of a target's server over the next
+// d to path, in the background; wait for the returned channel.
+func serverProfile(t *running, d time.Duration, path string) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", t.profileURL, max(1, int(d.Round(time.Second)/time.Second))))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: server profile: %v\n", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: server profile: %v\n", err)
+			return
+		}
+		defer f.Close()
+		io.Copy(f, resp.Body)
+	}()
+	return done
 }
 
 // startEtcdProc runs etcd as its own process (target etcd-proc): this

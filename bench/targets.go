@@ -74,6 +74,9 @@ type running struct {
 	// processes only.
 	procCPU func() map[string]time.Duration
 	procMem func() (rss, anon int64)
+	// profileURL serves the server's CPU profile (dev-proc with
+	// -cpuprofile-dir).
+	profileURL string
 }
 
 // startTarget starts the named target with its data under a fresh temp dir.

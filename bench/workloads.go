@@ -334,6 +334,10 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	}
 	procs0, procs1 := readProcs(t), map[string]time.Duration(nil)
 	mem := sampleMem(t)
+	var serverProf <-chan struct{}
+	if t.profileURL != "" && p.ops == 0 {
+		serverProf = serverProfile(t, p.duration, filepath.Join(p.profileDir, fmt.Sprintf("%s-%s.server.pprof", t.name, name)))
+	}
 	start, cpu0 := time.Now(), processCPU()
 	phase.Store(1)
 	end := time.Time{} // zero: keep every op (fixed op count)
@@ -361,6 +365,9 @@ func runWorkload(ctx context.Context, name string, t *running, p params, preload
 	if prof != nil {
 		pprof.StopCPUProfile()
 		prof.Close()
+	}
+	if serverProf != nil {
+		<-serverProf
 	}
 	if p.profileDir != "" && p.blockRate > 0 {
 		runtime.SetBlockProfileRate(0)

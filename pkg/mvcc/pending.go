@@ -238,11 +238,38 @@ func cloneKV(kv *mvccpb.KeyValue) *mvccpb.KeyValue {
 func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}) error {
 	txn := s.db.NewTransactionAt(uint64(rev), true)
 	defer func() { txn.Discard() }()
+	// inValueLog: the transaction holds a value Badger puts in its value
+	// log (a 1 MiB value, a change-log part of a big entry).
+	inValueLog := false
 	write := func(m mutation) error {
 		if m.del {
 			return txn.Delete(m.key)
 		}
+		inValueLog = inValueLog || int64(len(m.value)) >= s.valueLogThreshold
 		return txn.Set(m.key, m.value)
+	}
+	commit := func() error {
+		if err := txn.CommitAt(uint64(rev), nil); err != nil {
+			return fmt.Errorf("mvcc: commit at %d: %w", rev, err)
+		}
+		if !inValueLog {
+			return nil
+		}
+		// Badger writes tables from memtables without syncing the value
+		// log first: a table made durable could point at value-log bytes
+		// a power loss takes (Raft would replay the entry, but the table's
+		// pointers stay). Sync the value log now, before any further write
+		// of this entry can fill the memtable and start its flush. Writes
+		// of other shards of the store are not held back meanwhile, so a
+		// flush of that same memtable could still race this sync.
+		inValueLog = false
+		if err := s.db.Sync(); err != nil {
+			return fmt.Errorf("mvcc: sync value log at %d: %w", rev, err)
+		}
+		if k := s.knobs.SyncedValueLog; k != nil {
+			k()
+		}
+		return nil
 	}
 	chunks := 0
 	for _, m := range muts {
@@ -254,8 +281,8 @@ func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}
 		}
 		err := write(m)
 		if errors.Is(err, badger.ErrTxnTooBig) {
-			if err := txn.CommitAt(uint64(rev), nil); err != nil {
-				return fmt.Errorf("mvcc: commit at %d: %w", rev, err)
+			if err := commit(); err != nil {
+				return err
 			}
 			chunks++
 			if k := s.knobs.ChunkCommitted; k != nil {
@@ -270,8 +297,5 @@ func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}
 			return fmt.Errorf("mvcc: write %q at %d: %w", m.key, rev, err)
 		}
 	}
-	if err := txn.CommitAt(uint64(rev), nil); err != nil {
-		return fmt.Errorf("mvcc: commit at %d: %w", rev, err)
-	}
-	return nil
+	return commit()
 }

@@ -81,6 +81,9 @@ type Knobs struct {
 	ChunkCommitted func(chunk int) error
 	// Wrote sees every Badger key an entry writes, as it writes it.
 	Wrote func(key []byte)
+	// SyncedValueLog runs after each sync of the value log that a write
+	// of a large value made.
+	SyncedValueLog func()
 	// CompressTables writes Badger tables compressed with Snappy, as
 	// stores did before decision 0014.
 	CompressTables bool
@@ -115,6 +118,9 @@ type Store struct {
 	db    *badger.DB
 	dir   string
 	knobs Knobs
+	// valueLogThreshold: values of this size and more go to Badger's
+	// value log, the rest stay in its tables.
+	valueLogThreshold int64
 
 	mu struct {
 		sync.Mutex
@@ -154,7 +160,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mvcc: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, knobs: o.Knobs}
+	s := &Store{db: db, dir: dir, knobs: o.Knobs, valueLogThreshold: db.Opts().ValueThreshold}
 	s.mu.compacted = map[uint64]int64{}
 	if err := s.loadCompacted(); err != nil {
 		db.Close()
