@@ -183,7 +183,7 @@ func Start(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g.gate = authgate.New(g.fetchAuthState, tokens, cfg.Logger)
-	g.grpcSrv = grpc.NewServer(append(telemetry.ServerTracing(), grpc.Creds(tlsInfo{}), grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
+	g.grpcSrv = grpc.NewServer(append(telemetry.ServerTracing(), rpcconn.StreamWorkers(), grpc.Creds(tlsInfo{}), grpc.MaxRecvMsgSize(lim.MaxRequestBytes+limits.GRPCOverheadBytes), grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		// etcd's keepalive rules, so clients that ping every 30 s (as
 		// kube-apiserver does) are never told too_many_pings. Unlike etcd,
