@@ -3,11 +3,13 @@ package gateway
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/tessera-kv/tessera/pkg/telemetry"
@@ -22,6 +24,33 @@ type requestMetrics struct {
 	// handled is grpc_server_handled_total, as etcd (grpc-prometheus)
 	// exports it, for the dashboards and alerts that use it.
 	handled metric.Int64Counter
+	// attrs caches each (method, kind, code)'s attribute sets: building
+	// them per call (sorting, hashing, allocating) was 4 % of a gateway's
+	// CPU on point reads.
+	attrs sync.Map // attrKey -> *callAttrs
+}
+
+type attrKey struct {
+	method, kind string
+	code         codes.Code
+}
+
+type callAttrs struct{ requests, duration, handled metric.MeasurementOption }
+
+func (m *requestMetrics) attrsOf(method, kind string, code codes.Code) *callAttrs {
+	k := attrKey{method, kind, code}
+	if a, ok := m.attrs.Load(k); ok {
+		return a.(*callAttrs)
+	}
+	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	a := &callAttrs{
+		requests: metric.WithAttributeSet(attribute.NewSet(attribute.String("method", method), attribute.String("code", code.String()))),
+		duration: metric.WithAttributeSet(attribute.NewSet(attribute.String("method", method))),
+		handled: metric.WithAttributeSet(attribute.NewSet(attribute.String("grpc_service", service), attribute.String("grpc_method", name),
+			attribute.String("grpc_type", kind), attribute.String("grpc_code", code.String()))),
+	}
+	got, _ := m.attrs.LoadOrStore(k, a)
+	return got.(*callAttrs)
 }
 
 func newRequestMetrics() (*requestMetrics, error) {
@@ -43,12 +72,10 @@ func newRequestMetrics() (*requestMetrics, error) {
 }
 
 func (m *requestMetrics) record(ctx context.Context, method, kind string, start time.Time, err error) {
-	code := status.Code(err).String()
-	m.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("method", method), attribute.String("code", code)))
-	m.duration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(attribute.String("method", method)))
-	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
-	m.handled.Add(ctx, 1, metric.WithAttributes(attribute.String("grpc_service", service), attribute.String("grpc_method", name),
-		attribute.String("grpc_type", kind), attribute.String("grpc_code", code)))
+	a := m.attrsOf(method, kind, status.Code(err))
+	m.requests.Add(ctx, 1, a.requests)
+	m.duration.Record(ctx, time.Since(start).Seconds(), a.duration)
+	m.handled.Add(ctx, 1, a.handled)
 }
 
 func (m *requestMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

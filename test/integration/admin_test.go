@@ -58,6 +58,9 @@ func TestMetrics(t *testing.T) {
 	wch := cli.Watch(ctxT(t), "/metrics/", clientv3.WithPrefix())
 	mustPut(t, cli, "/metrics/k", "w")
 	<-wch
+	if _, err := cli.Get(ctxT(t), "/metrics/k", clientv3.WithRev(1<<40)); err == nil {
+		t.Fatal("a read at a future revision succeeded")
+	}
 	resp, err := http.Get(c.Endpoints()[0] + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +70,8 @@ func TestMetrics(t *testing.T) {
 	for _, want := range []string{
 		`tessera_gateway_requests_total{code="OK",method="/etcdserverpb.KV/Put"`,
 		`tessera_gateway_request_duration_seconds_bucket{method="/etcdserverpb.KV/Put"`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"`,
+		`grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"`,
 		`tessera_watcher_watches{`,
 		`tessera_replica_store_bytes{`,
 		`tessera_replica_shard_revision{`,
