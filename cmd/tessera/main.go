@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tessera-kv/tessera/pkg/mvcc"
+	"github.com/tessera-kv/tessera/pkg/rpcconn"
 	"github.com/tessera-kv/tessera/pkg/telemetry"
 	"github.com/tessera-kv/tessera/pkg/tlsconf"
 	"github.com/tessera-kv/tessera/services/gateway"
@@ -272,6 +273,7 @@ func runDev(args []string, log *slog.Logger) error {
 	}
 	defer w.Close()
 	g, err := gateway.Start(gateway.Config{ListenClientURLs: urls, Replicas: []string{r.APIAddr()}, Watchers: []string{w.APIAddr()},
+		Local:       map[string]*rpcconn.Local{r.APIAddr(): r.Local()},
 		ClusterName: "tessera-dev", Name: "dev", Limits: lim, TLS: serverTLS, Peer: peer, Auth: *authCfg, Logger: log.With("tier", "gateway")})
 	if err != nil {
 		return err

@@ -58,6 +58,9 @@ type Config struct {
 	AdvertiseClientURLs []string
 	// Replicas are internal API addresses of replicas to learn the shard map from.
 	Replicas []string
+	// Local are replicas in this process, by internal API address (tessera
+	// dev): unary calls to them skip the network.
+	Local map[string]*rpcconn.Local
 	// Watchers are API addresses of watcher processes serving etcd's Watch.
 	Watchers []string
 	// ClusterName seeds the cluster ID reported in headers.
@@ -163,6 +166,9 @@ func Start(cfg Config) (*Gateway, error) {
 	apiLimits := reqcheck.Limits{MaxTxnOps: lim.MaxTxnOps, MaxKeyBytes: lim.MaxKeyBytes}
 	hdr := etcdapi.Header{ClusterID: idOf(cfg.ClusterName), MemberID: idOf(cfg.ClusterName + "/" + cfg.Name)}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, router: router.New(cfg.Replicas, cfg.Peer, cfg.Logger)}
+	for addr, l := range cfg.Local {
+		g.router.UseLocal(addr, l)
+	}
 	g.draining, g.stopDraining = context.WithCancel(context.Background())
 	// etcd accepts a little more than MaxRequestBytes on the wire so that
 	// the too-large error, not a transport error, answers moderate excess.

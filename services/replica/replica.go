@@ -169,6 +169,7 @@ type Replica struct {
 	revs         *revisionRouter
 	lessor       *lessor.Lessor
 	grpcSrv      *grpc.Server
+	local        *rpcconn.Local
 	lis          net.Listener
 	httpSrv      *http.Server
 	// metricsReg is the metrics callback, unregistered at Close.
@@ -333,6 +334,9 @@ func (r *Replica) start() error {
 	r.grpcSrv = grpc.NewServer(append(r.cfg.Peer.ServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))...)
 	shardpb.RegisterShardServer(r.grpcSrv, &shardService{r: r})
 	metapb.RegisterMetaServer(r.grpcSrv, &metaService{r: r})
+	r.local = rpcconn.NewLocal()
+	shardpb.RegisterShardServer(r.local, &shardService{r: r})
+	metapb.RegisterMetaServer(r.local, &metaService{r: r})
 	go func() {
 		if err := r.grpcSrv.Serve(r.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			r.log.Error("internal API stopped", "err", err)
@@ -369,6 +373,10 @@ func (r *Replica) shardConfig(shardID, snapshotEntries uint64) config.Config {
 
 // APIAddr is the address the internal API listens on.
 func (r *Replica) APIAddr() string { return r.lis.Addr().String() }
+
+// Local serves the internal API's unary calls to a gateway in this
+// process (tessera dev) without the network.
+func (r *Replica) Local() *rpcconn.Local { return r.local }
 
 // StoreID is this store's ID.
 func (r *Replica) StoreID() uint64 { return r.cfg.StoreID }
