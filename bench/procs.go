@@ -190,34 +190,50 @@ func serverProfile(t *running, d time.Duration, path string) <-chan struct{} {
 	return done
 }
 
-// startEtcdProc runs etcd as its own process (target etcd-proc): this
-// benchmark binary again, serving an embedded etcd (serveEtcdEnv).
-func startEtcdProc(dir string) (*running, error) {
+// startEtcdProc runs an etcd cluster of n members, each in a process of
+// its own (targets etcd-proc, etcd-3-proc): this benchmark binary again,
+// serving an embedded etcd (serveEtcdEnv). Clients get every member.
+func startEtcdProc(dir string, n int) (*running, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
-	ps := &procSet{dir: dir}
-	if err := ps.start("server", "env", serveEtcdEnv+"="+strings.Join([]string{dir, ports[0], ports[1]}, ","), self); err != nil {
-		return nil, err
+	var cluster, endpoints []string
+	for i := 0; i < n; i++ {
+		cluster = append(cluster, fmt.Sprintf("m%d=http://%s", i+1, ports[2*i+1]))
+		endpoints = append(endpoints, "http://"+ports[2*i])
 	}
-	return ps.running("http://" + ports[0]), nil
+	ps := &procSet{dir: dir}
+	for i := 0; i < n; i++ {
+		spec := strings.Join([]string{dir, fmt.Sprintf("m%d", i+1), ports[2*i], ports[2*i+1], strings.Join(cluster, ",")}, ";")
+		name := "server"
+		if n > 1 {
+			name = fmt.Sprintf("store%d", i+1)
+		}
+		if err := ps.start(name, "env", serveEtcdEnv+"="+spec, self); err != nil {
+			ps.stop()
+			return nil, err
+		}
+	}
+	r := ps.running(endpoints[0])
+	r.endpoints = endpoints
+	return r, nil
 }
 
-// serveEtcdEnv, set to DIR,CLIENT,PEER, makes this binary serve an etcd
-// until SIGTERM instead of benchmarking.
+// serveEtcdEnv, set to DIR;NAME;CLIENT;PEER;INITIAL_CLUSTER, makes this
+// binary serve an etcd member until SIGTERM instead of benchmarking.
 const serveEtcdEnv = "BENCH_SERVE_ETCD"
 
 func serveEtcd(spec string) error {
-	f := strings.Split(spec, ",")
-	if len(f) != 3 {
-		return fmt.Errorf("%s=%q: want DIR,CLIENT,PEER", serveEtcdEnv, spec)
+	f := strings.Split(spec, ";")
+	if len(f) != 5 {
+		return fmt.Errorf("%s=%q: want DIR;NAME;CLIENT;PEER;INITIAL_CLUSTER", serveEtcdEnv, spec)
 	}
-	r, err := startEtcdAt(f[0], f[1], f[2])
+	r, err := startEtcdAt(f[0], f[1], f[2], f[3], f[4])
 	if err != nil {
 		return err
 	}
@@ -272,12 +288,20 @@ func describeProcs(before, after map[string]time.Duration, ops int) string {
 		return fmt.Sprintf("CPU µs/op %.0f", per("server"))
 	}
 	sort.Float64s(stores)
-	var sum float64
+	var sum, all float64
 	for _, s := range stores {
 		sum += s
 	}
-	return fmt.Sprintf("CPU µs/op: store mean %.0f, max %.0f, all %d stores %.0f; gateway %.0f; watcher %.0f",
-		sum/float64(len(stores)), stores[len(stores)-1], len(stores), sum, per("gateway"), per("watcher"))
+	for name := range after {
+		all += per(name)
+	}
+	out := fmt.Sprintf("CPU µs/op: all processes %.0f; %d stores mean %.0f, max %.0f", all, len(stores), sum/float64(len(stores)), stores[len(stores)-1])
+	for _, name := range []string{"gateway", "watcher"} {
+		if _, ok := after[name]; ok {
+			out += fmt.Sprintf("; %s %.0f", name, per(name))
+		}
+	}
+	return out
 }
 
 // pidMem is a process's resident memory and the anonymous part of it

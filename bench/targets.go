@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,16 +39,20 @@ var shardTargets = map[string]int{"tessera-dev-2s": 2, "tessera-dev-4s": 4, "tes
 // Targets of one server process each, so that CPU and memory are the
 // server's alone: etcd (this binary, serving embedded etcd) and tessera dev.
 const (
-	targetEtcdProc = "etcd-proc"
-	targetDevProc  = "dev-proc"
+	targetEtcdProc  = "etcd-proc"
+	targetDevProc   = "dev-proc"
+	targetEtcd3Proc = "etcd-3-proc" // three etcd processes: procs-3's baseline
 )
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc}
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc, targetEtcd3Proc}
 
 // baselineOf is the etcd target a target's row is compared with.
 func baselineOf(target string) string {
 	if target == targetDevProc || target == targetEtcdProc {
 		return targetEtcdProc
+	}
+	if _, ok := procTargets[target]; ok || target == targetEtcd3Proc {
+		return targetEtcd3Proc
 	}
 	return targetEtcd
 }
@@ -96,7 +101,9 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 	case targetTesseraDev2W:
 		r, err = startTessera(dir, 1, 2, nil, log)
 	case targetEtcdProc:
-		r, err = startEtcdProc(dir)
+		r, err = startEtcdProc(dir, 1)
+	case targetEtcd3Proc:
+		r, err = startEtcdProc(dir, 3)
 	case targetDevProc:
 		r, err = startDevProc(dir)
 	default:
@@ -160,16 +167,18 @@ func startEtcd(dir string) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	return startEtcdAt(dir, ports[0], ports[1])
+	return startEtcdAt(dir, "bench", ports[0], ports[1], "")
 }
 
-// startEtcdAt starts etcd serving clients at client and peers at peer.
-func startEtcdAt(dir, client, peer string) (*running, error) {
+// startEtcdAt starts etcd member name serving clients at client and peers
+// at peer, in a cluster of initialCluster (etcd's --initial-cluster; empty:
+// this member alone).
+func startEtcdAt(dir, name, client, peer, initialCluster string) (*running, error) {
 	cu, _ := url.Parse("http://" + client)
 	pu, _ := url.Parse("http://" + peer)
 	cfg := embed.NewConfig()
-	cfg.Name = "bench"
-	cfg.Dir = filepath.Join(dir, "etcd")
+	cfg.Name = name
+	cfg.Dir = filepath.Join(dir, "etcd-"+name)
 	cfg.LogLevel = "error"
 	// Log errors to stderr, but silence the listener errors etcd reports
 	// while it closes (raise the level before Close).
@@ -183,7 +192,7 @@ func startEtcdAt(dir, client, peer string) (*running, error) {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.InitialCluster = cmp.Or(initialCluster, cfg.InitialClusterFromName(cfg.Name))
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
