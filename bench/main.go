@@ -45,7 +45,7 @@ func run() error {
 	flag.IntVar(&p.deleteKeys, "delete-keys", 1000000, "keys the delete-1m workload writes, then deletes with one request")
 	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k, wlDeleteMany, wlFill)
 	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(known, ","))
-	flag.StringVar(&targets, "targets", strings.Join(allTargets[:3], ","), "comma list of targets: "+strings.Join(allTargets, ","))
+	flag.StringVar(&targets, "targets", strings.Join(defaultTargets, ","), "comma list of targets: "+strings.Join(allTargets, ","))
 	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof; for dev-proc also the server's, <target>-<workload>.server.pprof)")
 	flag.IntVar(&p.blockRate, "blockprofile-rate", 0, "with -cpuprofile-dir: also write block profiles (<target>-<workload>.block.pprof, and .block-base.pprof to pass to pprof -base), sampling at this rate in ns (see runtime.SetBlockProfileRate)")
 	flag.BoolVar(&verbose, "v", false, "log Tessera's warnings (errors are always logged)")

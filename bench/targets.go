@@ -46,6 +46,12 @@ const (
 
 var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc, targetEtcd3Proc}
 
+// defaultTargets are the two shapes the goals are stated for, each server
+// a process of its own so that its CPU and memory are its own: tessera dev
+// against one etcd, three stores (and a gateway, a watcher) against three
+// etcd members.
+var defaultTargets = []string{targetEtcdProc, targetDevProc, targetEtcd3Proc, "procs-3"}
+
 // baselineOf is the etcd target a target's row is compared with.
 func baselineOf(target string) string {
 	if target == targetDevProc || target == targetEtcdProc {
