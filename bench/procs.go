@@ -16,13 +16,15 @@ import (
 )
 
 // Targets "procs-N": N replica stores as separate processes (plus one
-// watcher and one gateway process) holding procShards data shards with
+// watcher and one gateway process) holding 12 data shards with
 // replication factor 3, so each process's CPU can be read on its own: what
 // a store costs per write when 3 stores hold every shard, and when 6
-// stores share them (placement puts each shard on 3 of them).
-var procTargets = map[string]int{"procs-3": 3, "procs-6": 6}
+// stores share them (placement puts each shard on 3 of them). "procs-3-1s"
+// is 3 stores with the one data shard of a cluster made without splits:
+// the shape of three etcd members.
+var procTargets = map[string]procShape{"procs-3": {3, 12}, "procs-6": {6, 12}, "procs-3-1s": {3, 1}}
 
-const procShards = 12
+type procShape struct{ stores, shards int }
 
 // clockTicks is Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times.
 const clockTicks = 100
@@ -99,7 +101,8 @@ func (ps *procSet) running(endpoint string) *running {
 		}}
 }
 
-func startProcs(dir string, n int) (*running, error) {
+func startProcs(dir string, shape procShape) (*running, error) {
+	n := shape.stores
 	bin, err := buildTessera(dir)
 	if err != nil {
 		return nil, err
@@ -115,7 +118,7 @@ func startProcs(dir string, n int) (*running, error) {
 	}
 	watcherAddr, client := ports[2*n], ports[2*n+1]
 	ps := &procSet{dir: dir}
-	split := strings.Join(splitKeys(procShards), ",")
+	split := strings.Join(splitKeys(shape.shards), ",")
 	for i := 0; i < n; i++ {
 		if err := ps.start(fmt.Sprintf("store%d", i+1), bin, "replica", "--id", strconv.Itoa(i+1), "--data-dir", filepath.Join(dir, fmt.Sprintf("r%d", i+1)),
 			"--raft-address", ports[2*i], "--api-address", ports[2*i+1], "--initial-cluster", strings.Join(cluster, ","),

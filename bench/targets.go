@@ -44,13 +44,13 @@ const (
 	targetEtcd3Proc = "etcd-3-proc" // three etcd processes: procs-3's baseline
 )
 
-var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc, targetEtcd3Proc}
+var allTargets = []string{targetEtcd, targetTesseraDev, targetTessera3, targetTesseraDev2W, "tessera-dev-2s", "tessera-dev-4s", "tessera-dev-8s", "procs-3", "procs-6", targetEtcdProc, targetDevProc, targetEtcd3Proc, "procs-3-1s"}
 
 // defaultTargets are the two shapes the goals are stated for, each server
 // a process of its own so that its CPU and memory are its own: tessera dev
 // against one etcd, three stores (and a gateway, a watcher) against three
 // etcd members.
-var defaultTargets = []string{targetEtcdProc, targetDevProc, targetEtcd3Proc, "procs-3"}
+var defaultTargets = []string{targetEtcdProc, targetDevProc, targetEtcd3Proc, "procs-3-1s"}
 
 // baselineOf is the etcd target a target's row is compared with.
 func baselineOf(target string) string {
@@ -115,8 +115,8 @@ func startTarget(name string, log *slog.Logger) (*running, error) {
 	default:
 		if n, ok := shardTargets[name]; ok {
 			r, err = startTessera(dir, 1, 1, splitKeys(n), log)
-		} else if n, ok := procTargets[name]; ok {
-			r, err = startProcs(dir, n)
+		} else if shape, ok := procTargets[name]; ok {
+			r, err = startProcs(dir, shape)
 		} else {
 			err = fmt.Errorf("unknown target %q", name)
 		}
