@@ -126,7 +126,7 @@ type serverFlags struct {
 // parseFlags parses a server's flags, with the ones every server has.
 func parseFlags(fs *flag.FlagSet, args []string) serverFlags {
 	prof := fs.Bool("enable-pprof", false, "serve Go's runtime profiles at /debug/pprof/ where /metrics is served (etcd's flag)")
-	sf := serverFlags{memoryLimit: fs.Int64("memory-limit", -1, "soft limit of the process's memory in bytes, near which the Go runtime collects garbage harder (as GOMEMLIMIT, which wins if set); -1: the budget of this process's other flags (memtables, caches, watch history), 0: none")}
+	sf := serverFlags{memoryLimit: fs.Int64("memory-limit", -1, "soft limit of the process's memory in bytes, near which the Go runtime collects garbage harder (as GOMEMLIMIT, which wins if set); -1: the budget of this process's other flags (memtables, caches, watch history), at most 90 % of a container's limit; 0: none")}
 	fs.Parse(args)
 	if *prof {
 		telemetry.EnableProfiling()
@@ -135,7 +135,7 @@ func parseFlags(fs *flag.FlagSet, args []string) serverFlags {
 }
 
 // limitMemory sets the process's soft memory limit: the flag's, or the
-// budget derived from the other flags. Without one, Go lets the heap grow
+// budget derived from the other flags (kept under a container's limit). Without one, Go lets the heap grow
 // to twice what is live before collecting, and keeps what it freed for a
 // while: under a burst of writes that is gigabytes.
 func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
@@ -147,7 +147,7 @@ func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
 	}
 	n := *sf.memoryLimit
 	if n < 0 {
-		n = budget
+		n = softLimit(budget, cgroupMemoryLimit("/sys/fs/cgroup"))
 	}
 	if n == 0 {
 		return
