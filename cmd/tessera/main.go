@@ -135,9 +135,10 @@ func parseFlags(fs *flag.FlagSet, args []string) serverFlags {
 }
 
 // limitMemory sets the process's soft memory limit: the flag's, or the
-// budget derived from the other flags (kept under a container's limit). Without one, Go lets the heap grow
-// to twice what is live before collecting, and keeps what it freed for a
-// while: under a burst of writes that is gigabytes.
+// budget derived from the other flags, kept under a container's limit.
+// Without one, Go lets the heap grow to twice what is live before
+// collecting, and keeps what it freed for a while: under a burst of writes
+// that is gigabytes.
 func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		n := debug.SetMemoryLimit(-1)
