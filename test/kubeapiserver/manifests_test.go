@@ -122,6 +122,11 @@ func checkPods(t *testing.T, overlay string, pods map[string]corev1.PodSpec) {
 			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 				t.Errorf("%s/%s lacks cpu/memory requests or a memory limit", where, c.Name)
 			}
+			// Every image tagged, as the overlays' images transformer sets
+			// it (kustomize edit set image): an untagged one would not follow.
+			if _, tag, ok := strings.Cut(c.Image, ":"); !ok || tag == "" {
+				t.Errorf("%s/%s runs the untagged image %q", where, c.Name, c.Image)
+			}
 		}
 	}
 }
