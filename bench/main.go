@@ -46,7 +46,7 @@ func run() error {
 	known := append(append([]string(nil), allWorkloads...), wlPutLeases, wlWatch1k, wlWatch10k, wlDeleteMany, wlFill)
 	flag.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(known, ","))
 	flag.StringVar(&targets, "targets", strings.Join(defaultTargets, ","), "comma list of targets: "+strings.Join(allTargets, ","))
-	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof; for dev-proc also the server's, <target>-<workload>.server.pprof)")
+	flag.StringVar(&p.profileDir, "cpuprofile-dir", "", "if set, write a CPU profile of each measured workload here (<target>-<workload>.pprof; for dev-proc with -duration also the server's, <target>-<workload>.server.pprof)")
 	flag.IntVar(&p.blockRate, "blockprofile-rate", 0, "with -cpuprofile-dir: also write block profiles (<target>-<workload>.block.pprof, and .block-base.pprof to pass to pprof -base), sampling at this rate in ns (see runtime.SetBlockProfileRate)")
 	flag.BoolVar(&verbose, "v", false, "log Tessera's warnings (errors are always logged)")
 	flag.Parse()

@@ -47,10 +47,18 @@ type procSet struct {
 }
 
 func (ps *procSet) start(name, bin string, args ...string) error {
+	return ps.startWith(name, nil, bin, args...)
+}
+
+// startWith is start with env added to this process's environment.
+func (ps *procSet) startWith(name string, env []string, bin string, args ...string) error {
 	if ps.procs == nil {
 		ps.procs = map[string]*exec.Cmd{}
 	}
 	c := exec.Command(bin, args...)
+	if env != nil {
+		c.Env = append(os.Environ(), env...)
+	}
 	f, err := os.Create(filepath.Join(ps.dir, name+".log"))
 	if err != nil {
 		return err
@@ -217,7 +225,7 @@ func startEtcdProc(dir string, n int) (*running, error) {
 		if n > 1 {
 			name = fmt.Sprintf("store%d", i+1)
 		}
-		if err := ps.start(name, "env", serveEtcdEnv+"="+spec, self); err != nil {
+		if err := ps.startWith(name, []string{serveEtcdEnv + "=" + spec}, self); err != nil {
 			ps.stop()
 			return nil, err
 		}

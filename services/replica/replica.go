@@ -332,11 +332,13 @@ func (r *Replica) start() error {
 		return fmt.Errorf("replica: listen %s: %w", r.cfg.APIAddress, err)
 	}
 	r.grpcSrv = grpc.NewServer(append(r.cfg.Peer.ServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(math32))...)
-	shardpb.RegisterShardServer(r.grpcSrv, &shardService{r: r})
-	metapb.RegisterMetaServer(r.grpcSrv, &metaService{r: r})
+	// The same services over the network and in-process (Local).
 	r.local = rpcconn.NewLocal()
-	shardpb.RegisterShardServer(r.local, &shardService{r: r})
-	metapb.RegisterMetaServer(r.local, &metaService{r: r})
+	shards, meta := &shardService{r: r}, &metaService{r: r}
+	for _, reg := range []grpc.ServiceRegistrar{r.grpcSrv, r.local} {
+		shardpb.RegisterShardServer(reg, shards)
+		metapb.RegisterMetaServer(reg, meta)
+	}
 	go func() {
 		if err := r.grpcSrv.Serve(r.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			r.log.Error("internal API stopped", "err", err)
