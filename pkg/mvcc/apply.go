@@ -81,7 +81,8 @@ func (w *writer) commit(compact int64) (State, error) {
 	st := State{AppliedIndex: w.index, Revision: w.prev.Revision, CompactRevision: compact, LastEntry: w.rev, Bounds: w.bounds}
 	if len(w.events) > 0 {
 		st.Revision = w.rev
-		for i, part := range encodeEventParts(w.events, changePartBytes) {
+		final := func(ev *mvccpb.Event) bool { return w.puts[string(ev.Kv.Key)] == ev.Kv }
+		for i, part := range encodeRecordParts(w.events, w.rev, changePartBytes, final) {
 			w.appendUnique(mutation{key: changePartKey(w.sh.id, w.rev, i), value: part})
 		}
 	}
@@ -493,8 +494,8 @@ func (w *writer) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	}
 	w.putKV(kv)
 	w.reindexLease(p.Key, prev, kv.Lease, false)
-	// The change log keeps the previous version beside the event, so watches
-	// with prev_kv are served without reading history.
+	// The change log refers to both versions, so watches with prev_kv are
+	// served without scanning history.
 	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv, PrevKv: prev})
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: w.rev}}
 	if p.PrevKv {
@@ -558,49 +559,6 @@ func encodeKV(kv *mvccpb.KeyValue) []byte {
 // changePartBytes bounds one part of a change-log record: a revision with
 // many events (a delete of a million keys) is stored in several parts.
 const changePartBytes = 4 << 20
-
-// encodeEventParts writes a revision's events as length-prefixed
-// mvccpb.Events, cut into parts of about maxPart bytes (an event is never
-// cut).
-func encodeEventParts(evs []*mvccpb.Event, maxPart int) [][]byte {
-	// Sizes first, so that each part is allocated once at its final size:
-	// a delete of a million keys writes hundreds of MiB of events, which
-	// growing buffers would copy several times over.
-	sizes := make([]int, len(evs))
-	var parts [][]byte
-	partLen := 0
-	flushPart := func(upto, from int) {
-		buf := make([]byte, 0, partLen)
-		for i := from; i < upto; i++ {
-			var err error
-			buf = binary.AppendUvarint(buf, uint64(sizes[i]))
-			if buf, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(buf, evs[i]); err != nil {
-				panic(fmt.Sprintf("mvcc: marshal Event: %v", err))
-			}
-		}
-		parts = append(parts, buf)
-	}
-	from := 0
-	for i, ev := range evs {
-		sizes[i] = proto.Size(ev)
-		n := sizes[i] + uvarintLen(sizes[i])
-		if i > from && partLen+n > maxPart {
-			flushPart(i, from)
-			from, partLen = i, 0
-		}
-		partLen += n
-	}
-	flushPart(len(evs), from)
-	return parts
-}
-
-func uvarintLen(n int) int {
-	l := 1
-	for ; n >= 0x80; n >>= 7 {
-		l++
-	}
-	return l
-}
 
 // ReadTxn evaluates a txn whose branches only read, at the current revision,
 // without a Raft entry (etcd serves read-only txns the same way).

@@ -38,7 +38,7 @@ func countKeys(t *testing.T, sh *Shard, prefix string, rev int64) int64 {
 // changeEvents reads the events of one revision from the change log.
 func changeEvents(t *testing.T, sh *Shard, rev int64) []*mvccpb.Event {
 	t.Helper()
-	recs, _, _, err := sh.ReadChanges(rev, 1)
+	recs, _, _, err := sh.ReadChanges(rev, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestEntriesLargerThanOneBadgerTxn(t *testing.T) {
 	}
 	// A read bounded to a few bytes still returns the record whole, then
 	// the next one.
-	recs, _, next, err := sh.ReadChanges(rev-1, 1)
+	recs, _, next, err := sh.ReadChanges(rev-1, 1, nil)
 	if err != nil || len(recs) != 1 || recs[0].Revision != rev-1 || next != rev {
 		t.Fatalf("bounded read: %d records, next %d, %v", len(recs), next, err)
 	}

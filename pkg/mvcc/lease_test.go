@@ -60,7 +60,7 @@ func TestLeaseIndexAndRevoke(t *testing.T) {
 	if got := leaseKeysOf(t, sh, 5); got != "" {
 		t.Fatalf("lease 5 keys after revoke %q", got)
 	}
-	recs, _, _, err := sh.ReadChanges(9, 1<<20)
+	recs, _, _, err := sh.ReadChanges(9, 1<<20, nil)
 	if err != nil || len(recs) != 1 || len(recs[0].Events) != 2 {
 		t.Fatalf("revoke's change record: %v %v", recs, err)
 	}

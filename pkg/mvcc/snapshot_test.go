@@ -328,7 +328,7 @@ func TestRestoreIsInvisibleUntilComplete(t *testing.T) {
 		default:
 			reads++
 		}
-		recs, st, _, err := dst.ReadChanges(1, 1<<30)
+		recs, st, _, err := dst.ReadChanges(1, 1<<30, nil)
 		switch {
 		case errors.Is(err, ErrRestoring), errors.Is(err, ErrCompacted):
 		case err != nil:

@@ -61,11 +61,11 @@ func TestSplitHalves(t *testing.T) {
 		t.Fatalf("child entry at the split revision: %v, want ErrStaleRevision", err)
 	}
 	mustPut(t, child, 9, "/n", "4")
-	recs, _, _, err := sh.ReadChanges(2, 1<<20)
+	recs, _, _, err := sh.ReadChanges(2, 1<<20, nil)
 	if err != nil || len(recs) != 3 {
 		t.Fatalf("parent change log after the split: %d records, %v", len(recs), err)
 	}
-	recs, _, _, err = child.ReadChanges(8, 1<<20)
+	recs, _, _, err = child.ReadChanges(8, 1<<20, nil)
 	if err != nil || len(recs) != 1 || recs[0].Revision != 9 {
 		t.Fatalf("child change log: %+v, %v", recs, err)
 	}

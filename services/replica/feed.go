@@ -6,11 +6,10 @@ import (
 	"errors"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/tessera-kv/tessera/pkg/keyspan"
 	"github.com/tessera-kv/tessera/pkg/mvcc"
 	"github.com/tessera-kv/tessera/proto/metapb"
 	"github.com/tessera-kv/tessera/proto/shardpb"
@@ -53,11 +52,14 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 		// shard's log no longer has some of those keys.
 		return s.r.wrongShard(req.ShardId, "the requested range is not inside the shard")
 	}
-	match := eventFilter(req.Key, req.RangeEnd)
+	var in func([]byte) bool // every key
+	if len(req.Key) > 0 {
+		in = keyspan.FromRequest(req.Key, req.RangeEnd).Contains
+	}
 	next := req.StartRevision
 	if b := sh.Bounds(); next > 0 && next <= b.SplitRevision && len(req.Key) > 0 {
 		// Events at or below the split are in the parent's log.
-		if err := s.sendAncestors(stream, b, next, req.EndRevision, match); err != nil {
+		if err := s.sendAncestors(stream, b, next, req.EndRevision, in); err != nil {
 			return err
 		}
 		next = b.SplitRevision + 1
@@ -98,7 +100,7 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 		// Take the wake-up channel before reading, so a commit between the
 		// read and the wait is not missed.
 		changed := sh.Changed()
-		recs, st, nxt, err := sh.ReadChanges(next, feedBatchBytes)
+		recs, st, nxt, err := sh.ReadChanges(next, feedBatchBytes, in)
 		if errors.Is(err, mvcc.ErrCompacted) {
 			return stream.Send(&shardpb.ChangesResponse{CompactRevision: st.CompactRevision, Compacted: true})
 		}
@@ -118,13 +120,7 @@ func (s *shardService) Changes(req *shardpb.ChangesRequest, stream shardpb.Shard
 			if req.EndRevision > 0 && rec.Revision > req.EndRevision {
 				break
 			}
-			evs, err := match(rec.Events)
-			if err != nil {
-				return status.Errorf(codes.Internal, "tessera: shard %d revision %d: %v", req.ShardId, rec.Revision, err)
-			}
-			if len(evs) > 0 {
-				resp.Changes = append(resp.Changes, &shardpb.Change{Revision: rec.Revision, Events: evs})
-			}
+			resp.Changes = append(resp.Changes, &shardpb.Change{Revision: rec.Revision, Events: rec.Events})
 		}
 		next = nxt
 		closed := next - 1
@@ -181,7 +177,7 @@ func (s *shardService) splitsIn(sh *mvcc.Shard, from, to int64) ([]*metapb.Shard
 // log, which holds them (and, below the parent's own split, from its
 // parent's). The parent is on this store: a split starts the child on the
 // parent's stores.
-func (s *shardService) sendAncestors(stream shardpb.Shard_ChangesServer, b mvcc.Bounds, from, end int64, match func([][]byte) ([][]byte, error)) error {
+func (s *shardService) sendAncestors(stream shardpb.Shard_ChangesServer, b mvcc.Bounds, from, end int64, in func([]byte) bool) error {
 	upto := b.SplitRevision
 	if end > 0 {
 		upto = min(upto, end)
@@ -191,13 +187,13 @@ func (s *shardService) sendAncestors(stream shardpb.Shard_ChangesServer, b mvcc.
 		return status.Errorf(codes.Unavailable, "tessera: the history below revision %d is in shard %d, not open on this store: %v", b.SplitRevision, b.Parent, err)
 	}
 	if pb := parent.Bounds(); from <= pb.SplitRevision {
-		if err := s.sendAncestors(stream, pb, from, upto, match); err != nil {
+		if err := s.sendAncestors(stream, pb, from, upto, in); err != nil {
 			return err
 		}
 		from = pb.SplitRevision + 1
 	}
 	for from <= upto {
-		recs, st, nxt, err := parent.ReadChanges(from, feedBatchBytes)
+		recs, st, nxt, err := parent.ReadChanges(from, feedBatchBytes, in)
 		if errors.Is(err, mvcc.ErrCompacted) {
 			return stream.Send(&shardpb.ChangesResponse{CompactRevision: st.CompactRevision, Compacted: true})
 		}
@@ -209,13 +205,7 @@ func (s *shardService) sendAncestors(stream shardpb.Shard_ChangesServer, b mvcc.
 			if rec.Revision > upto {
 				break
 			}
-			evs, err := match(rec.Events)
-			if err != nil {
-				return status.Errorf(codes.Internal, "tessera: shard %d revision %d: %v", b.Parent, rec.Revision, err)
-			}
-			if len(evs) > 0 {
-				resp.Changes = append(resp.Changes, &shardpb.Change{Revision: rec.Revision, Events: evs})
-			}
+			resp.Changes = append(resp.Changes, &shardpb.Change{Revision: rec.Revision, Events: rec.Events})
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
@@ -269,36 +259,5 @@ func (s *shardService) provingCurrent(ctx context.Context, shardID uint64, stale
 				s.r.cfg.StoreID, shardID, since.Round(time.Millisecond), err))
 			return
 		}
-	}
-}
-
-// eventFilter returns a function that keeps the serialized events whose key
-// is in [key, end) with etcd's range conventions; an empty key keeps all.
-func eventFilter(key, end []byte) func([][]byte) ([][]byte, error) {
-	if len(key) == 0 {
-		return func(evs [][]byte) ([][]byte, error) { return evs, nil }
-	}
-	end = mvcc.RangeEnd(end)
-	in := func(k []byte) bool {
-		switch {
-		case end == nil:
-			return bytes.Equal(k, key)
-		case len(end) == 0:
-			return bytes.Compare(k, key) >= 0
-		}
-		return bytes.Compare(k, key) >= 0 && bytes.Compare(k, end) < 0
-	}
-	return func(evs [][]byte) ([][]byte, error) {
-		var out [][]byte
-		for _, b := range evs {
-			var ev mvccpb.Event
-			if err := proto.Unmarshal(b, &ev); err != nil {
-				return nil, err
-			}
-			if in(ev.GetKv().GetKey()) {
-				out = append(out, b)
-			}
-		}
-		return out, nil
 	}
 }
