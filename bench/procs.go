@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -106,7 +107,27 @@ func (ps *procSet) running(endpoint string) *running {
 				rss, anon = rss+r, anon+a
 			}
 			return rss, anon
-		}}
+		},
+		diskUsage: ps.diskUsage}
+}
+
+// diskUsage is the space the files under the set's subdirectories (each
+// server's data) take on disk; the binary and logs at the top are not
+// counted.
+func (ps *procSet) diskUsage() int64 {
+	var n int64
+	filepath.WalkDir(ps.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Dir(path) == ps.dir {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 func startProcs(dir string, shape procShape) (*running, error) {
@@ -376,5 +397,9 @@ func (m *memSampler) end(t *running) string {
 	close(m.stop)
 	<-m.done
 	rss, anon := t.procMem()
-	return fmt.Sprintf("RSS peak %d MiB (anon %d), end %d MiB (anon %d)", m.peak>>20, m.peakAnon>>20, rss>>20, anon>>20)
+	note := fmt.Sprintf("RSS peak %d MiB (anon %d), end %d MiB (anon %d)", m.peak>>20, m.peakAnon>>20, rss>>20, anon>>20)
+	if t.diskUsage != nil {
+		note += fmt.Sprintf("; disk %d MiB", t.diskUsage()>>20)
+	}
+	return note
 }

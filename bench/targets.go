@@ -85,6 +85,9 @@ type running struct {
 	// processes only.
 	procCPU func() map[string]time.Duration
 	procMem func() (rss, anon int64)
+	// diskUsage is the disk space the servers' data takes now (targets of
+	// separate processes only).
+	diskUsage func() int64
 	// profileURL serves the server's CPU profile (dev-proc with
 	// -cpuprofile-dir).
 	profileURL string
