@@ -384,7 +384,12 @@ func (c *Cache) trimLocked() {
 		n++
 	}
 	if n > 0 {
-		c.mu.hist = append([]entry(nil), c.mu.hist[n:]...)
+		// Drop from the front in place: a copy per release cost O(history)
+		// each time (16 % of a CAS workload's CPU). The next append that
+		// outgrows the capacity left moves only the live entries; the
+		// dropped ones are cleared so their events can be collected.
+		clear(c.mu.hist[:n])
+		c.mu.hist = c.mu.hist[n:]
 	}
 }
 
