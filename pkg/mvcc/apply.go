@@ -90,7 +90,7 @@ func (w *writer) commit(compact int64) (State, error) {
 	if err := w.sh.store.flush(w.rev, w.muts, w.superseded); err != nil {
 		return State{}, fmt.Errorf("mvcc: shard %d entry %d: %w", w.sh.id, w.index, err)
 	}
-	w.sh.setState(st)
+	w.sh.setState(st, w.events, false)
 	return st, nil
 }
 

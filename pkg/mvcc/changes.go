@@ -70,7 +70,7 @@ func appendEventRef(buf []byte, ev *mvccpb.Event, rev int64, final bool) []byte 
 	}
 	switch {
 	case ev.PrevKv == nil:
-	case ev.PrevKv.ModRevision < rev:
+	case ev.PrevKv.ModRevision < rev && flags&refKVInline == 0:
 		flags |= refPrevRef
 	default:
 		flags |= refPrevInline
@@ -101,14 +101,15 @@ func appendMessage(buf []byte, m *mvccpb.KeyValue) []byte {
 // eventRefSize is the size appendEventRef gives ev.
 func eventRefSize(ev *mvccpb.Event, rev int64, final bool) int {
 	n := 1
-	if !final && ev.Type == mvccpb.PUT {
+	inline := !final && ev.Type == mvccpb.PUT
+	if inline {
 		n += protowire.SizeBytes(proto.Size(ev.Kv))
 	} else {
 		n += protowire.SizeBytes(len(ev.Kv.Key))
 	}
 	switch {
 	case ev.PrevKv == nil:
-	case ev.PrevKv.ModRevision < rev:
+	case ev.PrevKv.ModRevision < rev && !inline:
 		n += protowire.SizeVarint(uint64(ev.PrevKv.ModRevision))
 	default:
 		n += protowire.SizeBytes(proto.Size(ev.PrevKv))
@@ -153,7 +154,9 @@ func parseEventRefs(b []byte) ([]eventRef, error) {
 	for len(b) > 0 {
 		e := eventRef{flags: b[0]}
 		b = b[1:]
-		if e.flags&^refFlags != 0 || e.flags&refPrevRef != 0 && e.flags&refPrevInline != 0 {
+		// An inline event is whole: its prev_kv is inline too (a reference
+		// would need the key, which is inside the inline KeyValue).
+		if e.flags&^refFlags != 0 || e.flags&refPrevRef != 0 && e.flags&(refPrevInline|refKVInline) != 0 {
 			return nil, errCorruptRecord
 		}
 		v, n := protowire.ConsumeBytes(b)
@@ -196,8 +199,10 @@ var errCorruptRecord = errors.New("mvcc: corrupt change record")
 // (the shard's closed revision), even where that entry changed no key (a
 // tick): a feed reports the shard closed up to it.
 //
-// from below the compaction revision is ErrCompacted: those records are
-// gone, and so is a record a compaction overtook during the read.
+// The newest revisions come from the writer's tail (recent.go) while it
+// holds them, older ones from the log. from below the compaction revision
+// is ErrCompacted: those records are gone, and so is a record a compaction
+// overtook during the read.
 func (sh *Shard) ReadChanges(from int64, maxBytes int, in func(key []byte) bool) ([]ChangeRecord, State, int64, error) {
 	done, err := sh.reading()
 	if err != nil {
@@ -214,6 +219,14 @@ func (sh *Shard) ReadChanges(from int64, maxBytes int, in func(key []byte) bool)
 	if from > st.Revision {
 		return nil, st, max(from, st.LastEntry+1), nil
 	}
+	if recs, st, next, ok := sh.readRecent(from, maxBytes, in); ok {
+		return recs, st, next, nil
+	}
+	return sh.readLog(st, from, maxBytes, in)
+}
+
+// readLog is ReadChanges from the records in Badger, as of st.
+func (sh *Shard) readLog(st State, from int64, maxBytes int, in func([]byte) bool) ([]ChangeRecord, State, int64, error) {
 	txn := sh.store.db.NewTransactionAt(uint64(st.LastEntry), false)
 	defer txn.Discard()
 	prefix := changePrefix(sh.id)

@@ -13,6 +13,59 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// logRead is ReadChanges from the log only, never from the writer's tail.
+func logRead(t testing.TB, sh *Shard, from int64, maxBytes int, in func([]byte) bool) []ChangeRecord {
+	t.Helper()
+	done, err := sh.reading()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	recs, _, _, err := sh.readLog(sh.State(), from, maxBytes, in)
+	if err != nil {
+		t.Fatalf("read the log from %d: %v", from, err)
+	}
+	return recs
+}
+
+// sameChanges fails the test unless the records hold the same events,
+// prev_kv aside where etcd has none (at mod_revision-1 below compact).
+func sameChanges(t testing.TB, what string, got, want []ChangeRecord, compact int64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d records, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		g, w := decodeEvents(t, got[i]), decodeEvents(t, want[i])
+		if got[i].Revision != want[i].Revision || len(g) != len(w) {
+			t.Fatalf("%s: record %d at %d with %d events, want %d with %d", what, i, got[i].Revision, len(g), want[i].Revision, len(w))
+		}
+		for j := range w {
+			for _, ev := range []*mvccpb.Event{g[j], w[j]} {
+				if ev.Kv.ModRevision-1 < compact {
+					ev.PrevKv = nil
+				}
+			}
+			if !proto.Equal(g[j], w[j]) {
+				t.Fatalf("%s: revision %d event %d: %v, want %v", what, want[i].Revision, j, g[j], w[j])
+			}
+		}
+	}
+}
+
+func decodeEvents(t testing.TB, rec ChangeRecord) []*mvccpb.Event {
+	t.Helper()
+	var out []*mvccpb.Event
+	for _, b := range rec.Events {
+		ev := &mvccpb.Event{}
+		if err := proto.Unmarshal(b, ev); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
 func decodeRecord(t *testing.T, rec ChangeRecord) []*mvccpb.Event {
 	t.Helper()
 	var out []*mvccpb.Event
@@ -129,7 +182,7 @@ func TestChangeRecordRefersToVersions(t *testing.T) {
 	if raw := rawRecord(t, sh, 3); len(raw) > 16 {
 		t.Fatalf("the record of a 4 KiB overwrite holds %d bytes: it copies the values", len(raw))
 	}
-	ev := decodeRecord(t, mustRecord(t, sh, 3))[0]
+	ev := decodeRecord(t, logRead(t, sh, 3, 1, nil)[0])[0]
 	want := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv("k", big+"y", 2, 3, 2, 0), PrevKv: kv("k", big, 2, 2, 1, 0)}
 	if !proto.Equal(ev, want) {
 		t.Fatalf("event read back %v, want %v", ev, want)
@@ -150,16 +203,17 @@ func mustRecord(t *testing.T, sh *Shard, rev int64) ChangeRecord {
 // record keeps the put and the delete's prev_kv inline.
 func TestChangeRecordPutThenDeleteInOneTxn(t *testing.T) {
 	_, sh, _ := newShard(t)
-	mustPut(t, sh, 2, "b", "old")
+	mustTxn(t, sh, 2, &pb.TxnRequest{Success: []*pb.RequestOp{opPut("a", "old"), opPut("b", "old")}})
 	mustTxn(t, sh, 3, &pb.TxnRequest{Success: []*pb.RequestOp{
 		opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut("a", "1"), opPut("b", "new")}}),
 		opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opDelete("a", "")}}),
 	}})
-	got := decodeRecord(t, mustRecord(t, sh, 3))
+	sameChanges(t, "tail against log", []ChangeRecord{mustRecord(t, sh, 3)}, logRead(t, sh, 3, 1, nil), 0)
+	got := decodeRecord(t, logRead(t, sh, 3, 1, nil)[0])
 	want := []*mvccpb.Event{
-		{Type: mvccpb.PUT, Kv: kv("a", "1", 3, 3, 1, 0)},
+		{Type: mvccpb.PUT, Kv: kv("a", "1", 2, 3, 2, 0), PrevKv: kv("a", "old", 2, 2, 1, 0)},
 		{Type: mvccpb.PUT, Kv: kv("b", "new", 2, 3, 2, 0), PrevKv: kv("b", "old", 2, 2, 1, 0)},
-		{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte("a"), ModRevision: 3}, PrevKv: kv("a", "1", 3, 3, 1, 0)},
+		{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte("a"), ModRevision: 3}, PrevKv: kv("a", "1", 2, 3, 2, 0)},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("%d events, want %d: %v", len(got), len(want), got)
@@ -184,12 +238,11 @@ func TestChangeRecordOldFormatReads(t *testing.T) {
 	if raw := rawRecord(t, sh, 2); raw[0] == refsFormat {
 		t.Fatal("the old record was not written")
 	}
-	if got := decodeRecord(t, mustRecord(t, sh, 2)); len(got) != 1 || !proto.Equal(got[0], ev) {
+	if got := decodeRecord(t, logRead(t, sh, 2, 1, nil)[0]); len(got) != 1 || !proto.Equal(got[0], ev) {
 		t.Fatalf("old record read as %v", got)
 	}
-	recs, _, _, err := sh.ReadChanges(2, 1<<20, func(k []byte) bool { return string(k) == "b" })
-	if err != nil || len(recs) != 0 {
-		t.Fatalf("filtered read of the old record: %v, %v", recs, err)
+	if recs := logRead(t, sh, 2, 1<<20, func(k []byte) bool { return string(k) == "b" }); len(recs) != 0 {
+		t.Fatalf("filtered read of the old record: %v", recs)
 	}
 }
 
@@ -208,6 +261,7 @@ func TestReadChangesFiltered(t *testing.T) {
 	if ev := decodeRecord(t, recs[0])[0]; string(ev.Kv.Key) != "a" {
 		t.Fatalf("filtered event of %q", ev.Kv.Key)
 	}
+	sameChanges(t, "filtered tail against log", recs, logRead(t, sh, 2, 1<<20, inAM), 0)
 	// One byte per batch: each batch stops after a record, kept or not.
 	if recs, _, next, err = sh.ReadChanges(4, 1, inAM); err != nil || len(recs) != 0 || next != 5 {
 		t.Fatalf("filtered read of a record with no match: %+v, next %d, %v", recs, next, err)

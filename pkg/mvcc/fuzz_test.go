@@ -47,10 +47,13 @@ func FuzzApplyTxn(f *testing.F) {
 			t.Fatalf("entry at %d not recorded: %+v", rev, sh.State())
 		}
 		// Its change-log record reads back (a nested txn may put and
-		// delete one key: the record keeps that put inline).
-		if _, _, _, err := sh.ReadChanges(rev, 1<<20, nil); err != nil {
+		// delete one key: the record keeps that put inline), the same
+		// from the writer's tail as from the log.
+		recs, st, _, err := sh.ReadChanges(rev, 1<<20, nil)
+		if err != nil {
 			t.Fatalf("change record of the entry: %v", err)
 		}
+		sameChanges(t, "tail against log", recs, logRead(t, sh, rev, 1<<20, nil), st.CompactRevision)
 	})
 }
 

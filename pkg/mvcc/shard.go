@@ -139,6 +139,8 @@ type Shard struct {
 	// while it runs fail with ErrRestoring instead of seeing part of it.
 	readers   sync.RWMutex
 	restoring bool // guarded by readers
+
+	recent recentChanges // guarded by mu
 }
 
 // OpenShard loads the shard's persisted state, or the initial one. start
@@ -207,7 +209,7 @@ func (sh *Shard) RecordRejected(index uint64) error {
 		return fmt.Errorf("mvcc: shard %d record index %d: %w", sh.id, index, err)
 	}
 	st.AppliedIndex = index
-	sh.setState(st)
+	sh.setState(st, nil, false)
 	return nil
 }
 
@@ -229,8 +231,16 @@ func (sh *Shard) Changed() <-chan struct{} {
 	return sh.changed
 }
 
-func (sh *Shard) setState(st State) {
+// setState makes st the shard's state. events are those of the entry
+// that made it (if any); a restored state (a snapshot install) drops the
+// tail of recent changes, which no longer follows from it.
+func (sh *Shard) setState(st State, events []*mvccpb.Event, restored bool) {
 	sh.mu.Lock()
+	if restored {
+		sh.recent = recentChanges{}
+	} else {
+		sh.recent.advance(sh.state.LastEntry, st.LastEntry, events)
+	}
 	sh.state = st
 	close(sh.changed)
 	sh.changed = make(chan struct{})

@@ -363,7 +363,7 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("mvcc: restore shard %d: %w", sh.id, err)
 	}
-	sh.setState(st)
+	sh.setState(st, nil, true)
 	sh.store.setCompacted(sh.id, st.CompactRevision)
 	finished()
 	return nil
