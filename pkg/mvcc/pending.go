@@ -297,5 +297,9 @@ func (s *Store) flush(rev int64, muts []mutation, superseded map[string]struct{}
 			return fmt.Errorf("mvcc: write %q at %d: %w", m.key, rev, err)
 		}
 	}
-	return commit()
+	if err := commit(); err != nil {
+		return err
+	}
+	s.latest.wrote(rev, muts, superseded)
+	return nil
 }

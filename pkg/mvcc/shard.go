@@ -357,19 +357,34 @@ func (v snapshotView) scan(key, end []byte, fn func(kv *mvccpb.KeyValue) (bool, 
 }
 
 func (v snapshotView) get(key []byte) (*mvccpb.KeyValue, error) {
-	item, err := v.txn.Get(dataKey(key))
+	dk := dataKey(key)
+	decode := func(b []byte) (*mvccpb.KeyValue, error) {
+		kv := &mvccpb.KeyValue{}
+		if err := proto.Unmarshal(b, kv); err != nil {
+			return nil, fmt.Errorf("mvcc: decode %q: %w", key, err)
+		}
+		kv.Key = bytes.Clone(key)
+		return kv, nil
+	}
+	if b, ok := v.sh.store.latest.get(dk, v.txn.ReadTs()); ok {
+		if b == nil {
+			return nil, nil // deleted
+		}
+		return decode(b)
+	}
+	item, err := v.txn.Get(dk)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	kv := &mvccpb.KeyValue{}
-	if err := item.Value(func(v []byte) error { return proto.Unmarshal(v, kv) }); err != nil {
-		return nil, fmt.Errorf("mvcc: decode %q: %w", key, err)
-	}
-	kv.Key = bytes.Clone(key)
-	return kv, nil
+	var kv *mvccpb.KeyValue
+	err = item.Value(func(b []byte) (err error) {
+		kv, err = decode(b)
+		return err
+	})
+	return kv, err
 }
 
 // reading admits a read of the shard's data: it fails with ErrRestoring

@@ -320,6 +320,10 @@ func (sh *Shard) restore(in io.Reader, stop <-chan struct{}, fresh bool) error {
 		st.Bounds = cur // a snapshot from before states held bounds
 	}
 	finished := sh.installing()
+	// The install rewrites the range's versions: recently written keys'
+	// cached versions may be stale. Nothing else writes the range
+	// meanwhile (this shard's applier is here; no other shard owns it).
+	sh.store.latest.clear()
 	db := sh.store.db
 	drop := [][]byte{changePrefix(sh.id), revokedPrefix(sh.id), splitPrefix(sh.id), stateKey(sh.id), indexKey(sh.id)}
 	if whole(cur) && whole(st.Bounds) {

@@ -67,6 +67,9 @@ type Options struct {
 	// the block cache may be 0; the index cache bounds what indexes take
 	// as the data grows (0 keeps every table's index in memory).
 	BlockCacheSize, IndexCacheSize int64
+	// LatestCacheSize bounds the cache of recently written keys' newest
+	// versions (latest.go); 0 disables it.
+	LatestCacheSize int64
 	// Logger receives Badger's own log lines; nil silences them.
 	Logger *slog.Logger
 	// Knobs are testing hooks; the zero value is production behaviour.
@@ -90,12 +93,12 @@ type Knobs struct {
 }
 
 // DefaultOptions returns options sized for a small process (Budget: about
-// 310 MiB): Badger's own defaults (5 x 64 MiB memtables, a 256 MiB cache)
+// 320 MiB): Badger's own defaults (5 x 64 MiB memtables, a 256 MiB cache)
 // take gigabytes under a burst of writes, since every table Badger builds is
 // held whole in memory until written and the buffers of up to eight
 // builders are kept for reuse (docs/decisions/0014-memory.md).
 func DefaultOptions() Options {
-	return Options{MemTableSize: 16 << 20, NumMemtables: 3, BlockCacheSize: 16 << 20, IndexCacheSize: 32 << 20}
+	return Options{MemTableSize: 16 << 20, NumMemtables: 3, BlockCacheSize: 16 << 20, IndexCacheSize: 32 << 20, LatestCacheSize: 8 << 20}
 }
 
 // builderMemtables is what table builders hold, in memtables: Badger
@@ -110,7 +113,7 @@ const builderMemtables = 12
 // the caches, and the table builders' buffers. Reads add their own
 // (iterators, values being returned), bounded by the request limits.
 func (o Options) Budget() int64 {
-	return int64(o.NumMemtables+1)*o.MemTableSize*115/100 + o.BlockCacheSize + o.IndexCacheSize + builderMemtables*o.MemTableSize
+	return int64(o.NumMemtables+1)*o.MemTableSize*115/100 + o.BlockCacheSize + o.IndexCacheSize + o.LatestCacheSize + builderMemtables*o.MemTableSize
 }
 
 // Store is one replica process's Badger DB.
@@ -121,6 +124,7 @@ type Store struct {
 	// valueLogThreshold: values of this size and more go to Badger's
 	// value log, the rest stay in its tables.
 	valueLogThreshold int64
+	latest            *latestVersions
 
 	mu struct {
 		sync.Mutex
@@ -132,7 +136,7 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, o Options) (*Store, error) {
-	if o.MemTableSize < MinMemTableSize || o.NumMemtables <= 0 || o.BlockCacheSize < 0 || o.IndexCacheSize < 0 {
+	if o.MemTableSize < MinMemTableSize || o.NumMemtables <= 0 || o.BlockCacheSize < 0 || o.IndexCacheSize < 0 || o.LatestCacheSize < 0 {
 		return nil, fmt.Errorf("mvcc: open %s: memtable size must be at least %d, memtable count positive, cache sizes not negative", dir, MinMemTableSize)
 	}
 	opts := badger.DefaultOptions(dir).
@@ -160,7 +164,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mvcc: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, knobs: o.Knobs, valueLogThreshold: db.Opts().ValueThreshold}
+	s := &Store{db: db, dir: dir, knobs: o.Knobs, valueLogThreshold: db.Opts().ValueThreshold, latest: newLatestVersions(int(o.LatestCacheSize))}
 	s.mu.compacted = map[uint64]int64{}
 	if err := s.loadCompacted(); err != nil {
 		db.Close()
