@@ -164,6 +164,9 @@ func parseEventRefs(b []byte) ([]eventRef, error) {
 			return nil, errCorruptRecord
 		}
 		if e.flags&refKVInline != 0 {
+			if !validKV(v) {
+				return nil, errCorruptRecord
+			}
 			e.kv = v
 		} else {
 			e.key = v
@@ -178,7 +181,7 @@ func parseEventRefs(b []byte) ([]eventRef, error) {
 			e.prevRev, b = int64(r), b[n:]
 		case e.flags&refPrevInline != 0:
 			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
+			if n < 0 || !validKV(v) {
 				return nil, errCorruptRecord
 			}
 			e.prevKV, b = v, b[n:]
@@ -189,6 +192,10 @@ func parseEventRefs(b []byte) ([]eventRef, error) {
 }
 
 var errCorruptRecord = errors.New("mvcc: corrupt change record")
+
+// validKV reports whether b is a serialized KeyValue: an inline one is
+// passed on to feeds as it is, inside the event.
+func validKV(b []byte) bool { return proto.Unmarshal(b, &mvccpb.KeyValue{}) == nil }
 
 // ReadChanges reads the change log from revision from (inclusive) up to the
 // shard's last applied entry, stopping once the events read hold maxBytes
@@ -480,14 +487,12 @@ func wholeEvents(b []byte, in func([]byte) bool) ([][]byte, error) {
 		}
 		ev := b[k : k+int(n)]
 		b = b[k+int(n):]
-		if in != nil {
-			var e mvccpb.Event
-			if err := proto.Unmarshal(ev, &e); err != nil {
-				return nil, errCorruptRecord
-			}
-			if !in(e.GetKv().GetKey()) {
-				continue
-			}
+		var e mvccpb.Event
+		if err := proto.Unmarshal(ev, &e); err != nil {
+			return nil, errCorruptRecord
+		}
+		if in != nil && !in(e.GetKv().GetKey()) {
+			continue
 		}
 		out = append(out, append([]byte(nil), ev...))
 	}
