@@ -125,14 +125,25 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 			return nil, err
 		}
 	}
+	var serverProf <-chan struct{}
+	if t.profileURL != "" {
+		serverProf = serverProfile(t, p.duration, filepath.Join(p.profileDir, fmt.Sprintf("%s-%s.server.pprof", t.name, name)))
+	}
+	procs0 := readProcs(t)
+	mem := sampleMem(t)
 	cpu0 := processCPU()
 	start := time.Now()
 	writes0 := writes.Load()
 	measuring.Store(true)
 	sleepCtx(ctx, p.duration)
 	measuring.Store(false)
+	procs1 := readProcs(t)
+	memNote := mem.end(t) // before the watches close
 	if p.profileDir != "" {
 		pprof.StopCPUProfile()
+	}
+	if serverProf != nil {
+		<-serverProf
 	}
 	res := &result{workload: name, target: t.name, elapsed: time.Since(start), cpu: processCPU() - cpu0}
 	w := writes.Load() - writes0
@@ -158,6 +169,11 @@ func runWatchWorkload(ctx context.Context, name string, t *running, p params) (*
 	res.note = fmt.Sprintf("%d watches, %d puts (%.0f%% of events delivered), watches hold %d MiB", n, w,
 		100*float64(res.ops)/float64(max(w*int64(n), 1)), held)
 	res.note += load
+	if procs0 != nil {
+		// Per delivered event: the servers' fan-out cost.
+		res.note = joinNotes(res.note, describeProcs(procs0, procs1, res.ops))
+	}
+	res.note = joinNotes(res.note, memNote)
 	return res, nil
 }
 
