@@ -147,8 +147,11 @@ func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
 		return
 	}
 	n := *sf.memoryLimit
-	if n < 0 {
-		n = softLimit(budget, cgroupMemoryLimit("/sys/fs/cgroup"))
+	derived := n < 0
+	var hardCap int64
+	if derived {
+		hard := cgroupMemoryLimit("/sys/fs/cgroup")
+		n, hardCap = softLimit(budget, hard), hard/10*9
 	}
 	if n == 0 {
 		return
@@ -156,6 +159,11 @@ func (sf serverFlags) limitMemory(budget int64, log *slog.Logger) {
 	debug.SetMemoryLimit(n)
 	telemetry.SetMemoryLimit(n)
 	log.Info("memory limit", "bytes", n, "MiB", n>>20)
+	if derived {
+		// The budget counts no client's memory: the limit follows live
+		// memory up (memory.go). A limit given by flag is kept as given.
+		go governMemory(n, hardCap, time.Second, log)
+	}
 }
 
 // storeFlags size a store's Badger DB (dev and replica).

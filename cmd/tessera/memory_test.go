@@ -50,3 +50,23 @@ func TestSoftLimitStaysUnderTheContainer(t *testing.T) {
 		t.Fatalf("a tight container: %d, want %d", got, want)
 	}
 }
+
+func TestRaisedLimitFollowsLiveMemory(t *testing.T) {
+	const budget = 400 << 20
+	for _, c := range []struct {
+		name          string
+		hardCap, live int64
+		want          int64
+	}{
+		{"room for garbage", 0, 200 << 20, budget},
+		{"live within three quarters", 0, 300 << 20, budget},
+		{"live near the budget", 0, 320 << 20, 640 << 20},
+		{"live past the budget", 0, 600 << 20, 1200 << 20},
+		{"within the container", 700 << 20, 600 << 20, 700 << 20},
+		{"never below the budget", 300 << 20, 600 << 20, budget},
+	} {
+		if got := raisedLimit(budget, c.hardCap, c.live); got != c.want {
+			t.Errorf("%s: raisedLimit(%d MiB live) = %d MiB, want %d MiB", c.name, c.live>>20, got>>20, c.want>>20)
+		}
+	}
+}
