@@ -36,7 +36,7 @@ func sameChanges(t testing.TB, what string, got, want []ChangeRecord, compact in
 		t.Fatalf("%s: %d records, want %d", what, len(got), len(want))
 	}
 	for i := range want {
-		g, w := decodeEvents(t, got[i]), decodeEvents(t, want[i])
+		g, w := decodeRecord(t, got[i]), decodeRecord(t, want[i])
 		if got[i].Revision != want[i].Revision || len(g) != len(w) {
 			t.Fatalf("%s: record %d at %d with %d events, want %d with %d", what, i, got[i].Revision, len(g), want[i].Revision, len(w))
 		}
@@ -53,20 +53,7 @@ func sameChanges(t testing.TB, what string, got, want []ChangeRecord, compact in
 	}
 }
 
-func decodeEvents(t testing.TB, rec ChangeRecord) []*mvccpb.Event {
-	t.Helper()
-	var out []*mvccpb.Event
-	for _, b := range rec.Events {
-		ev := &mvccpb.Event{}
-		if err := proto.Unmarshal(b, ev); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, ev)
-	}
-	return out
-}
-
-func decodeRecord(t *testing.T, rec ChangeRecord) []*mvccpb.Event {
+func decodeRecord(t testing.TB, rec ChangeRecord) []*mvccpb.Event {
 	t.Helper()
 	var out []*mvccpb.Event
 	for _, b := range rec.Events {
