@@ -44,23 +44,16 @@ const (
 // eventRef is one event of a record in the refsFormat.
 type eventRef struct {
 	flags   byte
-	key     []byte // by reference: the event's key
+	key     []byte // the event's key
 	kv      []byte // refKVInline: the serialized KeyValue
 	prevRev int64  // refPrevRef
 	prevKV  []byte // refPrevInline: the serialized KeyValue
 }
 
-func (e eventRef) typ() mvccpb.Event_EventType {
-	if e.flags&refDelete != 0 {
-		return mvccpb.DELETE
-	}
-	return mvccpb.PUT
-}
-
-// appendEventRef appends an event of an entry at rev. final reports
-// whether the Badger version of ev's key at rev is ev's own key-value
-// (false for a put a later op of the same txn deleted).
-func appendEventRef(buf []byte, ev *mvccpb.Event, rev int64, final bool) []byte {
+// refFlagsOf is the flags an event of an entry at rev is written with.
+// final reports whether the Badger version of ev's key at rev is ev's own
+// key-value (false for a put a later op of the same txn deleted).
+func refFlagsOf(ev *mvccpb.Event, rev int64, final bool) byte {
 	var flags byte
 	if ev.Type == mvccpb.DELETE {
 		flags |= refDelete
@@ -75,6 +68,11 @@ func appendEventRef(buf []byte, ev *mvccpb.Event, rev int64, final bool) []byte 
 	default:
 		flags |= refPrevInline
 	}
+	return flags
+}
+
+// appendEventRef appends an event written with flags (refFlagsOf).
+func appendEventRef(buf []byte, ev *mvccpb.Event, flags byte) []byte {
 	buf = append(buf, flags)
 	if flags&refKVInline != 0 {
 		buf = appendMessage(buf, ev.Kv)
@@ -99,19 +97,17 @@ func appendMessage(buf []byte, m *mvccpb.KeyValue) []byte {
 }
 
 // eventRefSize is the size appendEventRef gives ev.
-func eventRefSize(ev *mvccpb.Event, rev int64, final bool) int {
+func eventRefSize(ev *mvccpb.Event, flags byte) int {
 	n := 1
-	inline := !final && ev.Type == mvccpb.PUT
-	if inline {
+	if flags&refKVInline != 0 {
 		n += protowire.SizeBytes(proto.Size(ev.Kv))
 	} else {
 		n += protowire.SizeBytes(len(ev.Kv.Key))
 	}
 	switch {
-	case ev.PrevKv == nil:
-	case ev.PrevKv.ModRevision < rev && !inline:
+	case flags&refPrevRef != 0:
 		n += protowire.SizeVarint(uint64(ev.PrevKv.ModRevision))
-	default:
+	case flags&refPrevInline != 0:
 		n += protowire.SizeBytes(proto.Size(ev.PrevKv))
 	}
 	return n
@@ -123,20 +119,20 @@ func eventRefSize(ev *mvccpb.Event, rev int64, final bool) int {
 func encodeRecordParts(evs []*mvccpb.Event, rev int64, maxPart int, final func(*mvccpb.Event) bool) [][]byte {
 	// Sizes first, so that each part is allocated once at its final size
 	// (a delete of a million keys writes tens of MiB of references).
-	fin := make([]bool, len(evs))
+	flags := make([]byte, len(evs))
 	var parts [][]byte
 	flush := func(from, upto, n int) {
 		buf := make([]byte, 1, 1+n)
 		buf[0] = refsFormat
 		for i := from; i < upto; i++ {
-			buf = appendEventRef(buf, evs[i], rev, fin[i])
+			buf = appendEventRef(buf, evs[i], flags[i])
 		}
 		parts = append(parts, buf)
 	}
 	from, n := 0, 0
 	for i, ev := range evs {
-		fin[i] = ev.Type != mvccpb.PUT || final(ev)
-		size := eventRefSize(ev, rev, fin[i])
+		flags[i] = refFlagsOf(ev, rev, ev.Type != mvccpb.PUT || final(ev))
+		size := eventRefSize(ev, flags[i])
 		if i > from && n+size > maxPart {
 			flush(from, i, n)
 			from, n = i, 0
@@ -164,10 +160,11 @@ func parseEventRefs(b []byte) ([]eventRef, error) {
 			return nil, errCorruptRecord
 		}
 		if e.flags&refKVInline != 0 {
-			if !validKV(v) {
+			var kv mvccpb.KeyValue
+			if proto.Unmarshal(v, &kv) != nil {
 				return nil, errCorruptRecord
 			}
-			e.kv = v
+			e.kv, e.key = v, kv.Key
 		} else {
 			e.key = v
 		}
@@ -318,18 +315,8 @@ func (r *versionReader) events(part []byte, in func([]byte) bool) ([][]byte, err
 	}
 	out := make([][]byte, 0, len(refs))
 	for _, e := range refs {
-		if in != nil {
-			key := e.key
-			if e.kv != nil {
-				var kv mvccpb.KeyValue
-				if err := proto.Unmarshal(e.kv, &kv); err != nil {
-					return nil, errCorruptRecord
-				}
-				key = kv.Key
-			}
-			if !in(key) {
-				continue
-			}
+		if in != nil && !in(e.key) {
+			continue
 		}
 		ev, err := r.event(e)
 		if err != nil {
