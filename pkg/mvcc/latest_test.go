@@ -76,17 +76,9 @@ func TestLatestVersionsMatchBadger(t *testing.T) {
 		case op == 6:
 			mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{opDelete(key(), "")}})
 		case op == 7:
-			a, b := key(), key()
-			if a > b {
-				a, b = b, a
-			}
-			mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{opDelete(a, b+"\x00")}})
+			mustTxn(t, sh, rev, deleteBetween(key(), key()))
 		case op == 8:
-			k := key()
-			mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{
-				opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut(k, "x"), opPutReq(&pb.PutRequest{Key: []byte(k + "/l"), Value: []byte("y"), Lease: lease})}}),
-				opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opDelete(k, "")}}),
-			}})
+			mustTxn(t, sh, rev, putThenDelete(key(), lease))
 		case op == 9:
 			if _, err := sh.RevokeLease(nextIndex(sh), rev, []int64{lease}, nil); err != nil {
 				t.Fatal(err)

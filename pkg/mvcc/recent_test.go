@@ -32,17 +32,9 @@ func TestRecentChangesMatchLog(t *testing.T) {
 		case op < 4:
 			mustPut(t, sh, rev, key(), strings.Repeat("v", rnd.Intn(300)))
 		case op == 4:
-			k := key()
-			mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{
-				opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut(k, "x"), opPutReq(&pb.PutRequest{Key: []byte(k + "/l"), Value: []byte("y"), Lease: lease})}}),
-				opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opDelete(k, "")}}),
-			}})
+			mustTxn(t, sh, rev, putThenDelete(key(), lease))
 		case op == 5:
-			a, b := key(), key()
-			if a > b {
-				a, b = b, a
-			}
-			mustTxn(t, sh, rev, &pb.TxnRequest{Success: []*pb.RequestOp{opDelete(a, b+"\x00")}})
+			mustTxn(t, sh, rev, deleteBetween(key(), key()))
 		case op == 6:
 			if _, err := sh.RevokeLease(nextIndex(sh), rev, []int64{lease}, nil); err != nil {
 				t.Fatal(err)
@@ -105,4 +97,21 @@ func TestRecentChangesDroppedByRestore(t *testing.T) {
 	if ev := decodeRecord(t, recs[0])[0]; string(ev.Kv.Value) != "from the snapshot" {
 		t.Fatalf("after the install the change at 2 is %q", ev.Kv.Value)
 	}
+}
+
+// putThenDelete is a txn whose nested txns put k (and k+"/l" on lease)
+// and then delete k again, as etcd allows across sibling txns.
+func putThenDelete(k string, lease int64) *pb.TxnRequest {
+	return &pb.TxnRequest{Success: []*pb.RequestOp{
+		opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut(k, "x"), opPutReq(&pb.PutRequest{Key: []byte(k + "/l"), Value: []byte("y"), Lease: lease})}}),
+		opTxn(&pb.TxnRequest{Success: []*pb.RequestOp{opDelete(k, "")}}),
+	}}
+}
+
+// deleteBetween deletes [a, b] in key order of the two.
+func deleteBetween(a, b string) *pb.TxnRequest {
+	if a > b {
+		a, b = b, a
+	}
+	return &pb.TxnRequest{Success: []*pb.RequestOp{opDelete(a, b+"\x00")}}
 }
