@@ -46,17 +46,13 @@ func softLimit(budget, hard int64) int64 {
 }
 
 // The soft limit bounds garbage, not what is live. A derived limit (the
-// budget of the flags) does not count what clients hold: 10 000 watch
-// streams keep about 650 MiB of buffers and stacks live in tessera dev.
-// With live memory past the limit the runtime collects without pause and
-// spends half the CPU on it (watch-10k delivered 6-13 % of its events).
-// So the governor lets the limit follow live memory up, with room for
-// garbage above it, and back down to the budget as it falls; never past
-// the hard cap (90 % of a container's limit), where collecting hard is
-// better than being killed. Past the budget the heap may grow to twice
-// what is live before a collection, as Go's default does: less room made
-// collections so frequent that scanning 10 000 streams' stacks and
-// buffers took half the CPU.
+// budget of the flags) counts no client's memory: 10 000 watch streams
+// keep about 650 MiB of buffers and stacks live in tessera dev, and with
+// live memory past the limit the runtime collects without pause and
+// spends half the CPU on it. So the governor lets the limit follow live
+// memory up, at twice what is live as Go's default pacing does, and back
+// down to the budget as it falls; never past the hard cap (90 % of a
+// container's limit), where collecting hard is better than being killed.
 
 // raisedLimit is the soft limit for live bytes of live memory: the budget
 // while live memory leaves a quarter of it for garbage (a write burst's
